@@ -1,0 +1,70 @@
+"""Checkpoints with Orbax's `CheckpointManager`: the TrainState plus JSON metadata.
+
+The metadata holds the data position (epoch, step within the epoch), the running sums of the
+epoch's training metrics (so a resumed epoch reports exactly what an uninterrupted one would) and
+any per-method host state a later method adds. Orbax writes each checkpoint to a temporary
+directory and renames it when complete, so a kill during a save leaves the previous checkpoint
+intact; unfinished temporary directories are removed on the next start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored."""
+
+
+class Checkpointer:
+  """Saves and restores `(state, meta)` under `directory`, one sub-directory per step."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts saving (asynchronously when enabled); `wait()` blocks until it is on disk."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, target_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Restores `(state, meta)` at `step` (default: latest) into the structure of `target_state`.
+
+    Raises CheckpointError naming the checkpoint directory when it is unreadable or does not match
+    the config (another model, method or optimiser).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
+      raise CheckpointError(
+          f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}\n"
+          "It is corrupted or was written by a different config (model, method, optimiser). "
+          f"Delete {path} to resume from the previous checkpoint, or use a new --workdir."
+      ) from e
+    return restored["state"], dict(restored["meta"])
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,171 @@
+"""The configuration schema: every field, its default, and the checks run before training starts.
+
+Config files in `configs/` start from `base_config()` and set plain values, so every field can be
+overridden on the command line (`--config.data.batch_size=256`). `validate(config)` fails at start
+with a message naming the field for an unknown field, a value of the wrong type, or an unknown or
+inconsistent choice. Defaults follow the CIFAR-10 recipes in REFERENCE.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+PARALLEL_CHOICES = ("pmap", "shard_map")
+SOURCE_CHOICES = ("tfds", "files", "synthetic")
+SCHEDULE_CHOICES = ("constant", "multistep", "piecewise", "cyclic")
+DTYPE_CHOICES = ("float32", "bfloat16")
+EVAL_SPLIT_CHOICES = ("test", "val")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All generic fields at their defaults. `method` holds only `name`: use
+  `methods.method_config(name)` to get every field of a method."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 110
+  # CPU only: number of host devices for data parallelism; 0 = one per core. Ignored elsewhere.
+  c.cpu_devices = 0
+  c.parallel = "pmap"  # how the per-device step is mapped: "pmap" or "shard_map"
+  c.log_every_steps = 50
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"  # "tfds" | "files" | "synthetic"
+  c.data.name = "cifar10"
+  c.data.dir = ""  # files: a directory or an .npz; tfds: data_dir ("" = tfds default)
+  c.data.download = True  # tfds only
+  c.data.val_size = 0  # examples carved from train for validation (never from test)
+  c.data.seed = 0  # seed of the validation split
+  c.data.batch_size = 128  # global, over all devices
+  c.data.eval_batch_size = 500  # global
+  c.data.augment = True  # pad 4, random crop, horizontal flip (on device)
+  c.data.synthetic = ml_collections.ConfigDict(
+      dict(num_train=5000, num_test=1000, image_size=32, num_classes=10, seed=0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet18"
+  c.model.dtype = "float32"
+  # BatchNorm statistics over the global batch (as one GPU of the references sees it), so results
+  # do not depend on the device count.
+  c.model.sync_batch_norm = True
+  c.model.kwargs = ml_collections.ConfigDict()  # model-specific, e.g. width for small_cnn
+
+  c.method = ml_collections.ConfigDict({"name": "standard"})
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 0.1  # peak rate for "cyclic"
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4  # coupled L2, as PyTorch SGD's weight_decay
+  c.optim.grad_clip_norm = 0.0  # 0 = off
+  c.optim.schedule = "multistep"  # stepped per iteration
+  c.optim.milestones = (100, 105)  # multistep: epochs where the rate is multiplied by gamma
+  c.optim.gamma = 0.1
+  c.optim.boundaries = (0,)  # piecewise: epochs where the rate changes to the next value
+  c.optim.rates = (0.1, 0.1)  # piecewise: len(boundaries) + 1 rates
+  c.optim.peak_epoch_fraction = 0.4  # cyclic: 0 -> learning_rate at this fraction -> 0 at the end
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.enabled = False
+  c.ema.decay = 0.999  # warmed up as min(decay, (t + 1) / (t + 10))
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1  # and always after the last epoch
+  c.eval.attacks = "clean,pgd10"  # clean, fgsm, pgd<K>, cw<K>
+  c.eval.epsilon = 8 / 255
+  c.eval.step_size = 2 / 255
+  c.eval.num_examples = 0  # 0 = the whole split
+  c.eval.split = "test"  # "test" or "val" (needs data.val_size > 0)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 0  # 0 = only at the end of each epoch
+  c.checkpoint.max_to_keep = 2
+  c.checkpoint.async_save = True
+  return c
+
+
+def _type_name(value: Any) -> str:
+  return type(value).__name__
+
+
+def _check_types(config, schema, prefix: str = "") -> None:
+  """Every field of `config` must exist in `schema` and have a compatible type."""
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+      raise ValueError(f"Unknown config field `{path}`.{hint} Known fields of "
+                       f"`{prefix or 'config.'}`: {', '.join(sorted(schema.keys()))}.")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise TypeError(f"Config field `{path}` must be a group of fields, got {value!r}.")
+      if path != "model.kwargs":  # model kwargs are checked by the model registry
+        _check_types(value, default, path + ".")
+      continue
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        tuple: lambda v: isinstance(v, (tuple, list)),
+    }.get(type(default), lambda v: True)
+    if not ok(value):
+      raise TypeError(f"Config field `{path}` must be {_type_name(default)} (like {default!r}), "
+                      f"got {_type_name(value)} {value!r}.")
+
+
+def _choice(path: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"Config field `{path}` = {value!r} is not one of: "
+                     f"{', '.join(map(str, choices))}.")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Checks names, types and consistency; raises ValueError/TypeError naming the field.
+
+  `num_devices` (the global device count), when given, also checks that batch sizes divide.
+  """
+  from regmix_jax import evaluate, methods, models  # pylint: disable=g-import-not-at-top
+
+  schema = base_config()
+  method = methods.get_method(config.method.name)
+  schema.method = methods.method_config(config.method.name)
+  _check_types(config, schema)
+  for key, choices in method.choices.items():
+    if key in config.method:
+      _choice(f"method.{key}", config.method[key], choices)
+  _choice("parallel", config.parallel, PARALLEL_CHOICES)
+  _choice("data.source", config.data.source, SOURCE_CHOICES)
+  _choice("model.name", config.model.name, sorted(models.MODELS))
+  _choice("model.dtype", config.model.dtype, DTYPE_CHOICES)
+  _choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
+  _choice("eval.split", config.eval.split, EVAL_SPLIT_CHOICES)
+  evaluate.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`
+  positive = {"num_epochs": config.num_epochs, "data.batch_size": config.data.batch_size,
+              "data.eval_batch_size": config.data.eval_batch_size,
+              "log_every_steps": config.log_every_steps,
+              "eval.every_epochs": config.eval.every_epochs,
+              "checkpoint.max_to_keep": config.checkpoint.max_to_keep}
+  for path, value in positive.items():
+    if value <= 0:
+      raise ValueError(f"Config field `{path}` must be positive, got {value}.")
+  if config.data.val_size < 0:
+    raise ValueError(f"Config field `data.val_size` must be >= 0, got {config.data.val_size}.")
+  if config.eval.split == "val" and config.data.val_size == 0:
+    raise ValueError("Config field `eval.split` = 'val' needs a validation split: set "
+                     "`data.val_size` > 0 (it is carved from the training set).")
+  if config.optim.schedule == "piecewise" and (
+      len(config.optim.rates) != len(config.optim.boundaries) + 1):
+    raise ValueError("Config fields `optim.rates` and `optim.boundaries`: piecewise needs "
+                     f"len(rates) == len(boundaries) + 1, got {len(config.optim.rates)} and "
+                     f"{len(config.optim.boundaries)}.")
+  if num_devices is not None:
+    for path, value in (("data.batch_size", config.data.batch_size),
+                        ("data.eval_batch_size", config.data.eval_batch_size)):
+      if value % num_devices:
+        raise ValueError(f"Config field `{path}` = {value} must be divisible by the number of "
+                         f"devices ({num_devices}); on CPU, `cpu_devices` sets that number.")

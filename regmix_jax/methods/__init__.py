@@ -1,0 +1,64 @@
+"""Training methods: a registry of pure loss functions the generic train step calls.
+
+A method is data plus a pure function. `loss(params, batch_stats, batch, keys, *, models, cfg,
+axis_name) -> LossOutput`, where
+  params, batch_stats: dicts keyed by model role ("target", and "guide" for two-model methods);
+  batch: {"image": float [B, H, W, C] in [0, 1] (augmented), "label": [B], "index": [B],
+          "mask": [B]};
+  keys: [B] per-example keys (see `regmix_jax.rng`);
+  models: {role: flax module}; cfg: the method's config as a plain dict;
+  axis_name: the data-parallel axis or None (for methods that need global counts).
+The loss is the mean over the local batch; the train step averages gradients, batch statistics
+and metrics over devices. Adding a method adds a module here and a config; `train.py` and
+`train_step.py` do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import ml_collections
+
+from regmix_jax.methods import fgsm_rs, pgd_at, standard
+from regmix_jax.methods.base import LossOutput, apply_model, logits_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered training method.
+
+  name: the registry name (`config.method.name`).
+  loss: the pure loss function described in this module's docstring.
+  defaults: every field of `config.method` the method reads, with its default (REFERENCE.md).
+  roles: the model roles the method trains ("target" always first).
+  choices: allowed values of the method's string fields, checked when the config is validated.
+  """
+
+  name: str
+  loss: Callable[..., LossOutput]
+  defaults: Mapping[str, Any]
+  roles: tuple[str, ...] = ("target",)
+  choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {
+    m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
+                   getattr(m, "CHOICES", {}))
+    for m in (standard, fgsm_rs, pgd_at)
+}
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"Unknown training method {name!r} (config field `method.name`). "
+                     f"Available: {', '.join(sorted(METHODS))}.")
+  return METHODS[name]
+
+
+def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """`config.method` for `name`: every field the method reads, at its default, then `overrides`."""
+  method = get_method(name)
+  cfg = ml_collections.ConfigDict({"name": name, **method.defaults})
+  cfg.update(overrides)
+  return cfg

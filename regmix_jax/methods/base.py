@@ -1,0 +1,54 @@
+"""What every method shares: the loss output and the ways to run a model."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+
+from regmix_jax import losses
+
+
+@flax.struct.dataclass
+class LossOutput:
+  """What a method's loss returns.
+
+  loss: scalar, the mean over the local batch; this is what is differentiated.
+  batch_stats: new batch statistics, keyed by role.
+  metrics: scalars to log (local means), e.g. "loss", "accuracy".
+  ema_decay: optional per-step EMA base decay (FGSM-PGK's dynamic rule); None = the config's.
+  """
+
+  loss: jax.Array
+  batch_stats: Any
+  metrics: Mapping[str, jax.Array]
+  ema_decay: jax.Array | None = None
+
+
+def apply_model(models, role, params, batch_stats, x, *, train: bool):
+  """Runs model `role` on `x [B, H, W, C]`: returns `(logits [B, C], new batch_stats of role)`.
+
+  In train mode BatchNorm uses batch statistics and returns updated running averages; in
+  inference mode it uses the running averages and returns them unchanged.
+  """
+  variables = {"params": params[role], "batch_stats": batch_stats[role]}
+  if train:
+    logits, updates = models[role].apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return models[role].apply(variables, x, train=False), batch_stats[role]
+
+
+def logits_fn(models, role, params, batch_stats, *, train: bool) -> Callable[[jax.Array], jax.Array]:
+  """`x -> logits` for attacks. With `train=True` BatchNorm uses batch statistics (as a PyTorch
+  model in `.train()` mode) but the running averages are not updated by attack passes."""
+  return lambda x: apply_model(models, role, params, batch_stats, x, train=train)[0]
+
+
+def supervised_ce(models, params, batch_stats, x, labels) -> LossOutput:
+  """Mean `CE(f(x), y)` with the target in train mode: the loss of `standard`, `fgsm_rs`,
+  `pgd_at` (each on its own `x`); metrics "loss" and "accuracy" on `x`."""
+  logits, stats = apply_model(models, "target", params, batch_stats, x, train=True)
+  ce = losses.cross_entropy(logits, labels)
+  metrics = {"loss": ce.mean(), "accuracy": losses.correct(logits, labels).mean()}
+  return LossOutput(ce.mean(), {**batch_stats, "target": stats}, metrics)

@@ -1,0 +1,24 @@
+"""`pgd_at`: PGD adversarial training (Madry et al. 2018): CE on PGD-10 examples.
+
+PGD-10, eps 8/255, step 2/255, uniform random start (REFERENCE.md). The attack runs with batch
+statistics (`attack_bn = "train"`, as the widely used Rice et al. code with `model.train()`), but
+its passes do not update the BatchNorm running averages (PyTorch updates them on every attack
+pass); `attack_bn = "eval"` uses the running averages instead.
+"""
+
+from regmix_jax import attacks
+from regmix_jax.methods import base
+
+NAME = "pgd_at"
+DEFAULTS = {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10, "attack_bn": "train"}
+CHOICES = {"attack_bn": ("train", "eval")}
+
+
+def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
+  del axis_name
+  x, y = batch["image"], batch["label"]
+  attack_logits = base.logits_fn(models, "target", params, batch_stats,
+                                 train=cfg["attack_bn"] == "train")
+  x_adv = attacks.pgd(attack_logits, x, y, keys, epsilon=cfg["epsilon"],
+                      step_size=cfg["step_size"], num_steps=cfg["num_steps"])
+  return base.supervised_ce(models, params, batch_stats, x_adv, y)

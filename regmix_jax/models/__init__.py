@@ -1,0 +1,81 @@
+"""Model registry: `get_model(name, num_classes, axis_name=..., dtype=..., **kwargs)`.
+
+Every model is a Flax Linen module called as `model.apply(variables, x, train=...)` with x float
+images in [0, 1], NHWC [B, H, W, 3], no mean/std normalisation, and returns float32 logits
+[B, num_classes]. BatchNorm follows PyTorch (momentum 0.1, eps 1e-5) and is synchronised over
+`axis_name` when given (run the model inside pmap / shard_map with that axis). `dtype` is the
+computation dtype; parameters stay float32.
+"""
+
+import inspect
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from regmix_jax.models.common import PreActBlock, check_images
+from regmix_jax.models.resnet import BasicBlock, PreActResNet18, ResNet18
+from regmix_jax.models.small_cnn import SmallCNN
+from regmix_jax.models.wideresnet import WideResNet
+
+
+def _small_cnn(num_classes, *, width=32, **common):
+  return SmallCNN(num_classes, width=width, **common)
+
+
+def _resnet18(num_classes, **common):
+  return ResNet18(num_classes, stage_strides=(1, 2, 2, 2), **common)
+
+
+def _lbgat_resnet18(num_classes, **common):
+  return ResNet18(num_classes, stage_strides=(1, 1, 2, 2), **common)
+
+
+def _preact_resnet18(num_classes, **common):
+  return PreActResNet18(num_classes, **common)
+
+
+def _wrn(num_classes, *, depth=34, width=10, **common):
+  return WideResNet(num_classes, depth=depth, width=width, **common)
+
+
+def _wrn34_10(num_classes, **common):
+  return WideResNet(num_classes, depth=34, width=10, **common)
+
+
+# name -> constructor(num_classes, *, axis_name, dtype, **model kwargs) -> nn.Module
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": _small_cnn,
+    "resnet18": _resnet18,
+    "preact_resnet18": _preact_resnet18,
+    "lbgat_resnet18": _lbgat_resnet18,
+    "wrn": _wrn,
+    "wrn34_10": _wrn34_10,
+}
+
+
+def model_kwargs(name: str) -> tuple[str, ...]:
+  """The model-specific keyword arguments `name` accepts (config `model.kwargs`)."""
+  params = inspect.signature(MODELS[name]).parameters.values()
+  return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
+              dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+  """Builds model `name` with `num_classes` outputs. ValueError for an unknown name or for
+  keyword arguments the model does not take."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r} (config field model.name); available: "
+                     f"{', '.join(sorted(MODELS))}")
+  unknown = sorted(set(kwargs) - set(model_kwargs(name)))
+  if unknown:
+    accepted = ", ".join(model_kwargs(name)) or "none"
+    raise ValueError(f"model {name!r} got unknown kwargs {unknown} (config field model.kwargs); "
+                     f"accepted: {accepted}")
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+  return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, **kwargs)
+
+
+__all__ = ["MODELS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18", "SmallCNN",
+           "WideResNet", "check_images", "get_model", "model_kwargs"]

@@ -1,0 +1,82 @@
+"""Run outputs: per-epoch records in `metrics.jsonl`, TensorBoard scalars and the final table.
+
+`metrics.jsonl` is only ever appended to. Training is deterministic given the config, so an epoch
+re-run after a resume produces the record it produced before: a record for an epoch already in
+the file is not written twice, and a line cut short by a kill is dropped on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+
+class MetricsLog:
+  """Append-only JSON-lines log of per-epoch records (`{"epoch": e, ...}`)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.epochs: set[int] = set()
+    self.records: list[dict[str, Any]] = []
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        content = f.read()
+      complete, _, partial = content.rpartition(b"\n")
+      if partial:  # a record cut short by a kill: remove it, it will be written again
+        with open(path, "r+b") as f:
+          f.truncate(len(complete) + 1 if complete else 0)
+      for line in complete.decode().splitlines():
+        if line.strip():
+          record = json.loads(line)
+          self.records.append(record)
+          self.epochs.add(record["epoch"])
+
+  def append(self, record: Mapping[str, Any]) -> bool:
+    """Appends `record` unless its epoch is already logged; returns whether it was written."""
+    if record["epoch"] in self.epochs:
+      return False
+    with open(self.path, "a") as f:
+      f.write(json.dumps(dict(record)) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    self.epochs.add(record["epoch"])
+    self.records.append(dict(record))
+    return True
+
+
+class TensorBoard:
+  """Scalars for TensorBoard through tensorboardX (no TensorFlow needed); a no-op when disabled."""
+
+  def __init__(self, logdir: str | None):
+    self._writer = None
+    if logdir:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(logdir)
+
+  def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+    if self._writer is not None:
+      for k, v in values.items():
+        self._writer.add_scalar(prefix + k, float(v), step)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+
+
+def summary_table(records: list[Mapping[str, Any]]) -> str:
+  """A fixed-width table of the per-epoch records (accuracies in percent)."""
+  if not records:
+    return "(no epochs recorded)"
+  columns = ["epoch"] + [k for k in records[-1] if k not in ("epoch", "step", "time")]
+  def fmt(key, value):
+    if value is None:
+      return "-"
+    if key.endswith("accuracy") or key.startswith("eval_"):
+      return f"{100 * value:.2f}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+  rows = [[fmt(k, r.get(k)) for k in columns] for r in records]
+  widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+  line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -1,0 +1,73 @@
+"""Bad configs fail at start with a message that names the field."""
+
+import pytest
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods
+
+
+def _config(**method_overrides):
+  c = config_lib.base_config()
+  c.method = methods.method_config("pgd_at", **method_overrides)
+  return c
+
+
+def test_base_configs_validate():
+  config_lib.validate(_config(), num_devices=4)
+
+
+def test_unknown_method_names_field_and_choices():
+  c = _config()
+  c.method.name = "pgd_att"
+  with pytest.raises(ValueError, match=r"method\.name.*Available: .*pgd_at"):
+    config_lib.validate(c)
+
+
+def test_unknown_model_name():
+  c = _config()
+  c.model.name = "resnet19"
+  with pytest.raises(ValueError, match=r"model\.name.*resnet18"):
+    config_lib.validate(c)
+
+
+def test_unknown_field_suggests_the_close_one():
+  c = _config()
+  c.optim.unlock()
+  c.optim.learning_rat = 0.1
+  with pytest.raises(ValueError, match=r"optim\.learning_rat.*Did you mean `optim\.learning_rate`"):
+    config_lib.validate(c)
+
+
+def test_wrong_type_names_field():
+  c = _config()
+  c.data.unlock()
+  del c.data["batch_size"]
+  c.data.batch_size = "128"
+  with pytest.raises(TypeError, match=r"data\.batch_size.*must be int.*'128'"):
+    config_lib.validate(c)
+
+
+def test_method_field_checked_against_method_schema():
+  c = _config()
+  c.method.unlock()
+  c.method.num_step = 10
+  with pytest.raises(ValueError, match=r"method\.num_step.*method\.num_steps"):
+    config_lib.validate(c)
+  c = _config(attack_bn="training")
+  with pytest.raises(ValueError, match=r"method\.attack_bn.*train, eval"):
+    config_lib.validate(c)
+
+
+def test_inconsistent_values():
+  c = _config()
+  c.eval.attacks = "clean,pgd"
+  with pytest.raises(ValueError, match=r"eval\.attacks.*'pgd'"):
+    config_lib.validate(c)
+  c = _config()
+  c.eval.split = "val"
+  with pytest.raises(ValueError, match=r"data\.val_size"):
+    config_lib.validate(c)
+  c = _config()
+  c.data.batch_size = 130
+  with pytest.raises(ValueError, match=r"data\.batch_size.*divisible.*4"):
+    config_lib.validate(c, num_devices=4)

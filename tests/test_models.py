@@ -1,0 +1,161 @@
+"""Model registry tests: exact PyTorch parameter counts, shapes, BatchNorm behaviour, errors.
+
+The big models are only traced (jax.eval_shape), so nothing real is computed for them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regmix_jax import models
+
+# Parameter counts of the PyTorch reference models with 10 classes (sum of p.numel()).
+PYTORCH_PARAM_COUNTS = {
+    # kuangliu/pytorch-cifar ResNet18().
+    "resnet18": 11_173_962,
+    # LBGAT / D2R guide: ResNet-18 with stage strides 1, 1, 2, 2; strides add no parameters.
+    "lbgat_resnet18": 11_173_962,
+    # Wong et al. fast_adversarial PreActResNet18() (the FGSM-PGK code's model): kuangliu's
+    # PreActResNet18 has 11_171_146; Wong's adds the final BatchNorm2d(512) before pooling
+    # (+2 * 512 = 1_024). Equivalently: ResNet-18's 11_173_962 minus its BN parameters
+    # (9_600: stem 128, blocks 7_680, three shortcut BNs 1_792) plus the pre-activation BNs
+    # (6_784: bn1 over each block's input width, bn2 over its output width) plus the final BN 1_024.
+    "preact_resnet18": 11_172_170,
+    # TRADES / MART WideResNet(depth=34, widen_factor=10), without TRADES' unused sub_block1.
+    "wrn34_10": 46_160_474,
+}
+
+
+def _shapes(name, num_classes, hw, batch=2, **kwargs):
+  """(param count, logits ShapeDtypeStruct, variables shapes) by tracing only."""
+  model = models.get_model(name, num_classes, **kwargs)
+  x = jax.ShapeDtypeStruct((batch, hw, hw, 3), jnp.float32)
+  variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  return count, logits, variables
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_PARAM_COUNTS))
+def test_param_count_and_shapes(name):
+  count, logits, _ = _shapes(name, 10, 32)
+  assert count == PYTORCH_PARAM_COUNTS[name]
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  for num_classes, hw in ((100, 32), (100, 64), (10, 64)):
+    _, logits, _ = _shapes(name, num_classes, hw, batch=3)
+    assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,final_hw", [("resnet18", 4), ("lbgat_resnet18", 8)])
+def test_final_feature_map(name, final_hw):
+  """ResNet-18 ends on 4x4 at 32x32 input, the LBGAT guide (strides 1, 1, 2, 2) on 8x8."""
+  model = models.get_model(name, 10)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, capture_intermediates=True), variables, x)
+  (last,) = state["intermediates"]["BasicBlock_7"]["__call__"]
+  assert last.shape == (1, final_hw, final_hw, 512)
+
+
+def test_wrn_depth_width_kwargs():
+  count, logits, variables = _shapes("wrn", 7, 32, depth=16, width=2)
+  assert logits.shape == (2, 7)
+  assert sum(k.startswith("PreActBlock_") for k in variables["params"]) == 3 * 2
+  assert _shapes("wrn", 10, 32)[0] == PYTORCH_PARAM_COUNTS["wrn34_10"]  # defaults 34, 10
+
+
+def _small(axis_name=None, **kwargs):
+  return models.get_model("small_cnn", 5, axis_name=axis_name, width=8, **kwargs)
+
+
+def _images(batch, hw=16, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (batch, hw, hw, 3))
+
+
+def test_small_cnn_train_updates_batch_stats():
+  model, x = _small(), _images(8)
+  variables = model.init(jax.random.key(1), x, train=False)
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (8, 5) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  old, new = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates["batch_stats"])
+  assert len(old) == len(new) == 6  # mean and var of three BN layers
+  for a, b in zip(old, new):
+    assert not np.allclose(a, b)
+
+
+def test_small_cnn_eval_is_deterministic_and_per_example():
+  model, x = _small(), _images(8)
+  variables = model.init(jax.random.key(1), x, train=False)
+  _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = {"params": variables["params"], **updates}  # non-trivial running statistics
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  out = apply(variables, x)
+  np.testing.assert_array_equal(out, apply(variables, x))
+  perm = np.array([3, 7, 0, 5, 1, 6, 2, 4])
+  np.testing.assert_allclose(apply(variables, x[perm]), out[perm], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(apply(variables, x[:1]), out[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model, x = _small(dtype=jnp.bfloat16), _images(4)
+  variables = model.init(jax.random.key(1), x, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
+def test_synchronised_batch_norm_matches_single_device():
+  n = jax.local_device_count()
+  assert n == 4, "conftest forces 4 CPU devices"
+  x = _images(4 * n)
+  local, synced = _small(), _small(axis_name="batch")
+  variables = local.init(jax.random.key(1), x, train=False)
+  ref_logits, ref_updates = jax.jit(
+      lambda v, x: local.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+
+  replicated = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), variables)
+  logits, updates = jax.pmap(
+      lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"]),
+      axis_name="batch")(replicated, x.reshape(n, 4, *x.shape[1:]))
+  np.testing.assert_allclose(logits.reshape(ref_logits.shape), ref_logits, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
+    for d in range(n):  # every device holds the global-batch statistics
+      np.testing.assert_allclose(got[d], want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_model_name_lists_available():
+  with pytest.raises(ValueError) as err:
+    models.get_model("resnet19", 10)
+  message = str(err.value)
+  assert "resnet19" in message and "model.name" in message
+  for name in models.MODELS:
+    assert name in message
+
+
+def test_unknown_kwargs_and_bad_depth():
+  with pytest.raises(ValueError, match=r"resnet18.*width"):
+    models.get_model("resnet18", 10, width=4)
+  with pytest.raises(ValueError, match="depth=30"):
+    models.get_model("wrn", 10, depth=30)
+  with pytest.raises(ValueError, match="small_cnn.*depth"):
+    models.get_model("small_cnn", 10, depth=3)
+  assert set(models.MODELS) == {"small_cnn", "resnet18", "preact_resnet18", "lbgat_resnet18",
+                                "wrn", "wrn34_10"}
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("resnet18", (2, 32, 32, 1)),      # grey images
+    ("resnet18", (2, 3, 32, 32)),      # NCHW
+    ("wrn34_10", (2, 48, 48, 3)),      # unsupported size
+    ("preact_resnet18", (32, 32, 3)),  # no batch axis
+    ("small_cnn", (2, 4, 4, 3)),       # too small
+    ("small_cnn", (2, 16, 12, 3)),     # not square
+])
+def test_wrong_image_shape_raises(name, shape):
+  model = models.get_model(name, 10)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+    jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)

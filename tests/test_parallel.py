@@ -1,0 +1,66 @@
+"""One train step gives the same result on 1 device, under pmap on 4 and under shard_map on 4."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods, models, parallel
+from regmix_jax import train_state as ts
+from regmix_jax.train_step import bind_method, train_step
+
+
+def _setup(method_name, axis_name):
+  config = config_lib.base_config()
+  config.method = methods.method_config(method_name)
+  if method_name == "pgd_at":
+    config.method.num_steps = 2
+  config.ema.enabled = True
+  config.optim.schedule = "constant"
+  nets = {"target": models.get_model("small_cnn", 10, axis_name=axis_name, width=4)}
+  state = ts.create_train_state(config, nets, (16, 16, 3), steps_per_epoch=10)
+  method = methods.get_method(method_name)
+  return state, bind_method(method.loss, nets, config.method)
+
+
+def _batch(n=16):
+  r = np.random.default_rng(0)
+  return {"image": r.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+          "label": r.integers(0, 10, (n,)).astype(np.int32),
+          "index": np.arange(100, 100 + n, dtype=np.int32),
+          "mask": np.ones((n,), bool)}
+
+
+@pytest.mark.parametrize("method_name", ["standard", "pgd_at"])
+def test_single_device_pmap_and_shard_map_agree(method_name):
+  batch = _batch()
+  state, bound = _setup(method_name, axis_name=None)
+  single = jax.jit(functools.partial(train_step, method=bound))
+  ref_state, ref_metrics = single(state, batch)
+  ref_state, ref_metrics2 = single(ref_state, batch)  # two steps: momentum and EMA engaged
+
+  devices = jax.devices()[:4]
+  assert len(devices) == 4
+  state_p, bound_p = _setup(method_name, axis_name=parallel.AXIS)
+  for kind in ("pmap", "shard_map"):
+    par = parallel.DataParallel(kind, devices=devices)
+    step = par.map(functools.partial(train_step, method=bound_p), donate_state=False)
+    dstate, metrics = step(par.put_state(state_p), par.put_batch(batch))
+    dstate, metrics2 = step(dstate, par.put_batch(batch))
+    out = jax.device_get(par.get_state(dstate))
+    for name in ("loss", "accuracy"):
+      np.testing.assert_allclose(np.asarray(par.unreplicate(metrics)[name]),
+                                 ref_metrics[name], rtol=1e-5, err_msg=f"{kind} {name}")
+      np.testing.assert_allclose(np.asarray(par.unreplicate(metrics2)[name]),
+                                 ref_metrics2[name], rtol=1e-5, err_msg=f"{kind} {name}")
+    for tree in ("params", "batch_stats", "ema_params", "opt_state"):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
+                                                           err_msg=f"{kind} {tree}"),
+                   getattr(out, tree), jax.device_get(getattr(ref_state, tree)))
+    assert int(out.step) == 2
+  # The step did something: parameters moved.
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
+                       ref_state.params, state.params)
+  assert max(jax.tree.leaves(moved)) > 1e-4

@@ -1,0 +1,167 @@
+"""End to end: training, resume after `kill -9`, non-finite loss, corrupted checkpoint, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from regmix_jax import checkpointing
+from regmix_jax import config as config_lib
+from regmix_jax import methods, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+# A small, fast variant of the quickstart, as command-line overrides.
+TINY = ["--config.num_epochs=3", "--config.cpu_devices=4", "--config.log_every_steps=4",
+        "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_test=64",
+        "--config.data.synthetic.image_size=16", "--config.data.batch_size=32",
+        "--config.data.eval_batch_size=32", "--config.model.kwargs.width=4",
+        "--config.eval.attacks=clean,pgd2", "--config.eval.every_epochs=1",
+        "--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=50",
+        "--config.method.name=fgsm_rs"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def tiny_config(**overrides):
+  config = config_lib.base_config()
+  config.num_epochs = 2
+  config.log_every_steps = 2
+  config.data.source = "synthetic"
+  config.data.synthetic.update(num_train=128, num_test=32, image_size=16)
+  config.data.batch_size = 32
+  config.data.eval_batch_size = 32
+  config.model.name = "small_cnn"
+  config.model.kwargs.width = 4
+  config.method = methods.method_config("fgsm_rs")
+  config.optim.schedule = "constant"
+  config.eval.attacks = "clean,pgd2"
+  config.checkpoint.async_save = False
+  for k, v in overrides.items():
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+def _cli(workdir, *extra):
+  return [sys.executable, "-m", "regmix_jax.main", f"--config={QUICKSTART}",
+          f"--workdir={workdir}", *TINY, *extra]
+
+
+def _final_state(workdir):
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+  return step, tree
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  subprocess.run(_cli(full), check=True, env=ENV, cwd=ROOT, capture_output=True)
+
+  proc = subprocess.Popen(_cli(killed), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(killed, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.005)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  step_at_kill, _ = _final_state(killed)
+  assert step_at_kill < 3 * 16, "the run finished before it was killed"
+
+  resumed = subprocess.run(_cli(killed), env=ENV, cwd=ROOT, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from" in resumed.stdout
+
+  step_full, tree_full = _final_state(full)
+  step_resumed, tree_resumed = _final_state(killed)
+  assert step_full == step_resumed == 3 * 16
+  for key in ("params", "batch_stats", "opt_state", "rng"):
+    leaves_a = [np.asarray(x) for x in __import__("jax").tree.leaves(tree_full[key])]
+    leaves_b = [np.asarray(x) for x in __import__("jax").tree.leaves(tree_resumed[key])]
+    assert len(leaves_a) == len(leaves_b) > 0
+    for a, b in zip(leaves_a, leaves_b):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=key)
+  records_full, records_resumed = _records(full), _records(killed)
+  assert [r["epoch"] for r in records_resumed] == [0, 1, 2]
+  for a, b in zip(records_full, records_resumed):
+    for k in ("train_loss", "train_accuracy", "eval_clean", "eval_pgd2"):
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+
+
+def test_training_learns_and_restart_of_finished_run_only_evaluates(tmp_path, capsys):
+  config = tiny_config(**{"num_epochs": 3, "data.synthetic.num_train": 512,
+                          "data.synthetic.num_test": 128, "data.augment": False,
+                          "optim.learning_rate": 0.05})
+  config.method = methods.method_config("standard")
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert final["clean"] > 0.5  # 10 classes: chance is 0.1
+  assert set(final) == {"clean", "pgd2"}
+  assert final["pgd2"] <= final["clean"]
+  records = _records(str(tmp_path))
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  again = train.train_and_evaluate(config, str(tmp_path))
+  np.testing.assert_allclose(again["clean"], final["clean"])
+  assert len(_records(str(tmp_path))) == 3
+  out = capsys.readouterr().out
+  assert "final (test): clean" in out and "epoch" in out
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"optim.learning_rate": 1e30, "checkpoint.every_steps": 1,
+                          "log_every_steps": 1000})
+  with pytest.raises(FloatingPointError, match=r"at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path))
+  step, tree = _final_state(str(tmp_path))
+  for leaf in __import__("jax").tree.leaves(tree["params"]):
+    assert np.isfinite(np.asarray(leaf)).all()
+  assert step >= 1
+
+
+def test_corrupted_checkpoint_gets_a_clear_error(tmp_path):
+  config = tiny_config(num_epochs=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  step_dir = os.path.join(str(tmp_path), "checkpoints", str(config.data.synthetic.num_train // 32))
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpointing.CheckpointError, match=r"Delete .*checkpoints/4"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_dataset_error(tmp_path):
+  config = tiny_config(**{"data.source": "files", "data.dir": str(tmp_path / "nowhere")})
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.method.name=pgd_att", "method.name"),
+    ("--config.model.name=resnet19", "model.name"),
+    ("--config.data.batch_size=many", "batch_size"),
+])
+def test_cli_errors_name_the_field(tmp_path, flag, message):
+  result = subprocess.run(_cli(str(tmp_path), flag), env=ENV, cwd=ROOT, capture_output=True,
+                          text=True)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert len(result.stderr) < 20000
