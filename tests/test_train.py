@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -69,42 +70,66 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-  subprocess.run(_cli(full), check=True, env=ENV, cwd=ROOT, capture_output=True)
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  subprocess.run(_cli(workdir), check=True, env=ENV, cwd=ROOT, capture_output=True)
+  return workdir
 
-  proc = subprocess.Popen(_cli(killed), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  ckpt_dir = os.path.join(killed, "checkpoints")
+
+def _interrupt_after_first_checkpoint(workdir, sig):
+  """Starts the tiny run and sends `sig` once its step-2 checkpoint exists."""
+  proc = subprocess.Popen(_cli(workdir), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     if os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpt_dir)):
       break
     time.sleep(0.005)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  step_at_kill, _ = _final_state(killed)
-  assert step_at_kill < 3 * 16, "the run finished before it was killed"
+  os.kill(proc.pid, sig)
+  stdout, _ = proc.communicate()
+  step_at_stop, _ = _final_state(workdir)
+  assert step_at_stop < 3 * 16, "the run finished before it was interrupted"
+  return proc.returncode, stdout
 
-  resumed = subprocess.run(_cli(killed), env=ENV, cwd=ROOT, capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resuming from" in resumed.stdout
 
+def _assert_same_run(full, resumed):
   step_full, tree_full = _final_state(full)
-  step_resumed, tree_resumed = _final_state(killed)
+  step_resumed, tree_resumed = _final_state(resumed)
   assert step_full == step_resumed == 3 * 16
   for key in ("params", "batch_stats", "opt_state", "rng"):
-    leaves_a = [np.asarray(x) for x in __import__("jax").tree.leaves(tree_full[key])]
-    leaves_b = [np.asarray(x) for x in __import__("jax").tree.leaves(tree_resumed[key])]
+    leaves_a = jax.tree.leaves(tree_full[key])
+    leaves_b = jax.tree.leaves(tree_resumed[key])
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=key)
-  records_full, records_resumed = _records(full), _records(killed)
-  assert [r["epoch"] for r in records_resumed] == [0, 1, 2]
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=key)
+  records_full, records_resumed = _records(full), _records(resumed)
+  assert [r["epoch"] for r in records_resumed] == [0, 1, 2]  # no gap, no duplicate
   for a, b in zip(records_full, records_resumed):
     for k in ("train_loss", "train_accuracy", "eval_clean", "eval_pgd2"):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, uninterrupted_run):
+  killed = str(tmp_path / "killed")
+  returncode, _ = _interrupt_after_first_checkpoint(killed, signal.SIGKILL)
+  assert returncode == -signal.SIGKILL
+  resumed = subprocess.run(_cli(killed), env=ENV, cwd=ROOT, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from" in resumed.stdout
+  _assert_same_run(uninterrupted_run, killed)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, uninterrupted_run):
+  stopped = str(tmp_path / "stopped")
+  returncode, stdout = _interrupt_after_first_checkpoint(stopped, signal.SIGTERM)
+  assert returncode == 0 and "Stopped by signal" in stdout
+  step_at_stop, _ = _final_state(stopped)
+  resumed = subprocess.run(_cli(stopped), env=ENV, cwd=ROOT, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resuming from {os.path.join(stopped, 'checkpoints')}/{step_at_stop}" in resumed.stdout
+  _assert_same_run(uninterrupted_run, stopped)
 
 
 def test_training_learns_and_restart_of_finished_run_only_evaluates(tmp_path, capsys):
@@ -131,7 +156,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
     train.train_and_evaluate(config, str(tmp_path))
   step, tree = _final_state(str(tmp_path))
-  for leaf in __import__("jax").tree.leaves(tree["params"]):
+  for leaf in jax.tree.leaves(tree["params"]):
     assert np.isfinite(np.asarray(leaf)).all()
   assert step >= 1
 

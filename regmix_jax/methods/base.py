@@ -52,3 +52,13 @@ def supervised_ce(models, params, batch_stats, x, labels) -> LossOutput:
   ce = losses.cross_entropy(logits, labels)
   metrics = {"loss": ce.mean(), "accuracy": losses.correct(logits, labels).mean()}
   return LossOutput(ce.mean(), {**batch_stats, "target": stats}, metrics)
+
+
+def adversarial_ce(attack, params, batch_stats, batch, keys, *, models, attack_bn: str
+                   ) -> LossOutput:
+  """`supervised_ce` on `attack(logits_fn, x, y, keys)`; the attack sees the target with batch
+  statistics (`attack_bn="train"`) or running averages ("eval"), never updating them."""
+  x, y = batch["image"], batch["label"]
+  attack_logits = logits_fn(models, "target", params, batch_stats, train=attack_bn == "train")
+  x_adv = attack(attack_logits, x, y, keys)
+  return supervised_ce(models, params, batch_stats, x_adv, y)

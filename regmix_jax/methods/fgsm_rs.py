@@ -6,6 +6,8 @@ train mode; `attack_bn = "train"` does that with batch statistics, but the attac
 update the BatchNorm running averages (in PyTorch it updates them once more per step).
 """
 
+import functools
+
 from regmix_jax import attacks
 from regmix_jax.methods import base
 
@@ -16,9 +18,7 @@ CHOICES = {"attack_bn": ("train", "eval")}
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
   del axis_name
-  x, y = batch["image"], batch["label"]
-  attack_logits = base.logits_fn(models, "target", params, batch_stats,
-                                 train=cfg["attack_bn"] == "train")
-  x_adv = attacks.fgsm(attack_logits, x, y, keys, epsilon=cfg["epsilon"],
-                       step_size=cfg["step_size"], random_start=True)
-  return base.supervised_ce(models, params, batch_stats, x_adv, y)
+  attack = functools.partial(attacks.fgsm, epsilon=cfg["epsilon"], step_size=cfg["step_size"],
+                             random_start=True)
+  return base.adversarial_ce(attack, params, batch_stats, batch, keys, models=models,
+                             attack_bn=cfg["attack_bn"])
