@@ -19,7 +19,7 @@ def get_config():
   config.data.batch_size = 128
   config.data.eval_batch_size = 500
   config.model.name = "small_cnn"
-  config.model.kwargs.width = 16
+  config.model.width = 16
   config.method = methods.method_config("fgsm_rs")
   config.optim.schedule = "cyclic"  # Wong et al.'s one-cycle schedule
   config.optim.learning_rate = 0.2

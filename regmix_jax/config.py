@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_epochs = 110
-  # CPU only: number of host devices for data parallelism; 0 = one per core. Ignored elsewhere.
+  # CPU only: number of host devices for data parallelism; 0 = one per core (at most; the largest
+  # count that divides the batch sizes). Ignored on GPU/TPU.
   c.cpu_devices = 0
   c.parallel = "pmap"  # how the per-device step is mapped: "pmap" or "shard_map"
   c.log_every_steps = 50
@@ -50,7 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics over the global batch (as one GPU of the references sees it), so results
   # do not depend on the device count.
   c.model.sync_batch_norm = True
-  c.model.kwargs = ml_collections.ConfigDict()  # model-specific, e.g. width for small_cnn
+  # Size fields, passed to the models that take them (0 = the model's default): small_cnn takes
+  # width (32); wrn takes depth and width (34, 10).
+  c.model.width = 0
+  c.model.depth = 0
 
   c.method = ml_collections.ConfigDict({"name": "standard"})
 
@@ -103,8 +107,7 @@ def _check_types(config, schema, prefix: str = "") -> None:
     if isinstance(default, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
         raise TypeError(f"Config field `{path}` must be a group of fields, got {value!r}.")
-      if path != "model.kwargs":  # model kwargs are checked by the model registry
-        _check_types(value, default, path + ".")
+      _check_types(value, default, path + ".")
       continue
     ok = {
         bool: lambda v: isinstance(v, bool),
@@ -142,6 +145,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("data.source", config.data.source, SOURCE_CHOICES)
   _choice("model.name", config.model.name, sorted(models.MODELS))
   _choice("model.dtype", config.model.dtype, DTYPE_CHOICES)
+  for size in ("width", "depth"):
+    if config.model[size] and size not in models.model_kwargs(config.model.name):
+      raise ValueError(f"Config field `model.{size}` = {config.model[size]} is not used by model "
+                       f"{config.model.name!r} (it takes: "
+                       f"{', '.join(models.model_kwargs(config.model.name)) or 'no size fields'}); "
+                       "set it to 0.")
   _choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
   _choice("eval.split", config.eval.split, EVAL_SPLIT_CHOICES)
   evaluate.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`

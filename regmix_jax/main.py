@@ -20,11 +20,20 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and log
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def configure_cpu_devices(cpu_devices: int) -> None:
-  """Sets the number of host CPU devices (0 = one per core) before JAX starts a backend, so that
-  data parallelism on a CPU-only machine uses every core. No effect on GPU/TPU devices."""
+def cpu_device_count(config) -> int:
+  """`config.cpu_devices`, or for 0 the largest count <= the number of cores that divides both
+  batch sizes (so the default works on any machine)."""
+  if config.cpu_devices > 0:
+    return config.cpu_devices
+  cores = os.cpu_count() or 1
+  return max(d for d in range(1, cores + 1)
+             if config.data.batch_size % d == 0 and config.data.eval_batch_size % d == 0)
+
+
+def configure_cpu_devices(count: int) -> None:
+  """Sets the number of host CPU devices before JAX starts a backend, so that data parallelism on
+  a CPU-only machine uses every core. No effect on GPU/TPU devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  count = cpu_devices or os.cpu_count() or 1
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as e:  # a backend already started (e.g. in an interactive session)
@@ -37,7 +46,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO: keep the console for progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  configure_cpu_devices(config.cpu_devices)
+  configure_cpu_devices(cpu_device_count(config))
   from regmix_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, FLAGS.workdir)

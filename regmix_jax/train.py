@@ -39,8 +39,9 @@ def build_models(config: ml_collections.ConfigDict, roles, num_classes: int) -> 
   built = {}
   for role in roles:
     model_cfg = config.model if role == "target" else config[f"{role}_model"]
+    sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
     built[role] = models.get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
-                                   **model_cfg.kwargs.to_dict())
+                                   **sizes)
   return built
 
 

@@ -71,3 +71,22 @@ def test_inconsistent_values():
   c.data.batch_size = 130
   with pytest.raises(ValueError, match=r"data\.batch_size.*divisible.*4"):
     config_lib.validate(c, num_devices=4)
+
+
+def test_model_size_fields_must_fit_the_model():
+  c = _config()
+  c.model.width = 4  # resnet18 has no width
+  with pytest.raises(ValueError, match=r"model\.width.*resnet18"):
+    config_lib.validate(c)
+  c.model.name = "small_cnn"
+  config_lib.validate(c)
+
+
+def test_auto_cpu_devices_divide_the_batch(monkeypatch):
+  from regmix_jax import main
+  c = _config()
+  c.data.batch_size, c.data.eval_batch_size = 128, 500
+  monkeypatch.setattr("os.cpu_count", lambda: 6)
+  assert main.cpu_device_count(c) == 4
+  c.cpu_devices = 3
+  assert main.cpu_device_count(c) == 3

@@ -22,7 +22,7 @@ QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 TINY = ["--config.num_epochs=3", "--config.cpu_devices=4", "--config.log_every_steps=4",
         "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_test=64",
         "--config.data.synthetic.image_size=16", "--config.data.batch_size=32",
-        "--config.data.eval_batch_size=32", "--config.model.kwargs.width=4",
+        "--config.data.eval_batch_size=32", "--config.model.width=4",
         "--config.eval.attacks=clean,pgd2", "--config.eval.every_epochs=1",
         "--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=50",
         "--config.method.name=fgsm_rs"]
@@ -39,7 +39,7 @@ def tiny_config(**overrides):
   config.data.batch_size = 32
   config.data.eval_batch_size = 32
   config.model.name = "small_cnn"
-  config.model.kwargs.width = 4
+  config.model.width = 4
   config.method = methods.method_config("fgsm_rs")
   config.optim.schedule = "constant"
   config.eval.attacks = "clean,pgd2"

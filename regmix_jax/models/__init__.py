@@ -70,7 +70,7 @@ def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
   unknown = sorted(set(kwargs) - set(model_kwargs(name)))
   if unknown:
     accepted = ", ".join(model_kwargs(name)) or "none"
-    raise ValueError(f"model {name!r} got unknown kwargs {unknown} (config field model.kwargs); "
+    raise ValueError(f"model {name!r} got unknown kwargs {unknown} (config fields `model.width`, `model.depth`; 0 = default); "
                      f"accepted: {accepted}")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
