@@ -19,6 +19,18 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored."""
 
 
+def check_layout(saved: dict[str, Any], current: dict[str, Any], directory: str) -> None:
+  """Refuses to resume when what fixes the data order or step count (device count, batch size,
+  steps per epoch, seed) differs from the checkpoint's."""
+  diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k, v) != v}
+  if diff:
+    changes = ", ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
+    raise CheckpointError(
+        f"The checkpoints in {directory} were written with a different data layout ({changes}); "
+        "resuming would change the data order and the step count. Resume with the same settings "
+        "(on CPU, `--config.cpu_devices` sets the device count), or use a new --workdir.")
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` under `directory`, one sub-directory per step."""
 

@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.gamma = 0.1
   c.optim.boundaries = (0,)  # piecewise: epochs where the rate changes to the next value
   c.optim.rates = (0.1, 0.1)  # piecewise: len(boundaries) + 1 rates
-  c.optim.peak_epoch_fraction = 0.4  # cyclic: 0 -> learning_rate at this fraction -> 0 at the end
+  c.optim.cyclic_peak_fraction = 0.4  # cyclic: 0 -> learning_rate at this fraction of the run -> 0
 
   c.ema = ml_collections.ConfigDict()
   c.ema.enabled = False
@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.attacks = "clean,pgd10"  # clean, fgsm, pgd<K>, cw<K>
   c.eval.epsilon = 8 / 255
   c.eval.step_size = 2 / 255
-  c.eval.num_examples = 0  # 0 = the whole split
+  c.eval.num_examples = 0  # per-epoch evaluations (0 = all); the final one always uses the whole split
   c.eval.split = "test"  # "test" or "val" (needs data.val_size > 0)
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -138,6 +138,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   method = methods.get_method(config.method.name)
   schema.method = methods.method_config(config.method.name)
   _check_types(config, schema)
+  missing = sorted(set(method.defaults) - set(config.method.keys()))
+  if missing:
+    raise ValueError(
+        f"Config fields {', '.join('`method.' + k + '`' for k in missing)} are missing for method "
+        f"{config.method.name!r}. Build `config.method` with "
+        f"`methods.method_config({config.method.name!r})` (or start from that method's config "
+        "file) rather than only changing `method.name`.")
   for key, choices in method.choices.items():
     if key in config.method:
       _choice(f"method.{key}", config.method[key], choices)
@@ -162,8 +169,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for path, value in positive.items():
     if value <= 0:
       raise ValueError(f"Config field `{path}` must be positive, got {value}.")
-  if config.data.val_size < 0:
-    raise ValueError(f"Config field `data.val_size` must be >= 0, got {config.data.val_size}.")
+  ranges = {"data.val_size": (config.data.val_size, 0, None),
+            "checkpoint.every_steps": (config.checkpoint.every_steps, 0, None),
+            "ema.decay": (config.ema.decay, 0.0, 1.0),
+            "optim.cyclic_peak_fraction": (config.optim.cyclic_peak_fraction, 0.0, 1.0),
+            "optim.learning_rate": (config.optim.learning_rate, 0.0, None),
+            "optim.weight_decay": (config.optim.weight_decay, 0.0, None),
+            "eval.epsilon": (config.eval.epsilon, 0.0, None)}
+  for path, (value, low, high) in ranges.items():
+    if value < low or (high is not None and value > high):
+      bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+      raise ValueError(f"Config field `{path}` must be {bound}, got {value}.")
+  for path in ("optim.milestones", "optim.boundaries"):
+    values = list(config.optim[path.split(".")[1]])
+    if values != sorted(values):
+      raise ValueError(f"Config field `{path}` must be in increasing order, got {tuple(values)}.")
   if config.eval.split == "val" and config.data.val_size == 0:
     raise ValueError("Config field `eval.split` = 'val' needs a validation split: set "
                      "`data.val_size` > 0 (it is carved from the training set).")

@@ -52,12 +52,13 @@ def eval_step(state, batch, key=None, *, model, attack_list, role: str = "target
   """
   variables = state.eval_variables(role)
   logits_fn = lambda x: model.apply(variables, x, train=False)
-  key = rng.as_typed_key(state.rng if key is None else key)
-  keys = rng.example_keys(jax.random.fold_in(key, 0x5EED), batch["index"])
+  key = rng.stream(state.rng if key is None else key, rng.EVAL)
   x = batch["image"].astype(jnp.float32) / 255.0
   mask = batch["mask"].astype(jnp.float32)
   counts = {"count": mask.sum()}
-  for name, attack in attack_list:
+  for position, (name, attack) in enumerate(attack_list):
+    # Each attack has its own random starts: keys from (its position, the example's index).
+    keys = rng.example_keys(jax.random.fold_in(key, position), batch["index"])
     x_eval = x if attack is None else attack(logits_fn, x, batch["label"], keys)
     counts[name] = (losses.correct(logits_fn(x_eval), batch["label"]) * mask).sum()
   return counts if axis_name is None else jax.lax.psum(counts, axis_name)

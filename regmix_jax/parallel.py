@@ -47,8 +47,9 @@ class DataParallel:
     per_device = functools.partial(fn, axis_name=AXIS)
     donate = (0,) if donate_state else ()
     if self.kind == "pmap":
-      return jax.pmap(per_device, axis_name=AXIS, devices=self.local_devices,
-                      donate_argnums=donate)
+      # All devices of all processes (pmap maps over the global device list; each process passes
+      # its local devices' shares).
+      return jax.pmap(per_device, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
     # check_vma=False keeps pmap's semantics: the gradient of replicated parameters is a
     # per-device value that `fn` averages with an explicit `pmean`. (With check_vma=True JAX
     # would already sum it over devices when differentiating, and the explicit pmean would then
@@ -67,11 +68,8 @@ class DataParallel:
           state)
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
-  def get_state(self, state):
-    """Inverse of `put_state`: one copy (the first device's under pmap)."""
-    return self.unreplicate(state)
-
   def unreplicate(self, tree):
+    """Inverse of `put_state`: one copy (the first local device's under pmap)."""
     if self.kind == "pmap":
       return jax.tree.map(lambda x: x[0], tree)
     return tree

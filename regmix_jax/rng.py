@@ -13,6 +13,16 @@ import jax
 import jax.numpy as jnp
 
 
+# Independent streams derived from the run's root key: training steps and evaluation never share
+# a key (`stream(root, TRAIN)` then the step; `stream(root, EVAL)` then the attack's position).
+TRAIN, EVAL = 0, 1
+
+
+def stream(key: jax.Array, name: int) -> jax.Array:
+  """The sub-key of stream `name` (`TRAIN` or `EVAL`) of a root key."""
+  return jax.random.fold_in(as_typed_key(key), name)
+
+
 def as_typed_key(key: jax.Array) -> jax.Array:
   """Accepts a typed key (`jax.random.key`) or raw `uint32` key data (`[..., 2]`)."""
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):

@@ -3,8 +3,9 @@
 It knows no method by name: the method registry supplies the loss, `train_step` the update and
 `parallel` the mapping. A run in a workdir that has checkpoints resumes from the latest one (same
 data position, same metric sums), so a killed run restarted with the same command ends exactly
-where an uninterrupted run would. SIGTERM or Ctrl-C saves a checkpoint and stops cleanly. A
-non-finite loss stops the run naming the step; no checkpoint is written after it.
+where an uninterrupted run would. SIGTERM or Ctrl-C saves a checkpoint and stops cleanly (a
+second Ctrl-C aborts at once). A non-finite loss or parameter stops the run naming the step; no
+checkpoint is written after it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import signal
 import threading
+import types
 import time
 from typing import Any, Iterator
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from absl import logging
+from jax.experimental import multihost_utils
 
 from regmix_jax import checkpointing, config as config_lib, data, evaluate, methods, models
 from regmix_jax import parallel, reporting, train_state as ts_lib
@@ -61,18 +63,22 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
-class _EpochSums:
-  """Host-side sums of per-step training metrics; checks every step's loss is finite."""
+class _EpochMetrics:
+  """Per-step training metrics of one epoch: kept on device until `flush`, then summed on the
+  host after checking that every step's loss is finite."""
 
-  def __init__(self, sums=None, steps=0):
+  def __init__(self, sums=None, steps: int = 0):
     self.sums: dict[str, float] = dict(sums or {})
     self.steps = steps
     self.last: dict[str, float] = {}
+    self._pending: list[tuple[int, Any]] = []
 
-  def add(self, pending: list[tuple[int, Any]], par) -> None:
-    """Fetches the metrics of the steps in `pending` ((global step, device metrics))."""
-    fetched = jax.device_get([par.unreplicate(m) for _, m in pending])
-    for (step, _), metrics in zip(pending, fetched):
+  def push(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self, par: parallel.DataParallel) -> None:
+    fetched = jax.device_get([par.unreplicate(m) for _, m in self._pending])
+    for (step, _), metrics in zip(self._pending, fetched):
       metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
       if not math.isfinite(metrics["loss"]):
         raise FloatingPointError(
@@ -83,15 +89,56 @@ class _EpochSums:
         self.sums[k] = self.sums.get(k, 0.0) + v
       self.steps += 1
       self.last = metrics
-    pending.clear()
+    self._pending = []
 
   def means(self) -> dict[str, float]:
     return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
 
 
+class _StopRequest:
+  """Turns SIGTERM / SIGINT into a request to checkpoint and stop. The first signal restores the
+  previous handler, so a second Ctrl-C aborts at once. Processes agree before stopping."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    signal.signal(signum, self._previous[signum])
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self) -> bool:
+    """Whether any process got a signal (a collective call when there are several processes)."""
+    local = self.signum is not None
+    if jax.process_count() == 1:
+      return local
+    return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+
+
+def _layout(config, par, spe) -> dict[str, int]:
+  """What fixes the data order and the step count: a resumed run must have the same."""
+  return {"num_devices": par.num_devices, "batch_size": config.data.batch_size,
+          "steps_per_epoch": spe, "seed": config.seed}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final
-  evaluation accuracies ({attack name: fraction})."""
+  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
+  or {} when it was stopped by a signal. On a CPU-only machine, call
+  `main.configure_cpu_devices` before JAX starts to use every core.
+  """
   config_lib.validate(config)
   par = parallel.DataParallel(config.parallel)
   config_lib.validate(config, par.num_devices)
@@ -102,7 +149,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
 
   dataset = data.load_dataset(config.data)
-  eval_split = dataset.test if config.eval.split == "test" else dataset.val
   method = methods.get_method(config.method.name)
   nets = build_models(config, method.roles, dataset.num_classes)
   loader = data.TrainLoader(dataset.train, batch_size=config.data.batch_size,
@@ -112,120 +158,141 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"Config field `data.batch_size` = {config.data.batch_size} is larger than "
                      f"the training set ({len(dataset.train.y)} examples).")
   state = ts_lib.create_train_state(config, nets, dataset.image_shape, spe)
-
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep,
                                     async_save=config.checkpoint.async_save)
-  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0}
+  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **_layout(config, par, spe)}
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
-    logging.info("Resumed from step %d (epoch %d, step %d of it).", int(state.step),
-                 meta["epoch"], meta["step_in_epoch"])
+    checkpointing.check_layout(meta, _layout(config, par, spe), ckpt.directory)
     if is_main:
       print(f"Resuming from {ckpt.directory}/{int(state.step)} "
             f"(epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}).", flush=True)
 
-  bound = bind_method(method.loss, nets, config.method)
-  p_train = par.map(functools.partial(train_step, method=bound, augment=config.data.augment,
-                                      ema_decay=config.ema.decay),
-                    donate_state=jax.default_backend() != "cpu")
-  attack_list = evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
-                                       step_size=config.eval.step_size)
-  p_eval = par.map(functools.partial(evaluate.eval_step, model=nets["target"],
-                                     attack_list=attack_list), donate_state=False)
-
-  def run_eval(dstate) -> dict[str, float]:
-    batches = data.eval_batches(eval_split, batch_size=config.data.eval_batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                num_examples=config.eval.num_examples)
-    return evaluate.accuracies(batches, lambda b: p_eval(dstate, par.put_batch(b)))
-
-  log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None
-  board = reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None)
-  stop_signal = []
-  handlers = {}
-  if threading.current_thread() is threading.main_thread():
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      handlers[sig] = signal.signal(sig, lambda signum, _: stop_signal.append(signum))
-
-  def save(dstate, epoch, step_in_epoch, sums: _EpochSums):
-    step = int(jax.device_get(par.unreplicate(dstate.step)))
-    if not bool(_all_finite(dstate.params)):
-      raise FloatingPointError(
-          f"Non-finite parameters after step {step}. Training stopped without saving them; the "
-          "latest checkpoint holds the last good state. Lower the learning rate or check the data.")
-    ckpt.save(step, par.get_state(dstate),
-              {"epoch": epoch, "step_in_epoch": step_in_epoch, "sums": sums.sums,
-               "steps": sums.steps})
-
+  run = types.SimpleNamespace(
+      config=config, par=par, spe=spe, loader=loader, ckpt=ckpt, is_main=is_main,
+      eval_split=dataset.test if config.eval.split == "test" else dataset.val,
+      p_train=par.map(functools.partial(train_step,
+                                        method=bind_method(method.loss, nets, config.method),
+                                        augment=config.data.augment, ema_decay=config.ema.decay),
+                      donate_state=jax.default_backend() != "cpu"),
+      p_eval=par.map(functools.partial(
+          evaluate.eval_step, model=nets["target"],
+          attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
+                                             step_size=config.eval.step_size)),
+                     donate_state=False),
+      log=reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None,
+      board=reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None))
   dstate = par.put_state(state)
   del state
   final: dict[str, float] = {}
   try:
-    for epoch in range(meta["epoch"], config.num_epochs):
-      start = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
-      sums = _EpochSums(meta["sums"], meta["steps"]) if start else _EpochSums()
-      pending: list[tuple[int, Any]] = []
-      t0, done, last_of_epoch = time.time(), 0, False
-      bar = tqdm.tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                      disable=not is_main, dynamic_ncols=True, mininterval=1.0)
-      batches = _prefetch(loader.epoch(epoch, start), par.put_batch)
-      for step_in_epoch, batch in enumerate(batches, start):
-        global_step = epoch * spe + step_in_epoch + 1
-        dstate, metrics = p_train(dstate, batch)
-        pending.append((global_step, metrics))
-        done += 1
-        last_of_epoch = step_in_epoch + 1 == spe
-        every = config.checkpoint.every_steps
-        want_ckpt = every > 0 and global_step % every == 0 and not last_of_epoch
-        if want_ckpt or stop_signal or global_step % config.log_every_steps == 0:
-          sums.add(pending, par)
-          rate = done * config.data.batch_size / (time.time() - t0)
-          bar.set_postfix(loss=f"{sums.last['loss']:.3f}",
-                          acc=f"{sums.last.get('accuracy', float('nan')):.3f}",
-                          img_s=f"{rate:.0f}")
-          board.scalars(global_step, sums.last, "train/")
-        bar.update(1)
-        if want_ckpt or (stop_signal and not last_of_epoch):
-          save(dstate, epoch, step_in_epoch + 1, sums)
-        if stop_signal:
+    with _StopRequest() as stop:
+      for epoch in range(meta["epoch"], config.num_epochs):
+        resuming = epoch == meta["epoch"] and meta["step_in_epoch"] > 0
+        start = meta["step_in_epoch"] if resuming else 0
+        sums = _EpochMetrics(meta["sums"], meta["steps"]) if resuming else _EpochMetrics()
+        dstate, stopped, rate = _train_epoch(run, dstate, epoch, start, sums, stop)
+        if stopped:
+          if is_main:
+            print(f"Stopped by signal {stop.signum} at step {epoch * spe + stopped}; the "
+                  "checkpoint is saved. Run the same command to resume.", flush=True)
           break
-      bar.close()
-      sums.add(pending, par)
-      if stop_signal and not last_of_epoch:
-        ckpt.wait()
-        if is_main:
-          print(f"Stopped by signal {stop_signal[0]} at step {global_step}; the checkpoint is "
-                "saved. Run the same command to resume.", flush=True)
-        break
-      elapsed = time.time() - t0
-      record = {"epoch": epoch, "step": (epoch + 1) * spe,
-                **{f"train_{k}": v for k, v in sums.means().items()},
-                "time": elapsed, "images_per_sec": done * config.data.batch_size / elapsed}
-      if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.num_epochs:
-        final = run_eval(dstate)
-        record.update({f"eval_{k}": v for k, v in final.items()})
-        board.scalars(epoch + 1, final, "eval/")
-      if is_main:
-        log.append(record)  # before the checkpoint: a re-run epoch is not logged twice
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in record.items()), flush=True)
-      save(dstate, epoch + 1, 0, _EpochSums())
-      if stop_signal:
-        break
-    else:
-      if not final:  # nothing left to train (a finished run started again): evaluate only
-        final = run_eval(dstate)
+        evaluation = _end_epoch(run, dstate, epoch, sums, rate)
+        if epoch + 1 == config.num_epochs:
+          final = evaluation
+      else:
+        if not final:  # nothing left to train (a finished run started again): evaluate only
+          final = _evaluate(run, dstate, num_examples=0)
   finally:
     ckpt.close()
-    board.close()
-    for sig, handler in handlers.items():
-      signal.signal(sig, handler)
+    run.board.close()
   if is_main and final:
-    print("\n" + reporting.summary_table(log.records), flush=True)
-    print("final (" + config.eval.split + "): " +
+    print("\n" + reporting.summary_table(run.log.records), flush=True)
+    print(f"final ({config.eval.split}): " +
           ", ".join(f"{k} {100 * v:.2f}%" for k, v in final.items()), flush=True)
     with open(os.path.join(workdir, "final_eval.json"), "w") as f:
       json.dump(final, f, indent=2)
   return final
+
+
+def _save(run, dstate, epoch: int, step_in_epoch: int, sums: _EpochMetrics) -> None:
+  """Checkpoints the state at data position (epoch, step_in_epoch) after checking it is finite."""
+  step = int(jax.device_get(run.par.unreplicate(dstate.step)))
+  if not bool(_all_finite(dstate.params)):
+    raise FloatingPointError(
+        f"Non-finite parameters after step {step}. Training stopped without saving them; the "
+        "latest checkpoint holds the last good state. Lower the learning rate or check the data.")
+  run.ckpt.save(step, run.par.unreplicate(dstate),
+                {"epoch": epoch, "step_in_epoch": step_in_epoch, "sums": sums.sums,
+                 "steps": sums.steps, **_layout(run.config, run.par, run.spe)})
+
+
+def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop: _StopRequest):
+  """Runs the steps of `epoch` from `start`. Returns `(state, stopped, images/s)`, where `stopped`
+  is the step within the epoch at which a signal stopped it (checkpoint saved), or 0."""
+  config, spe = run.config, run.spe
+  t0, done = time.time(), 0
+  bar = tqdm.tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                  disable=not run.is_main, dynamic_ncols=True, mininterval=1.0)
+  single_process = jax.process_count() == 1
+  for step_in_epoch, batch in enumerate(_prefetch(run.loader.epoch(epoch, start),
+                                                  run.par.put_batch), start):
+    global_step = epoch * spe + step_in_epoch + 1
+    dstate, metrics = run.p_train(dstate, batch)
+    sums.push(global_step, metrics)
+    done += 1
+    bar.update(1)
+    every = config.checkpoint.every_steps
+    want_ckpt = every > 0 and global_step % every == 0 and step_in_epoch + 1 < spe
+    sync = want_ckpt or global_step % config.log_every_steps == 0
+    stopping = (sync or single_process) and stop.requested()
+    if sync or stopping:
+      sums.flush(run.par)
+      bar.set_postfix(loss=f"{sums.last['loss']:.3f}",
+                      acc=f"{sums.last.get('accuracy', float('nan')):.3f}",
+                      img_s=f"{done * config.data.batch_size / (time.time() - t0):.0f}")
+      run.board.scalars(global_step, sums.last, "train/")
+    if want_ckpt or stopping:
+      _save(run, dstate, epoch, step_in_epoch + 1, sums)
+    if stopping:
+      bar.close()
+      run.ckpt.wait()
+      return dstate, step_in_epoch + 1, 0.0
+  bar.close()
+  sums.flush(run.par)
+  return dstate, 0, done * config.data.batch_size / max(time.time() - t0, 1e-9)
+
+
+def _evaluate(run, dstate, num_examples: int) -> dict[str, float]:
+  batches = data.eval_batches(run.eval_split, batch_size=run.config.data.eval_batch_size,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count(), num_examples=num_examples)
+  return evaluate.accuracies(batches, lambda b: run.p_eval(dstate, run.par.put_batch(b)))
+
+
+def _end_epoch(run, dstate, epoch: int, sums: _EpochMetrics, rate: float) -> dict[str, float]:
+  """Evaluates when due, appends the epoch record, checkpoints the next epoch's start. Returns
+  the evaluation ({} when none was due). The last epoch evaluates the whole split."""
+  config = run.config
+  if not bool(_all_finite(dstate.params)):
+    step = int(jax.device_get(run.par.unreplicate(dstate.step)))
+    raise FloatingPointError(
+        f"Non-finite parameters after step {step}. Training stopped before evaluating or "
+        "saving them; the latest checkpoint holds the last good state.")
+  record = {"epoch": epoch, "step": (epoch + 1) * run.spe,
+            **{f"train_{k}": v for k, v in sums.means().items()}, "images_per_sec": rate}
+  last = epoch + 1 == config.num_epochs
+  evaluation = {}
+  if last or (epoch + 1) % config.eval.every_epochs == 0:
+    evaluation = _evaluate(run, dstate, 0 if last else config.eval.num_examples)
+    record.update({f"eval_{k}": v for k, v in evaluation.items()})
+    run.board.scalars(epoch + 1, evaluation, "eval/")
+  if run.is_main:
+    # Logged before the checkpoint so that a kill in between cannot lose the record; the epoch
+    # is then re-run on resume and MetricsLog skips the record it already has.
+    run.log.append(record)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in record.items()), flush=True)
+  _save(run, dstate, epoch + 1, 0, _EpochMetrics())
+  return evaluation

@@ -43,11 +43,11 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
 
   constant: `learning_rate`. multistep: `learning_rate * gamma ** (#milestones passed)`.
   piecewise: `rates[k]` between `boundaries[k-1]` and `boundaries[k]`. cyclic: linear from 0 to
-  `learning_rate` at `peak_epoch_fraction` of training, then linear to 0 (Wong et al. 2020).
+  `learning_rate` at `cyclic_peak_fraction` of training, then linear to 0 (Wong et al. 2020).
   """
   if optim.schedule == "cyclic":
     total = steps_per_epoch * num_epochs
-    points = jnp.array([0.0, optim.peak_epoch_fraction * total, total])
+    points = jnp.array([0.0, optim.cyclic_peak_fraction * total, total])
     rates = jnp.array([0.0, optim.learning_rate, 0.0])
     return lambda step: jnp.interp(step, points, rates)
   if optim.schedule == "constant":

@@ -46,8 +46,9 @@ def train_step(
     state: the TrainState (replicated across devices).
     batch: this device's examples: "image" uint8 `[B, H, W, C]`, "label" int `[B]`, "index" int
       `[B]` (dataset index), "mask" bool `[B]`.
-    key: base key; default `state.rng`. The step folds in `state.step`, then each example's
-      dataset index (`rng.example_keys`): draws are independent of the device layout.
+    key: root key; default `state.rng`. The step takes its `rng.TRAIN` stream, folds in
+      `state.step`, then each example's dataset index (`rng.example_keys`): draws are independent
+      of the device layout.
     method: a bound method loss (`bind_method`).
     axis_name: the data-parallel axis, or None on a single device.
     augment: pad-4 random crop and horizontal flip (on device).
@@ -56,7 +57,7 @@ def train_step(
   Returns:
     `(new_state, metrics)`; metrics are means over the global batch plus "learning_rate".
   """
-  key = rng.as_typed_key(state.rng if key is None else key)
+  key = rng.stream(state.rng if key is None else key, rng.TRAIN)
   keys = rng.example_keys(jax.random.fold_in(key, state.step), batch["index"])
   aug_keys, loss_keys = rng.split_keys(keys, 2)
   images = batch["image"].astype(jnp.float32) / 255.0

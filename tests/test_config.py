@@ -1,5 +1,9 @@
 """Bad configs fail at start with a message that names the field."""
 
+import glob
+import importlib.util
+import os
+
 import pytest
 
 from regmix_jax import config as config_lib
@@ -90,3 +94,36 @@ def test_auto_cpu_devices_divide_the_batch(monkeypatch):
   assert main.cpu_device_count(c) == 4
   c.cpu_devices = 3
   assert main.cpu_device_count(c) == 3
+
+
+def test_changing_only_the_method_name_reports_missing_fields():
+  c = config_lib.base_config()  # method block of `standard`: no fields
+  c.method.name = "pgd_at"
+  with pytest.raises(ValueError, match=r"`method\.epsilon`.*missing.*method_config\('pgd_at'\)"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("ema.decay", 1.5, r"ema\.decay.*\[0\.0, 1\.0\]"),
+    ("checkpoint.every_steps", -1, r"checkpoint\.every_steps.*>= 0"),
+    ("optim.milestones", (105, 100), r"optim\.milestones.*increasing"),
+    ("optim.cyclic_peak_fraction", 2.0, r"cyclic_peak_fraction"),
+])
+def test_out_of_range_values(path, value, message):
+  c = _config()
+  group, field = path.split(".")
+  c[group][field] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "**",
+                                             "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_shipped_configs_validate(path):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config_lib.validate(module.get_config(), num_devices=2)

@@ -88,6 +88,21 @@ def test_early_stop_leaves_misclassified_samples_at_their_start():
   assert moved[~np.asarray(wrong)].all()
 
 
+def test_early_stop_freezes_a_sample_where_it_first_becomes_misclassified():
+  logits_fn, x, labels = _linear_problem(batch=64)
+  run = lambda steps: attacks.pgd(logits_fn, x, labels, None, epsilon=0.3,
+                                  step_size=0.03, num_steps=steps, random_start=False,
+                                  early_stop=True)
+  x1 = run(1)
+  correct_at_start = np.asarray(jnp.argmax(logits_fn(x), -1) == labels)
+  crossed = correct_at_start & np.asarray(jnp.argmax(logits_fn(x1), -1) != labels)
+  assert crossed.any()  # some samples become misclassified after the first step
+  x4 = run(4)
+  np.testing.assert_array_equal(np.asarray(x4)[crossed], np.asarray(x1)[crossed])
+  still = np.asarray(jnp.argmax(logits_fn(x1), -1) == labels)
+  assert (np.abs(np.asarray(x4 - x1)).reshape(64, -1).max(-1)[still] > 0).all()
+
+
 def test_per_example_keys_make_random_start_independent_of_batch_split():
   logits_fn, x, labels = _linear_problem(batch=8)
   index = jnp.arange(100, 108)

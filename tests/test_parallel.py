@@ -49,7 +49,7 @@ def test_single_device_pmap_and_shard_map_agree(method_name):
     step = par.map(functools.partial(train_step, method=bound_p), donate_state=False)
     dstate, metrics = step(par.put_state(state_p), par.put_batch(batch))
     dstate, metrics2 = step(dstate, par.put_batch(batch))
-    out = jax.device_get(par.get_state(dstate))
+    out = jax.device_get(par.unreplicate(dstate))
     for name in ("loss", "accuracy"):
       np.testing.assert_allclose(np.asarray(par.unreplicate(metrics)[name]),
                                  ref_metrics[name], rtol=1e-5, err_msg=f"{kind} {name}")

@@ -33,7 +33,7 @@ def test_piecewise_schedule_d2r():
 
 def test_cyclic_schedule():
   fn = ts.learning_rate_schedule(_optim(schedule="cyclic", learning_rate=0.2,
-                                        peak_epoch_fraction=0.4), steps_per_epoch=10,
+                                        cyclic_peak_fraction=0.4), steps_per_epoch=10,
                                  num_epochs=10)
   np.testing.assert_allclose([float(fn(s)) for s in (0, 20, 40, 70, 100)],
                              [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-6)

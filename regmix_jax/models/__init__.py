@@ -55,7 +55,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def model_kwargs(name: str) -> tuple[str, ...]:
-  """The model-specific keyword arguments `name` accepts (config `model.kwargs`)."""
+  """The model-specific keyword arguments `name` accepts (config `model.width`, `model.depth`)."""
   params = inspect.signature(MODELS[name]).parameters.values()
   return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
