@@ -24,5 +24,6 @@ def get_config():
   config.optim.schedule = "cyclic"  # Wong et al.'s one-cycle schedule
   config.optim.learning_rate = 0.2
   config.eval.attacks = "clean,pgd10"
+  config.eval.num_examples = 0
   config.eval.every_epochs = 2
   return config

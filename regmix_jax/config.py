@@ -77,10 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # and always after the last epoch
-  c.eval.attacks = "clean,pgd10"  # clean, fgsm, pgd<K>, cw<K>
+  c.eval.attacks = "clean,pgd20,cw20"  # clean, fgsm, pgd<K>, cw<K>
   c.eval.epsilon = 8 / 255
   c.eval.step_size = 2 / 255
-  c.eval.num_examples = 0  # per-epoch evaluations (0 = all); the final one always uses the whole split
+  # Examples in each per-epoch evaluation (0 = all); the final one always uses the whole split.
+  c.eval.num_examples = 1000
   c.eval.split = "test"  # "test" or "val" (needs data.val_size > 0)
 
   c.checkpoint = ml_collections.ConfigDict()

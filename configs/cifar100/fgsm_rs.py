@@ -11,5 +11,4 @@ def get_config():
   config.method = methods.method_config("fgsm_rs")
   config.optim.schedule = "cyclic"
   config.optim.learning_rate = 0.2
-  config.eval.attacks = "clean,pgd10,pgd50,cw20"
   return config

@@ -13,5 +13,4 @@ def get_config():
   config.data.name = "cifar100"
   config.method = methods.method_config("pgd_at")
   config.optim.milestones = (100, 150)
-  config.eval.attacks = "clean,pgd20,cw20"
   return config
