@@ -41,14 +41,20 @@ def split_keys(keys: jax.Array, num: int) -> tuple[jax.Array, ...]:
   return tuple(split[:, i] for i in range(num))
 
 
-def uniform_like(key: jax.Array, x: jax.Array, minval: float, maxval: float) -> jax.Array:
-  """Uniform noise shaped like `x [B, ...]`.
-
-  `key` is one key (one draw for the whole batch) or `[B]` per-example keys (row b drawn from
-  `key[b]`, the form train and eval steps use).
-  """
+def _like(draw, key: jax.Array, x: jax.Array) -> jax.Array:
+  """`draw(key, shape)` shaped like `x [B, ...]`: `key` is one key (one draw for the whole batch)
+  or `[B]` per-example keys (row b drawn from `key[b]`, the form train and eval steps use)."""
   key = as_typed_key(key)
   if key.ndim == 0:
-    return jax.random.uniform(key, x.shape, x.dtype, minval, maxval)
-  draw = lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, minval, maxval)
-  return jax.vmap(draw)(key)
+    return draw(key, x.shape)
+  return jax.vmap(lambda k: draw(k, x.shape[1:]))(key)
+
+
+def uniform_like(key: jax.Array, x: jax.Array, minval: float, maxval: float) -> jax.Array:
+  """`U(minval, maxval)` noise shaped like `x [B, ...]` (see `_like` for `key`)."""
+  return _like(lambda k, s: jax.random.uniform(k, s, x.dtype, minval, maxval), key, x)
+
+
+def normal_like(key: jax.Array, x: jax.Array) -> jax.Array:
+  """Standard normal noise shaped like `x [B, ...]` (see `_like` for `key`)."""
+  return _like(lambda k, s: jax.random.normal(k, s, x.dtype), key, x)

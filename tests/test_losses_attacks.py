@@ -113,3 +113,29 @@ def test_per_example_keys_make_random_start_independent_of_batch_split():
   halves = jnp.concatenate([attack(x[:4], labels[:4], keys[:4]),
                             attack(x[4:], labels[4:], keys[4:])])
   np.testing.assert_allclose(whole, halves, atol=1e-7)
+
+
+def test_n_fgsm_perturbation_exceeds_eps_but_not_noise_plus_step():
+  logits_fn, x, labels = _linear_problem(batch=64)
+  keys = rng.example_keys(jax.random.key(4), jnp.arange(64))
+  eps = 8 / 255
+  x_adv = attacks.fgsm(logits_fn, x, labels, keys, epsilon=eps, init_radius=2 * eps,
+                       project_radius=float("inf"))
+  delta = np.abs(np.asarray(x_adv - x))
+  assert delta.max() > eps + 1e-3  # no projection to the eps-ball
+  assert delta.max() <= 3 * eps + 1e-6
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+def test_kl_attack_increases_kl_from_a_gaussian_start():
+  logits_fn, x, labels = _linear_problem(batch=32)
+  keys = rng.example_keys(jax.random.key(5), jnp.arange(32))
+  reference = logits_fn(x)
+  start = attacks.pgd(logits_fn, x, reference, keys, epsilon=0.031, step_size=0.007,
+                      num_steps=0, loss="kl", init_std=0.001)
+  assert 0 < np.abs(np.asarray(start - x)).max() < 0.01  # Gaussian start, std 0.001
+  x_adv = attacks.pgd(logits_fn, x, reference, keys, epsilon=0.031, step_size=0.007,
+                      num_steps=10, loss="kl", init_std=0.001)
+  kl = lambda z: float(losses.kl_div(reference, logits_fn(z)).mean())
+  assert kl(x_adv) > 10 * kl(start)
+  assert np.abs(np.asarray(x_adv - x)).max() <= 0.031 + 1e-6

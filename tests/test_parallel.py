@@ -15,7 +15,7 @@ from regmix_jax.train_step import bind_method, train_step
 def _setup(method_name, axis_name):
   config = config_lib.base_config()
   config.method = methods.method_config(method_name)
-  if method_name == "pgd_at":
+  if "num_steps" in config.method:
     config.method.num_steps = 2
   config.ema.enabled = True
   config.optim.schedule = "constant"

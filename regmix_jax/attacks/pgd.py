@@ -19,10 +19,12 @@ from regmix_jax import losses, rng
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-# Attack objectives to maximise: (logits [B, C], labels [B]) -> [B].
+# Attack objectives to maximise: (logits [B, C], labels) -> [B]. For "kl" the `labels` argument
+# holds the reference logits `[B, C]` and the objective is KL(P(reference) || P(f(x_adv))).
 ATTACK_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "ce": losses.cross_entropy,
     "margin": losses.margin,
+    "kl": lambda logits, reference_logits: losses.kl_div(reference_logits, logits),
 }
 
 
@@ -43,6 +45,7 @@ def pgd(
     loss: str = "ce",
     random_start: bool = True,
     init_radius: float | None = None,
+    init_std: float | None = None,
     project_radius: float | None = None,
     early_stop: bool = False,
 ) -> jax.Array:
@@ -51,7 +54,8 @@ def pgd(
   Args:
     logits_fn: `x [B, H, W, C] -> logits [B, C]`.
     x: clean images `[B, H, W, C]` in [0, 1].
-    labels: `[B]` integer labels.
+    labels: `[B]` integer labels; for `loss="kl"`, the reference logits `[B, C]` (e.g. the clean
+      logits: TRADES maximises `KL(P(f(x)) || P(f(x_adv)))`).
     key: one key or `[B]` per-example keys, for the random start.
     epsilon: L-inf radius.
     step_size: size of each signed step.
@@ -59,6 +63,8 @@ def pgd(
     loss: objective to maximise, a name in `ATTACK_LOSSES` ("ce" or the C&W "margin").
     random_start: start from `x + U(-init_radius, init_radius)` (clipped to [0, 1]), else from `x`.
     init_radius: radius of the random start; default `epsilon` (N-FGSM uses `2 * epsilon`).
+    init_std: if set, the random start is Gaussian, `x + init_std * N(0, I)` (TRADES: 0.001),
+      instead of uniform.
     project_radius: radius of the ball each step projects onto; default `epsilon`. N-FGSM sets it
       to `inf` (no eps-ball projection, only [0, 1]); then the eps-ball guarantee is the caller's.
     early_stop: a sample stops moving once misclassified (the evaluation protocol's per-sample
@@ -68,6 +74,8 @@ def pgd(
     `x_adv [B, H, W, C]`, no gradient path.
   """
   objective = ATTACK_LOSSES[loss]
+  if early_stop and loss == "kl":
+    raise ValueError("early_stop needs integer labels; it cannot be used with loss='kl'.")
   init_radius = epsilon if init_radius is None else init_radius
   project_radius = epsilon if project_radius is None else project_radius
   x = jax.lax.stop_gradient(x)
@@ -86,7 +94,9 @@ def pgd(
       step = jnp.where(still_correct[:, None, None, None], step, 0.0)
     return project(x_adv + step, x, project_radius)
 
-  if random_start:
+  if random_start and init_std is not None:
+    x_adv = jnp.clip(x + init_std * rng.normal_like(key, x), 0.0, 1.0)
+  elif random_start:
     x_adv = jnp.clip(x + rng.uniform_like(key, x, -init_radius, init_radius), 0.0, 1.0)
   else:
     x_adv = x

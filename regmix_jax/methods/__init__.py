@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from regmix_jax.methods import fgsm_rs, pgd_at, standard
+from regmix_jax.methods import fgsm_rs, mart, n_fgsm, pgd_at, standard, trades
 from regmix_jax.methods.base import LossOutput, apply_model, logits_fn
 
 
@@ -45,7 +45,7 @@ class Method:
 METHODS: dict[str, Method] = {
     m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
                    getattr(m, "CHOICES", {}))
-    for m in (standard, fgsm_rs, pgd_at)
+    for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm)
 }
 
 

@@ -54,6 +54,23 @@ def supervised_ce(models, params, batch_stats, x, labels) -> LossOutput:
   return LossOutput(ce.mean(), {**batch_stats, "target": stats}, metrics)
 
 
+def clean_then_adversarial(models, params, batch_stats, x, x_adv):
+  """Target logits on x, then on x' (both train mode, running statistics threaded in that order,
+  as TRADES' and MART's released code): `(clean [B, C], adv [B, C], new batch_stats)`."""
+  clean, stats = apply_model(models, "target", params, batch_stats, x, train=True)
+  adv, stats = apply_model(models, "target", params, {**batch_stats, "target": stats}, x_adv,
+                           train=True)
+  return clean, adv, {**batch_stats, "target": stats}
+
+
+def robust_output(per_example, clean, adv, labels, batch_stats) -> LossOutput:
+  """LossOutput of a clean + adversarial method: the mean of `per_example [B]`, accuracy on x'
+  ("accuracy") and on x ("clean_accuracy")."""
+  metrics = {"loss": per_example.mean(), "accuracy": losses.correct(adv, labels).mean(),
+             "clean_accuracy": losses.correct(clean, labels).mean()}
+  return LossOutput(per_example.mean(), batch_stats, metrics)
+
+
 def adversarial_ce(attack, params, batch_stats, batch, keys, *, models, attack_bn: str
                    ) -> LossOutput:
   """`supervised_ce` on `attack(logits_fn, x, y, keys)`; the attack sees the target with batch
