@@ -195,8 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dstate, stopped, rate = _train_epoch(run, dstate, epoch, start, sums, stop)
         if stopped:
           if is_main:
-            print(f"Stopped by signal {stop.signum} at step {epoch * spe + stopped}; the "
-                  "checkpoint is saved. Run the same command to resume.", flush=True)
+            print(f"Stopped by a signal at step {epoch * spe + stopped}; the checkpoint is "
+                  "saved. Run the same command to resume.", flush=True)
           break
         evaluation = _end_epoch(run, dstate, epoch, sums, rate)
         if epoch + 1 == config.num_epochs:

@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, uninterrupted_run):
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, uninterrupted_run):
   stopped = str(tmp_path / "stopped")
   returncode, stdout = _interrupt_after_first_checkpoint(stopped, signal.SIGTERM)
-  assert returncode == 0 and "Stopped by signal" in stdout
+  assert returncode == 0 and "Stopped by a signal" in stdout
   step_at_stop, _ = _final_state(stopped)
   resumed = subprocess.run(_cli(stopped), env=ENV, cwd=ROOT, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
