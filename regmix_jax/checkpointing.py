@@ -1,8 +1,9 @@
 """Checkpoints with Orbax's `CheckpointManager`: the TrainState plus JSON metadata.
 
-The metadata holds the data position (epoch, step within the epoch), the running sums of the
-epoch's training metrics (so a resumed epoch reports exactly what an uninterrupted one would) and
-any per-method host state a later method adds. Orbax writes each checkpoint to a temporary
+The metadata holds the data position (epoch, step within the epoch) and the running sums of the
+epoch's training metrics (so a resumed epoch reports exactly what an uninterrupted one would). A
+method's per-example state (FGSM-PGK's buffers) is a third item, `sample`: global arrays sharded
+over the devices, so that each process saves and restores only its own examples' rows. Orbax writes each checkpoint to a temporary
 directory and renames it when complete, so a kill during a save leaves the previous checkpoint
 intact; unfinished temporary directories are removed on the next start.
 """
@@ -47,13 +48,18 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts saving (asynchronously when enabled); `wait()` blocks until it is on disk."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  def save(self, step: int, state: Any, meta: dict[str, Any], sample: Any = None) -> None:
+    """Starts saving (asynchronously when enabled); `wait()` blocks until it is on disk.
+    `sample`: the per-example state as global arrays (`SampleState.to_global`), if any."""
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if sample is not None:
+      items["sample"] = ocp.args.StandardSave(sample)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, target_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores `(state, meta)` at `step` (default: latest) into the structure of `target_state`.
+  def restore(self, target_state: Any, step: int | None = None, sample_target: Any = None
+              ) -> tuple[Any, dict[str, Any]] | tuple[Any, dict[str, Any], Any]:
+    """Restores `(state, meta)` at `step` (default: latest) into the structure of `target_state`;
+    with `sample_target` (`SampleState.abstract_global`), `(state, meta, sample)`.
 
     Raises CheckpointError naming the checkpoint directory when it is unreadable or does not match
     the config (another model, method or optimiser).
@@ -63,14 +69,18 @@ class Checkpointer:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     path = os.path.join(self.directory, str(step))
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+      items = {"state": ocp.args.StandardRestore(target_state), "meta": ocp.args.JsonRestore()}
+      if sample_target is not None:
+        items["sample"] = ocp.args.StandardRestore(sample_target)
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
       raise CheckpointError(
           f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}\n"
           "It is corrupted or was written by a different config (model, method, optimiser). "
           f"Delete {path} to resume from the previous checkpoint, or use a new --workdir."
       ) from e
+    if sample_target is not None:
+      return restored["state"], dict(restored["meta"]), restored["sample"]
     return restored["state"], dict(restored["meta"])
 
   def wait(self) -> None:

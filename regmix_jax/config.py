@@ -149,6 +149,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key, choices in method.choices.items():
     if key in config.method:
       _choice(f"method.{key}", config.method[key], choices)
+  for key, (low, high) in method.ranges.items():
+    value = config.method[key]
+    if (low is not None and value < low) or (high is not None and value > high):
+      bound = " and ".join(b for b in (low is not None and f">= {low}",
+                                       high is not None and f"<= {high}") if b)
+      raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
   _choice("parallel", config.parallel, PARALLEL_CHOICES)
   _choice("data.source", config.data.source, SOURCE_CHOICES)
   _choice("model.name", config.model.name, sorted(models.MODELS))

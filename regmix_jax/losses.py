@@ -94,3 +94,84 @@ def mart_loss(clean_logits: jax.Array, adv_logits: jax.Array, labels: jax.Array,
   boosted_ce = cross_entropy(adv_logits, labels) - jnp.log(1.0001 - p_wrong)
   p_true_clean = jnp.take_along_axis(clean_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   return boosted_ce + beta * kl_div(clean_logits, adv_logits) * (1.0000001 - p_true_clean)
+
+
+# RegMix (Liu & Ojha 2025): REFERENCE.md, "RegMix". Three outputs of one model: clean `f(x)`
+# (CLN), initial `f(x + d_init)` (Iadv, FGSM-PGK's z0) and final `f(x + d_final)` (Fadv, z_adv).
+
+
+def amr_loss(init_logits: jax.Array, final_logits: jax.Array, *, alpha: float,
+             beta: float) -> jax.Array:
+  """Weighted adversarial mutual regularisation (AMR) per example, `[B, C] x2 -> [B]`:
+  `alpha * KL(P(init) || P(final)) + beta * KL(P(final) || P(init))`.
+
+  The first term (initial-perturbation output as the reference) is the main one; the paper's
+  summary has `beta ~ 0.5 alpha`. No stop-gradient on either side (a caller that wants one
+  applies it to an argument). `amr_loss(z, z) == 0`.
+  """
+  return alpha * kl_div(init_logits, final_logits) + beta * kl_div(final_logits, init_logits)
+
+
+def agr_targets(smoothed_labels: jax.Array, clean_logits: jax.Array, *, gamma: float,
+                stop_gradient_clean: bool = False) -> jax.Array:
+  """Adversarial generalisation regularisation (AGR) target, `[B, C], [B, C] -> [B, C]`:
+  `(1 - gamma) * y~ + gamma * P(clean)`, a distribution mixing the smoothed labels with the
+  clean output. With `stop_gradient_clean`, `P(clean)` is detached (no gradient into the clean
+  branch). `CE(final, agr_targets(...))` equals `(1 - gamma) CE(final, y~) + gamma *
+  [KL(P(clean) || P(final)) + H(P(clean))]`.
+  """
+  p_clean = jax.nn.softmax(clean_logits.astype(jnp.float32), axis=-1)
+  if stop_gradient_clean:
+    p_clean = jax.lax.stop_gradient(p_clean)
+  return (1.0 - gamma) * smoothed_labels + gamma * p_clean
+
+
+REGULARIZERS = ("mse", "amr")
+TARGETS = ("smoothed", "agr")
+
+
+def regmix_loss(clean_logits: jax.Array | None, init_logits: jax.Array, final_logits: jax.Array,
+                labels: jax.Array, *, label_smoothing: float = 0.5, regularizer: str = "amr",
+                target: str = "agr", lam: float = 5.6, alpha: float = 1.0, beta: float = 0.5,
+                gamma: float = 0.1, stop_gradient_clean: bool = False
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The FGSM-PGK / FGSM-AMR / FGSM-AGR objective per example, and its terms.
+
+  `CE(final, t) + R(init, final)` with
+    t = y~ (`target="smoothed"`) or `agr_targets(y~, clean, gamma, stop_gradient_clean)`
+        (`"agr"`), y~ the labels smoothed FGSM-PGK's way (`smooth_labels`, true class gets
+        `label_smoothing`);
+    R = `lam * logit_mse(final, init)` (`regularizer="mse"`, FGSM-PGK) or
+        `amr_loss(init, final, alpha, beta)` (`"amr"`: alpha on KL(P(init) || P(final)), beta on
+        KL(P(final) || P(init))).
+  FGSM-PGK is ("mse", "smoothed"), FGSM-AMR ("amr", "smoothed"), FGSM-AGR ("amr", "agr").
+
+  Args:
+    clean_logits: `[B, C]` `f(x)`; only read when `target="agr"` (may be None otherwise).
+    init_logits: `[B, C]` `f(x + d_init)`, the initial (prior) perturbation's output.
+    final_logits: `[B, C]` `f(x + d_final)`, after the gradient step.
+    labels: integer `[B]`, or already smoothed targets `[B, C]` (then `label_smoothing` is unused).
+
+  Returns:
+    `(loss [B], terms)`: terms `{"target_ce": [B], "regularizer": [B]}` (the weighted
+    regulariser), whose sum is the loss. No stop-gradient inside except the optional one on the
+    clean branch.
+  """
+  if regularizer not in REGULARIZERS:
+    raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
+  if target not in TARGETS:
+    raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+  num_classes = final_logits.shape[-1]
+  smoothed = (labels if labels.ndim == final_logits.ndim
+              else smooth_labels(labels, num_classes, label_smoothing))
+  if target == "agr":
+    if clean_logits is None:
+      raise ValueError("target='agr' needs clean_logits.")
+    smoothed = agr_targets(smoothed, clean_logits, gamma=gamma,
+                           stop_gradient_clean=stop_gradient_clean)
+  if regularizer == "mse":
+    reg = lam * logit_mse(final_logits, init_logits)
+  else:
+    reg = amr_loss(init_logits, final_logits, alpha=alpha, beta=beta)
+  terms = {"target_ce": cross_entropy(final_logits, smoothed), "regularizer": reg}
+  return terms["target_ce"] + terms["regularizer"], terms

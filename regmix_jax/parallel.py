@@ -42,8 +42,14 @@ class DataParallel:
     """Global positions of this process's devices: the data shards this process reads."""
     return [self.devices.index(d) for d in self.local_devices]
 
-  def map(self, fn: Callable[..., Any], *, donate_state: bool = True) -> Callable[..., Any]:
-    """Maps `fn(state, batch, *, axis_name)`: returns `mapped(state, batch) -> outputs`."""
+  def map(self, fn: Callable[..., Any], *, donate_state: bool = True,
+          batch_outputs: tuple[bool, ...] | None = None) -> Callable[..., Any]:
+    """Maps `fn(state, batch, *, axis_name)`: returns `mapped(state, batch) -> outputs`.
+
+    `batch_outputs`: for an `fn` returning a tuple, which outputs are per-example (split along
+    the batch like the input; fetch them with `get_batch`) rather than replicated. Default: all
+    replicated.
+    """
     per_device = functools.partial(fn, axis_name=AXIS)
     donate = (0,) if donate_state else ()
     if self.kind == "pmap":
@@ -54,8 +60,10 @@ class DataParallel:
     # per-device value that `fn` averages with an explicit `pmean`. (With check_vma=True JAX
     # would already sum it over devices when differentiating, and the explicit pmean would then
     # leave it summed rather than averaged.)
-    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
-                           check_vma=False)
+    out_specs = P() if batch_outputs is None else tuple(
+        P(AXIS) if split else P() for split in batch_outputs)
+    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                           out_specs=out_specs, check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 
   def put_state(self, state):
@@ -74,12 +82,25 @@ class DataParallel:
       return jax.tree.map(lambda x: x[0], tree)
     return tree
 
-  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's batch `[L * b, ...]` (its local devices' shards, in order) -> devices."""
+  def put_batch(self, batch):
+    """This process's batch (a pytree of `[L * b, ...]` arrays: its local devices' shards, in
+    order) -> devices."""
     if self.kind == "pmap":
       n = len(self.local_devices)
       sharding = NamedSharding(self._local_mesh, P(AXIS))
-      return {k: jax.device_put(v.reshape(n, v.shape[0] // n, *v.shape[1:]), sharding)
-              for k, v in batch.items()}
+      return jax.tree.map(
+          lambda v: jax.device_put(v.reshape(n, v.shape[0] // n, *v.shape[1:]), sharding), batch)
     sharding = NamedSharding(self.mesh, P(AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
+
+  def get_batch(self, tree):
+    """Inverse of `put_batch` for per-example outputs (`batch_outputs` of `map`): this
+    process's rows `[L * b, ...]` as numpy, in the order `put_batch` took them."""
+    if self.kind == "pmap":
+      fetched = jax.device_get(tree)
+      return jax.tree.map(lambda v: v.reshape(v.shape[0] * v.shape[1], *v.shape[2:]), fetched)
+
+    def local(array):
+      shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+      return np.concatenate([np.asarray(s.data) for s in shards])
+    return jax.tree.map(local, tree)

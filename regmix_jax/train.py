@@ -29,7 +29,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from regmix_jax import checkpointing, config as config_lib, data, evaluate, methods, models
-from regmix_jax import parallel, reporting, train_state as ts_lib
+from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
 from regmix_jax.train_step import bind_method, train_step
 
 
@@ -47,15 +47,48 @@ def build_models(config: ml_collections.ConfigDict, roles, num_classes: int) -> 
   return built
 
 
-def _prefetch(batches: Iterator[dict], put, size: int = 2) -> Iterator[dict]:
-  """Puts up to `size` batches on device ahead of the one being consumed."""
+def _prefetch(batches: Iterator[dict], put, size: int = 2) -> Iterator[tuple[np.ndarray, Any]]:
+  """Puts up to `size` batches on device ahead of the one being consumed; yields `(host index
+  [B], device batch)`."""
   queue = collections.deque()
   for batch in batches:
-    queue.append(put(batch))
+    queue.append((batch["index"], put(batch)))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+class _SampleSync:
+  """Moves a method's per-example state between the host buffers and the steps.
+
+  `gather` adds the buffers of a host batch's examples as `batch["sample"]`. `push` queues a
+  step's new values; they are written back one step late (fetching step s's output while step
+  s + 1 runs), which is safe because an epoch visits every example at most once. `flush` writes
+  everything back; it runs before each checkpoint and at the end of each epoch."""
+
+  def __init__(self, samples: sample_state.SampleState | None, par: parallel.DataParallel):
+    self.samples, self.par = samples, par
+    self._pending: collections.deque = collections.deque()
+
+  def gather(self, batch: dict) -> dict:
+    if self.samples is None:
+      return batch
+    return {**batch, "sample": self.samples.gather(batch["index"])}
+
+  def push(self, index: np.ndarray, values) -> None:
+    if self.samples is None:
+      return
+    self._pending.append((index, values))
+    while len(self._pending) > 1:
+      self._write(*self._pending.popleft())
+
+  def flush(self) -> None:
+    while self._pending:
+      self._write(*self._pending.popleft())
+
+  def _write(self, index, values) -> None:
+    self.samples.scatter(index, self.par.get_batch(values))
 
 
 @jax.jit
@@ -161,9 +194,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep,
                                     async_save=config.checkpoint.async_save)
+  samples = None
+  if method.sample_state is not None:
+    samples = sample_state.SampleState(
+        method.sample_state, num_examples=len(dataset.train.y), image_shape=dataset.image_shape,
+        num_shards=par.num_devices, shard_ids=par.shard_ids)
   meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **_layout(config, par, spe)}
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
+    if samples is None:
+      state, meta = ckpt.restore(state)
+    else:
+      state, meta, restored = ckpt.restore(state,
+                                           sample_target=samples.abstract_global(par.mesh))
+      samples.load_global(restored)
     checkpointing.check_layout(meta, _layout(config, par, spe), ckpt.directory)
     if is_main:
       print(f"Resuming from {ckpt.directory}/{int(state.step)} "
@@ -172,10 +215,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = types.SimpleNamespace(
       config=config, par=par, spe=spe, loader=loader, ckpt=ckpt, is_main=is_main,
       eval_split=dataset.test if config.eval.split == "test" else dataset.val,
+      samples=samples, sync=_SampleSync(samples, par),
       p_train=par.map(functools.partial(train_step,
                                         method=bind_method(method.loss, nets, config.method),
                                         augment=config.data.augment, ema_decay=config.ema.decay),
-                      donate_state=jax.default_backend() != "cpu"),
+                      donate_state=jax.default_backend() != "cpu",
+                      batch_outputs=(False, False, True)),
       p_eval=par.map(functools.partial(
           evaluate.eval_step, model=nets["target"],
           attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
@@ -223,9 +268,11 @@ def _save(run, dstate, epoch: int, step_in_epoch: int, sums: _EpochMetrics) -> N
     raise FloatingPointError(
         f"Non-finite parameters after step {step}. Training stopped without saving them; the "
         "latest checkpoint holds the last good state. Lower the learning rate or check the data.")
+  run.sync.flush()
   run.ckpt.save(step, run.par.unreplicate(dstate),
                 {"epoch": epoch, "step_in_epoch": step_in_epoch, "sums": sums.sums,
-                 "steps": sums.steps, **_layout(run.config, run.par, run.spe)})
+                 "steps": sums.steps, **_layout(run.config, run.par, run.spe)},
+                sample=None if run.samples is None else run.samples.to_global(run.par.mesh))
 
 
 def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop: _StopRequest):
@@ -236,10 +283,13 @@ def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop:
   bar = tqdm.tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                   disable=not run.is_main, dynamic_ncols=True, mininterval=1.0)
   single_process = jax.process_count() == 1
-  for step_in_epoch, batch in enumerate(_prefetch(run.loader.epoch(epoch, start),
-                                                  run.par.put_batch), start):
+  if run.samples is not None and start == 0:
+    run.samples.maybe_reset(config.method, epoch, config.seed)
+  batches = map(run.sync.gather, run.loader.epoch(epoch, start))
+  for step_in_epoch, (index, batch) in enumerate(_prefetch(batches, run.par.put_batch), start):
     global_step = epoch * spe + step_in_epoch + 1
-    dstate, metrics = run.p_train(dstate, batch)
+    dstate, metrics, sample_values = run.p_train(dstate, batch)
+    run.sync.push(index, sample_values)
     sums.push(global_step, metrics)
     done += 1
     bar.update(1)
@@ -260,6 +310,7 @@ def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop:
       run.ckpt.wait()
       return dstate, step_in_epoch + 1, 0.0
   bar.close()
+  run.sync.flush()
   sums.flush(run.par)
   return dstate, 0, done * config.data.batch_size / max(time.time() - t0, 1e-9)
 

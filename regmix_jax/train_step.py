@@ -39,13 +39,14 @@ def train_step(
     axis_name: str | None = None,
     augment: bool = True,
     ema_decay: float = 0.999,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
   """One optimiser step on this device's share of the batch.
 
   Args:
     state: the TrainState (replicated across devices).
     batch: this device's examples: "image" uint8 `[B, H, W, C]`, "label" int `[B]`, "index" int
-      `[B]` (dataset index), "mask" bool `[B]`.
+      `[B]` (dataset index), "mask" bool `[B]`; for methods with per-example state, "sample"
+      `{name: [B, ...]}` (gathered from `sample_state.SampleState`).
     key: root key; default `state.rng`. The step takes its `rng.TRAIN` stream, folds in
       `state.step`, then each example's dataset index (`rng.example_keys`): draws are independent
       of the device layout.
@@ -55,7 +56,9 @@ def train_step(
     ema_decay: EMA base decay when the method gives none (ignored when EMA is off).
 
   Returns:
-    `(new_state, metrics)`; metrics are means over the global batch plus "learning_rate".
+    `(new_state, metrics, sample_state)`: metrics are means over the global batch plus
+    "learning_rate"; `sample_state` is the method's new per-example state `{name: [B, ...]}` for
+    this device's examples, to scatter back on the host (`{}` for methods without one).
   """
   key = rng.stream(state.rng if key is None else key, rng.TRAIN)
   keys = rng.example_keys(jax.random.fold_in(key, state.step), batch["index"])
@@ -87,4 +90,4 @@ def train_step(
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params,
                             ema_batch_stats=ema_stats)
-  return new_state, metrics
+  return new_state, metrics, dict(out.sample_state or {})

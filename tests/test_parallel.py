@@ -19,37 +19,51 @@ def _setup(method_name, axis_name):
     config.method.num_steps = 2
   config.ema.enabled = True
   config.optim.schedule = "constant"
+  if method_name == "fgsm_pgk":
+    config.method.epsilon = config.method.step_size = 0.1
   nets = {"target": models.get_model("small_cnn", 10, axis_name=axis_name, width=4)}
   state = ts.create_train_state(config, nets, (16, 16, 3), steps_per_epoch=10)
   method = methods.get_method(method_name)
   return state, bind_method(method.loss, nets, config.method)
 
 
-def _batch(n=16):
+def _batch(method_name, n=16):
   r = np.random.default_rng(0)
-  return {"image": r.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
-          "label": r.integers(0, 10, (n,)).astype(np.int32),
-          "index": np.arange(100, 100 + n, dtype=np.int32),
-          "mask": np.ones((n,), bool)}
+  batch = {"image": r.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+           "label": r.integers(0, 10, (n,)).astype(np.int32),
+           "index": np.arange(100, 100 + n, dtype=np.int32),
+           "mask": np.ones((n,), bool)}
+  if method_name == "fgsm_pgk":  # per-example buffers
+    batch["sample"] = {"prior": 0.1 * np.sign(r.normal(size=(n, 16, 16, 3))).astype(np.float32),
+                       "momentum": 1e-4 * r.normal(size=(n, 16, 16, 3)).astype(np.float32)}
+  return batch
 
 
-@pytest.mark.parametrize("method_name", ["standard", "pgd_at"])
+@pytest.mark.parametrize("method_name", ["standard", "pgd_at", "fgsm_pgk"])
 def test_single_device_pmap_and_shard_map_agree(method_name):
-  batch = _batch()
+  batch = _batch(method_name)
   state, bound = _setup(method_name, axis_name=None)
   single = jax.jit(functools.partial(train_step, method=bound))
-  ref_state, ref_metrics = single(state, batch)
-  ref_state, ref_metrics2 = single(ref_state, batch)  # two steps: momentum and EMA engaged
+  ref_state, ref_metrics, ref_sample = single(state, batch)
+  # Two steps: momentum and EMA engaged.
+  ref_state, ref_metrics2, ref_sample2 = single(ref_state, {**batch, "sample": ref_sample})
 
   devices = jax.devices()[:4]
   assert len(devices) == 4
   state_p, bound_p = _setup(method_name, axis_name=parallel.AXIS)
   for kind in ("pmap", "shard_map"):
     par = parallel.DataParallel(kind, devices=devices)
-    step = par.map(functools.partial(train_step, method=bound_p), donate_state=False)
-    dstate, metrics = step(par.put_state(state_p), par.put_batch(batch))
-    dstate, metrics2 = step(dstate, par.put_batch(batch))
+    step = par.map(functools.partial(train_step, method=bound_p), donate_state=False,
+                   batch_outputs=(False, False, True))
+    dstate, metrics, sample = step(par.put_state(state_p), par.put_batch(batch))
+    sample = par.get_batch(sample)
+    dstate, metrics2, sample2 = step(dstate, par.put_batch({**batch, "sample": sample}))
+    sample2 = par.get_batch(sample2)
     out = jax.device_get(par.unreplicate(dstate))
+    for got, want in ((sample, ref_sample), (sample2, ref_sample2)):  # per-example outputs
+      assert set(got) == set(want)
+      for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
     for name in ("loss", "accuracy"):
       np.testing.assert_allclose(np.asarray(par.unreplicate(metrics)[name]),
                                  ref_metrics[name], rtol=1e-5, err_msg=f"{kind} {name}")

@@ -18,15 +18,17 @@ from regmix_jax import config as config_lib
 from regmix_jax import methods, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
-# A small, fast variant of the quickstart, as command-line overrides.
+FGSM_PGK = os.path.join(ROOT, "configs", "cifar10", "fgsm_pgk.py")
+# A small, fast FGSM-PGK run on synthetic data, as command-line overrides: its per-example
+# buffers (reset at epochs 0 and 2) must survive a kill as well as the TrainState.
 TINY = ["--config.num_epochs=3", "--config.cpu_devices=4", "--config.log_every_steps=4",
+        "--config.data.source=synthetic", "--config.model.name=small_cnn",
         "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_test=64",
         "--config.data.synthetic.image_size=16", "--config.data.batch_size=32",
         "--config.data.eval_batch_size=32", "--config.model.width=4",
         "--config.eval.attacks=clean,pgd2", "--config.eval.every_epochs=1",
         "--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=50",
-        "--config.method.name=fgsm_rs"]
+        "--config.method.reset_every=2"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
        "PYTHONUNBUFFERED": "1"}
 
@@ -55,14 +57,14 @@ def tiny_config(**overrides):
 
 
 def _cli(workdir, *extra):
-  return [sys.executable, "-m", "regmix_jax.main", f"--config={QUICKSTART}",
+  return [sys.executable, "-m", "regmix_jax.main", f"--config={FGSM_PGK}",
           f"--workdir={workdir}", *TINY, *extra]
 
 
-def _final_state(workdir):
+def _final_state(workdir, item="state"):
   ckpt_dir = os.path.join(workdir, "checkpoints")
   step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+  tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), item))
   return step, tree
 
 
@@ -99,12 +101,16 @@ def _assert_same_run(full, resumed):
   step_full, tree_full = _final_state(full)
   step_resumed, tree_resumed = _final_state(resumed)
   assert step_full == step_resumed == 3 * 16
-  for key in ("params", "batch_stats", "opt_state", "rng"):
+  _, sample_full = _final_state(full, "sample")
+  _, sample_resumed = _final_state(resumed, "sample")
+  tree_full, tree_resumed = {**tree_full, **sample_full}, {**tree_resumed, **sample_resumed}
+  for key in ("params", "batch_stats", "opt_state", "ema_params", "rng", "prior", "momentum"):
     leaves_a = jax.tree.leaves(tree_full[key])
     leaves_b = jax.tree.leaves(tree_resumed[key])
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=key)
+  assert np.abs(np.asarray(sample_full["momentum"])).max() > 0  # the buffers were trained
   records_full, records_resumed = _records(full), _records(resumed)
   assert [r["epoch"] for r in records_resumed] == [0, 1, 2]  # no gap, no duplicate
   for a, b in zip(records_full, records_resumed):

@@ -8,7 +8,9 @@ axis_name) -> LossOutput`, where
   keys: [B] per-example keys (see `regmix_jax.rng`);
   models: {role: flax module}; cfg: the method's config as a plain dict;
   axis_name: the data-parallel axis or None (for methods that need global counts).
-The loss is the mean over the local batch; the train step averages gradients, batch statistics
+Methods with per-example state (FGSM-PGK) also find it in `batch["sample"]` (`{name: [B, ...]}`)
+and return its new values in `LossOutput.sample_state`; their module's `SAMPLE_STATE` says what
+it holds (`regmix_jax.sample_state`). The loss is the mean over the local batch; the train step averages gradients, batch statistics
 and metrics over devices. Adding a method adds a module here and a config; `train.py` and
 `train_step.py` do not change.
 """
@@ -20,8 +22,10 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from regmix_jax.methods import fgsm_rs, mart, n_fgsm, pgd_at, standard, trades
+from regmix_jax.methods import fgsm_agr, fgsm_amr, fgsm_pgk, fgsm_rs, mart, n_fgsm, pgd_at
+from regmix_jax.methods import standard, trades
 from regmix_jax.methods.base import LossOutput, apply_model, logits_fn
+from regmix_jax.sample_state import SampleStateSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,9 @@ class Method:
   defaults: every field of `config.method` the method reads, with its default (REFERENCE.md).
   roles: the model roles the method trains ("target" always first).
   choices: allowed values of the method's string fields, checked when the config is validated.
+  sample_state: what the method keeps per example between visits (None: nothing).
+  ranges: `{field: (low, high)}` inclusive bounds of numeric fields (None = unbounded), checked
+    when the config is validated.
   """
 
   name: str
@@ -40,12 +47,15 @@ class Method:
   defaults: Mapping[str, Any]
   roles: tuple[str, ...] = ("target",)
   choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  sample_state: SampleStateSpec | None = None
+  ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {
     m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
-                   getattr(m, "CHOICES", {}))
-    for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm)
+                   getattr(m, "CHOICES", {}), getattr(m, "SAMPLE_STATE", None),
+                   getattr(m, "RANGES", {}))
+    for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm, fgsm_pgk, fgsm_amr, fgsm_agr)
 }
 
 

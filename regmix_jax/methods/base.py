@@ -18,12 +18,15 @@ class LossOutput:
   batch_stats: new batch statistics, keyed by role.
   metrics: scalars to log (local means), e.g. "loss", "accuracy".
   ema_decay: optional per-step EMA base decay (FGSM-PGK's dynamic rule); None = the config's.
+  sample_state: new per-example state `{name: [B, ...]}` for the batch's examples (methods with
+    a `SAMPLE_STATE` spec, see `regmix_jax.sample_state`); None for the others.
   """
 
   loss: jax.Array
   batch_stats: Any
   metrics: Mapping[str, jax.Array]
   ema_decay: jax.Array | None = None
+  sample_state: Mapping[str, jax.Array] | None = None
 
 
 def apply_model(models, role, params, batch_stats, x, *, train: bool):
@@ -35,7 +38,7 @@ def apply_model(models, role, params, batch_stats, x, *, train: bool):
   variables = {"params": params[role], "batch_stats": batch_stats[role]}
   if train:
     logits, updates = models[role].apply(variables, x, train=True, mutable=["batch_stats"])
-    return logits, updates["batch_stats"]
+    return logits, updates.get("batch_stats", {})
   return models[role].apply(variables, x, train=False), batch_stats[role]
 
 

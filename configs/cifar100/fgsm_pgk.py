@@ -1,0 +1,20 @@
+"""CIFAR-100, ResNet-18, FGSM-PGK (Jia et al., TPAMI 2024), the released CIFAR-100 recipe.
+
+As CIFAR-10 except: label smoothing 0.8, lam 1, momentum decay 0.1, EMA threshold 0.9, buffers
+reset every 40 epochs, and the success ratio r = na / (n0 + 1).
+"""
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.num_epochs = 110
+  config.data.name = "cifar100"
+  config.method = methods.method_config(
+      "fgsm_pgk", label_smoothing=0.8, lam=1.0, momentum_decay=0.1, ema_threshold=0.9,
+      reset_every=40, ratio_offset=1)
+  config.optim.milestones = (100, 105)
+  config.ema.enabled = True
+  return config

@@ -1,0 +1,166 @@
+"""`fgsm_pgk`: fast adversarial training with prior-guided knowledge (Jia et al., TPAMI 2024).
+
+The loop of the authors' released code (REFERENCE.md, "FGSM-PGK"), step for step. Every training
+example `i` has a prior perturbation `D[i]` and a momentum `M[i]` (host buffers, see
+`regmix_jax.sample_state`), reset every `reset_every` epochs to `D = clip_eps(alpha * sign(U(-eps,
+eps)))`, `M = 0`. On a batch with smoothed labels `y~` (`losses.smooth_labels`):
+
+1. `d0 = D[i]`; `z0 = f(x + d0)` (train mode; `x + d0` is not clipped to [0, 1], as the released
+   code: `D` was clipped against the previous visit's augmented image); `g = grad_d LSCE(z0, y~)`.
+2. `d_adv = clip_[-x, 1-x](clip_eps(d0 + alpha sign(g)))`; `z_adv = f(x + d_adv)` (train mode:
+   BatchNorm statistics are updated twice per step, first on `x + d0`).
+3. `r = na / (n0 + ratio_offset)`: `n0`, `na` the numbers of correctly classified examples of the
+   global batch on `x + d0` and `x + d_adv` (`ratio_offset` 0 for CIFAR-10, 1 for CIFAR-100 and
+   Tiny ImageNet, as the released scripts).
+4. `M[i] = g / ||g||_1 * (2 - r) + mu M[i]`, the L1 norm over the whole global batch tensor.
+5. `D[i] = clip_[-x, 1-x](clip_eps(d0 + alpha sign(M[i])))`: from `d0`, not from `d_adv`.
+6. Loss `LSCE(z_adv, y~) + lam * MSE(z_adv, z0)` (MSE over B * C, neither side detached).
+   RegMix replaces the MSE by AMR and `y~` by the AGR target (`fgsm_amr`, `fgsm_agr`: the same
+   function with other defaults; `losses.regmix_loss`).
+7. After the SGD step the EMA ("teacher") decays with `b = 0.999` if `r < tau`, else
+   `min(0.99999 r / tau, 1)`; the train step applies the warm-up `min(b, (t + 1) / (t + 10))` and
+   averages parameters and BatchNorm statistics (`config.ema.enabled` must be on: the configs do
+   it, and the EMA model is the one evaluated and saved).
+
+Choices where the released code is silent or would fail: when `n0 + ratio_offset = 0` (no example
+of the batch correct; the released CIFAR-10 code divides by zero) `r = na` (the denominator is
+taken as 1); when the input gradient is exactly zero, `g / ||g||_1` is taken as 0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regmix_jax import losses
+from regmix_jax.methods import base
+from regmix_jax.sample_state import SampleStateSpec
+
+NAME = "fgsm_pgk"
+# CIFAR-10 defaults of the released code; CIFAR-100 / Tiny ImageNet: label_smoothing 0.8, lam 1,
+# momentum_decay 0.1, ema_threshold 0.9, reset_every 40, ratio_offset 1 (configs/cifar100).
+DEFAULTS = {
+    "epsilon": 8 / 255,
+    "step_size": 8 / 255,  # alpha
+    "label_smoothing": 0.5,  # mass on the true class (FGSM-PGK's `factor`)
+    "lam": 5.6,  # weight of the logit MSE
+    "momentum_decay": 0.3,  # mu
+    "ema_threshold": 0.82,  # tau
+    "reset_every": 10,  # epochs between buffer resets
+    "ratio_offset": 0,  # r = na / (n0 + ratio_offset)
+    # RegMix's two changes (fgsm_amr, fgsm_agr); FGSM-PGK is ("mse", "smoothed").
+    "regularizer": "mse",  # "mse": lam * MSE(z_adv, z0); "amr": losses.amr_loss
+    "target": "smoothed",  # "smoothed": y~; "agr": (1 - gamma) y~ + gamma P(f(x))
+    "amr_alpha": 1.0,  # weight of KL(P(z0) || P(z_adv))
+    "amr_beta": 0.5,  # weight of KL(P(z_adv) || P(z0))
+    "agr_gamma": 0.0,  # weight of the clean distribution in the target
+    "stop_gradient_clean": False,  # detach P(f(x)) in the AGR target
+    "clean_bn": "train",  # BatchNorm mode of AGR's clean pass: "train" | "eval"
+}
+CHOICES = {"regularizer": losses.REGULARIZERS, "target": losses.TARGETS,
+           "clean_bn": ("train", "eval")}
+RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "label_smoothing": (0.0, 1.0),
+          "lam": (0.0, None), "momentum_decay": (0.0, None), "ema_threshold": (1e-6, None),
+          "reset_every": (1, None), "ratio_offset": (0, None), "amr_alpha": (0.0, None),
+          "amr_beta": (0.0, None), "agr_gamma": (0.0, 1.0)}
+EMA_LOW, EMA_HIGH = 0.999, 0.99999  # the released code's teacher decays
+
+
+def _reset_due(cfg, epoch: int) -> bool:
+  return epoch % cfg["reset_every"] == 0
+
+
+def _initial(cfg, generator: np.random.Generator, shape) -> dict[str, np.ndarray]:
+  """`D = clip_eps(alpha * sign(U(-eps, eps)))` (random signs of size min(alpha, eps)), `M = 0`."""
+  size = min(cfg["step_size"], cfg["epsilon"])
+  signs = generator.integers(0, 2, size=shape, dtype=np.int8) * 2 - 1
+  return {"prior": (size * signs).astype(np.float32), "momentum": np.zeros(shape, np.float32)}
+
+
+SAMPLE_STATE = SampleStateSpec(names=("prior", "momentum"), reset_due=_reset_due,
+                               initial=_initial)
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _clip(delta, x, epsilon):
+  """`clip_[-x, 1-x](clip_[-eps, eps](delta))`."""
+  return jnp.clip(jnp.clip(delta, -epsilon, epsilon), -x, 1.0 - x)
+
+
+def perturbation_step(params, batch_stats, batch, *, models, cfg, axis_name=None):
+  """Steps 1-5 above on this device's share of the batch.
+
+  Returns `(z0 [B, C], z_adv [B, C], targets y~ [B, C], r (scalar, global), new sample state
+  {"prior", "momentum": [B, H, W, C]}, new batch_stats)`. `z0` and `z_adv` keep their gradient
+  path to `params`; the new buffers and `r` carry none.
+  """
+  x, y = batch["image"], batch["label"]
+  prior, momentum = batch["sample"]["prior"], batch["sample"]["momentum"]
+  eps, alpha = cfg["epsilon"], cfg["step_size"]
+
+  def forward(delta):
+    logits, stats = base.apply_model(models, "target", params, batch_stats, x + delta, train=True)
+    return logits, stats
+
+  # One forward pass gives z0 (differentiated by the caller) and, by its VJP, the input gradient.
+  z0, vjp_fn, stats = jax.vjp(forward, prior, has_aux=True)
+  targets = losses.smooth_labels(y, z0.shape[-1], cfg["label_smoothing"])
+  dloss_dz0 = jax.grad(lambda z: losses.cross_entropy(z, targets).mean())(
+      jax.lax.stop_gradient(z0))
+  grad = jax.lax.stop_gradient(vjp_fn(dloss_dz0)[0])
+
+  d_adv = _clip(prior + alpha * jnp.sign(grad), x, eps)
+  z_adv, stats = base.apply_model(models, "target", params, {**batch_stats, "target": stats},
+                                  x + d_adv, train=True)
+
+  n0 = _psum(losses.correct(z0, y).sum(), axis_name)
+  na = _psum(losses.correct(z_adv, y).sum(), axis_name)
+  r = jax.lax.stop_gradient(na / jnp.maximum(n0 + cfg["ratio_offset"], 1.0))
+  l1 = _psum(jnp.abs(grad).sum(), axis_name)
+  unit = jnp.where(l1 > 0, grad / jnp.where(l1 > 0, l1, 1.0), 0.0)
+  new_momentum = unit * (2.0 - r) + cfg["momentum_decay"] * momentum
+  new_prior = _clip(prior + alpha * jnp.sign(new_momentum), x, eps)
+  sample = {"prior": new_prior, "momentum": new_momentum}
+  return z0, z_adv, targets, r, sample, {**batch_stats, "target": stats}
+
+
+def ema_base_decay(r, tau):
+  """The teacher's base decay: `0.999` if `r < tau`, else `min(0.99999 r / tau, 1)`."""
+  return jnp.where(r < tau, EMA_LOW, jnp.minimum(EMA_HIGH * r / tau, 1.0))
+
+
+def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
+  """FGSM-PGK, FGSM-AMR or FGSM-AGR by `cfg["regularizer"]` and `cfg["target"]`
+  (`losses.regmix_loss`); the perturbation loop is the same for all three.
+
+  The AGR target needs the clean output `f(x)`: one extra forward pass, made first (before the
+  passes on `x + d0` and `x + d_adv`) and by default in train mode (`clean_bn="train"`): the
+  paper's Figure 1 draws CLN, Iadv and Fadv as three outputs of the network being trained in the
+  same step, and the FGSM-PGK code it builds on keeps the model in train mode for every pass of a
+  step, so BatchNorm uses the clean batch's statistics (and updates its running averages, as
+  PyTorch does). `clean_bn="eval"` uses the running averages instead.
+  """
+  del keys  # the randomness of FGSM-PGK is in the buffers' resets
+  clean = None
+  if cfg["target"] == "agr":
+    clean, stats = base.apply_model(models, "target", params, batch_stats, batch["image"],
+                                    train=cfg["clean_bn"] == "train")
+    batch_stats = {**batch_stats, "target": stats}
+  z0, z_adv, targets, r, sample, stats = perturbation_step(
+      params, batch_stats, batch, models=models, cfg=cfg, axis_name=axis_name)
+  per_example, terms = losses.regmix_loss(
+      clean, z0, z_adv, targets, regularizer=cfg["regularizer"], target=cfg["target"],
+      lam=cfg["lam"], alpha=cfg["amr_alpha"], beta=cfg["amr_beta"], gamma=cfg["agr_gamma"],
+      stop_gradient_clean=cfg["stop_gradient_clean"])
+  y = batch["label"]
+  metrics = {"loss": per_example.mean(), "accuracy": losses.correct(z_adv, y).mean(),
+             "prior_accuracy": losses.correct(z0, y).mean(), "ratio": r,
+             **{k: v.mean() for k, v in terms.items()}}
+  if clean is not None:
+    metrics["clean_accuracy"] = losses.correct(clean, y).mean()
+  return base.LossOutput(per_example.mean(), stats, metrics,
+                         ema_decay=ema_base_decay(r, cfg["ema_threshold"]), sample_state=sample)
