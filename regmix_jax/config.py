@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   # width (32); wrn takes depth and width (34, 10).
   c.model.width = 0
   c.model.depth = 0
+  # The second model of two-model methods (D2R's guide); dtype and sync_batch_norm as `model`.
+  c.guide_model = ml_collections.ConfigDict(dict(name="lbgat_resnet18", width=0, depth=0))
 
   c.method = ml_collections.ConfigDict({"name": "standard"})
 
@@ -83,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Examples in each per-epoch evaluation (0 = all); the final one always uses the whole split.
   c.eval.num_examples = 1000
   c.eval.split = "test"  # "test" or "val" (needs data.val_size > 0)
+  # Models evaluated, comma-separated roles of the method ("target", and "guide" for D2R);
+  # metrics of a role other than the target are prefixed with it ("guide_pgd20").
+  c.eval.roles = "target"
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 0  # 0 = only at the end of each epoch
@@ -157,14 +162,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
   _choice("parallel", config.parallel, PARALLEL_CHOICES)
   _choice("data.source", config.data.source, SOURCE_CHOICES)
-  _choice("model.name", config.model.name, sorted(models.MODELS))
   _choice("model.dtype", config.model.dtype, DTYPE_CHOICES)
-  for size in ("width", "depth"):
-    if config.model[size] and size not in models.model_kwargs(config.model.name):
-      raise ValueError(f"Config field `model.{size}` = {config.model[size]} is not used by model "
-                       f"{config.model.name!r} (it takes: "
-                       f"{', '.join(models.model_kwargs(config.model.name)) or 'no size fields'}); "
-                       "set it to 0.")
+  for group in ("model", "guide_model"):
+    model_cfg = config[group]
+    _choice(f"{group}.name", model_cfg.name, sorted(models.MODELS))
+    for size in ("width", "depth"):
+      if model_cfg[size] and size not in models.model_kwargs(model_cfg.name):
+        raise ValueError(
+            f"Config field `{group}.{size}` = {model_cfg[size]} is not used by model "
+            f"{model_cfg.name!r} (it takes: "
+            f"{', '.join(models.model_kwargs(model_cfg.name)) or 'no size fields'}); set it to 0.")
+  roles = [r.strip() for r in config.eval.roles.split(",") if r.strip()]
+  if not roles or any(r not in method.roles for r in roles):
+    raise ValueError(f"Config field `eval.roles` = {config.eval.roles!r}: method "
+                     f"{config.method.name!r} trains the roles {', '.join(method.roles)}.")
   _choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
   _choice("eval.split", config.eval.split, EVAL_SPLIT_CHOICES)
   evaluate.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`

@@ -175,3 +175,59 @@ def regmix_loss(clean_logits: jax.Array | None, init_logits: jax.Array, final_lo
     reg = amr_loss(init_logits, final_logits, alpha=alpha, beta=beta)
   terms = {"target_ce": cross_entropy(final_logits, smoothed), "regularizer": reg}
   return terms["target_ce"] + terms["regularizer"], terms
+
+
+# D2R (Liu et al. 2025): REFERENCE.md, "D2R + CAG" (released code). A guide g and a target t.
+
+D2R_CLEAN_TERMS = ("abs_diff", "sum")
+
+
+def d2r_loss(guide_clean_logits: jax.Array, target_clean_logits: jax.Array,
+             target_adv_logits: jax.Array, labels: jax.Array, *, w_sym: float | None = None,
+             w_adv: float | None = None, clean_term: str = "abs_diff",
+             axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The dual regularisation loss per example, `[B, C] x3, [B] -> ([B], terms)`:
+
+    CE(g(x), y) + MSE(t(x'), g(x)) + w_sym * clean + w_adv * KL(P(t(x')) || P(g(x)))
+
+  with clean = `|KLbar(P(t(x)) || P(g(x))) - KLbar(P(g(x)) || P(t(x)))|` ("abs_diff", the released
+  code: the absolute difference of the two batch-mean KLs) or `KL(P(t(x)) || P(g(x))) +
+  KL(P(g(x)) || P(t(x)))` ("sum", the symmetric KL as the paper words it). The guide alone gets
+  the label loss; nothing is detached (the guide is pulled toward the target as well).
+
+  Per example: "abs_diff" is a batch-level quantity, so its per-example term is `s * (KL1_b -
+  KL2_b)` with `s` the (constant) sign of their mean over the global batch (`axis_name` sums over
+  devices): the batch mean of the per-example loss, and its gradient, equal the released code's.
+
+  Args:
+    guide_clean_logits, target_clean_logits, target_adv_logits: `g(x)`, `t(x)`, `t(x')`, `[B, C]`.
+    labels: integer `[B]`.
+    w_sym, w_adv: per-example weights; default 20 / C and 30 / C, the released element-mean
+      weights 20 and 30 (KL averaged over B * C there) as per-example batch-mean weights.
+    clean_term: "abs_diff" or "sum".
+    axis_name: the data-parallel axis when called per device (for the sign of "abs_diff").
+
+  Returns:
+    `(loss [B], terms)`: terms "guide_ce", "mse", "clean", "adv_kl" (unweighted, `[B]`).
+  """
+  if clean_term not in D2R_CLEAN_TERMS:
+    raise ValueError(f"clean_term must be one of {D2R_CLEAN_TERMS}, got {clean_term!r}.")
+  num_classes = guide_clean_logits.shape[-1]
+  w_sym = 20.0 / num_classes if w_sym is None else w_sym
+  w_adv = 30.0 / num_classes if w_adv is None else w_adv
+  kl_tg = kl_div(target_clean_logits, guide_clean_logits)  # KL(P(t(x)) || P(g(x)))
+  kl_gt = kl_div(guide_clean_logits, target_clean_logits)  # KL(P(g(x)) || P(t(x)))
+  if clean_term == "sum":
+    clean = kl_tg + kl_gt
+  else:
+    diff = kl_tg - kl_gt
+    total = jnp.stack([diff.sum(), jnp.asarray(diff.shape[0], diff.dtype)])
+    if axis_name is not None:
+      total = jax.lax.psum(total, axis_name)
+    clean = jax.lax.stop_gradient(jnp.sign(total[0] / total[1])) * diff
+  terms = {"guide_ce": cross_entropy(guide_clean_logits, labels),
+           "mse": logit_mse(target_adv_logits, guide_clean_logits),
+           "clean": clean,
+           "adv_kl": kl_div(target_adv_logits, guide_clean_logits)}
+  loss = terms["guide_ce"] + terms["mse"] + w_sym * clean + w_adv * terms["adv_kl"]
+  return loss, terms

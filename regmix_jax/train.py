@@ -221,11 +221,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         augment=config.data.augment, ema_decay=config.ema.decay),
                       donate_state=jax.default_backend() != "cpu",
                       batch_outputs=(False, False, True)),
-      p_eval=par.map(functools.partial(
-          evaluate.eval_step, model=nets["target"],
+      p_eval={role: par.map(functools.partial(
+          evaluate.eval_step, model=nets[role], role=role,
           attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                                              step_size=config.eval.step_size)),
-                     donate_state=False),
+                            donate_state=False)
+              for role in [r.strip() for r in config.eval.roles.split(",") if r.strip()]},
       log=reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None,
       board=reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None))
   dstate = par.put_state(state)
@@ -316,10 +317,15 @@ def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop:
 
 
 def _evaluate(run, dstate, num_examples: int) -> dict[str, float]:
-  batches = data.eval_batches(run.eval_split, batch_size=run.config.data.eval_batch_size,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count(), num_examples=num_examples)
-  return evaluate.accuracies(batches, lambda b: run.p_eval(dstate, run.par.put_batch(b)))
+  """Accuracies of every evaluated role; names of roles other than the target are prefixed."""
+  out = {}
+  for role, p_eval in run.p_eval.items():
+    batches = data.eval_batches(run.eval_split, batch_size=run.config.data.eval_batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), num_examples=num_examples)
+    acc = evaluate.accuracies(batches, lambda b, f=p_eval: f(dstate, run.par.put_batch(b)))
+    out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})
+  return out
 
 
 def _end_epoch(run, dstate, epoch: int, sums: _EpochMetrics, rate: float) -> dict[str, float]:

@@ -21,9 +21,10 @@ def _setup(method_name, axis_name):
   config.optim.schedule = "constant"
   if method_name == "fgsm_pgk":
     config.method.epsilon = config.method.step_size = 0.1
-  nets = {"target": models.get_model("small_cnn", 10, axis_name=axis_name, width=4)}
-  state = ts.create_train_state(config, nets, (16, 16, 3), steps_per_epoch=10)
   method = methods.get_method(method_name)
+  nets = {role: models.get_model("small_cnn", 10, axis_name=axis_name, width=4 + 2 * i)
+          for i, role in enumerate(method.roles)}  # D2R: a guide beside the target
+  state = ts.create_train_state(config, nets, (16, 16, 3), steps_per_epoch=10)
   return state, bind_method(method.loss, nets, config.method)
 
 
@@ -39,7 +40,7 @@ def _batch(method_name, n=16):
   return batch
 
 
-@pytest.mark.parametrize("method_name", ["standard", "pgd_at", "fgsm_pgk"])
+@pytest.mark.parametrize("method_name", ["standard", "pgd_at", "fgsm_pgk", "d2r"])
 def test_single_device_pmap_and_shard_map_agree(method_name):
   batch = _batch(method_name)
   state, bound = _setup(method_name, axis_name=None)

@@ -6,15 +6,14 @@ reset every 40 epochs, and the success ratio r = na / (n0 + 1).
 
 from regmix_jax import config as config_lib
 from regmix_jax import methods
+from regmix_jax.methods import fgsm_pgk
 
 
 def get_config():
   config = config_lib.base_config()
   config.num_epochs = 110
   config.data.name = "cifar100"
-  config.method = methods.method_config(
-      "fgsm_pgk", label_smoothing=0.8, lam=1.0, momentum_decay=0.1, ema_threshold=0.9,
-      reset_every=40, ratio_offset=1)
+  config.method = methods.method_config("fgsm_pgk", **fgsm_pgk.MANY_CLASSES)
   config.optim.milestones = (100, 105)
   config.ema.enabled = True
   return config

@@ -1,5 +1,5 @@
-"""`load_dataset(config.data)`: CIFAR from TFDS, from local files (official downloads or .npz), or
-the synthetic set; checks layout and labels, and carves an optional validation split from train."""
+"""`load_dataset(config.data)`: CIFAR from TFDS, from local files (official downloads or .npz),
+Tiny ImageNet from its folder (`data.name = "tiny_imagenet"`), or the synthetic set; checks layout and labels, and carves an optional validation split from train."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 
-from regmix_jax.data import cifar_files
+from regmix_jax.data import cifar_files, tiny_imagenet
 from regmix_jax.data.dataset import Dataset, Split
 from regmix_jax.data.synthetic_set import synthetic
 
 SOURCES = ("tfds", "files", "synthetic")
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
 
 
 def _load_tfds(name: str, data_dir: str, download: bool) -> dict[str, np.ndarray]:
@@ -59,6 +59,9 @@ def load_dataset(cfg) -> Dataset:
               "y_test": ds.test.y}
     num_classes = ds.num_classes
   elif cfg.source == "tfds":
+    if cfg.name == "tiny_imagenet":
+      raise ValueError("Config field `data.source` = 'tfds': TFDS has no Tiny ImageNet builder. "
+                       "Use --config.data.source=files --config.data.dir=<tiny-imagenet-200/>.")
     arrays = _load_tfds(cfg.name, cfg.dir, cfg.download)
     num_classes = _NUM_CLASSES.get(cfg.name, 0) or int(arrays["y_train"].max()) + 1
   elif cfg.source == "files":
@@ -68,6 +71,9 @@ def load_dataset(cfg) -> Dataset:
       arrays = cifar_files.load_npz(cfg.dir)
       num_classes = max(int(arrays["y_train"].max(initial=0)) + 1,
                         _NUM_CLASSES.get(cfg.name, 0))
+    elif cfg.name == "tiny_imagenet":
+      arrays = tiny_imagenet.load_tiny_imagenet_dir(cfg.dir)
+      num_classes = _NUM_CLASSES[cfg.name]
     else:
       arrays = cifar_files.load_cifar_dir(cfg.dir, cfg.name)
       num_classes = _NUM_CLASSES[cfg.name]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from regmix_jax.methods import fgsm_agr, fgsm_amr, fgsm_pgk, fgsm_rs, mart, n_fgsm, pgd_at
+from regmix_jax.methods import d2r, fgsm_agr, fgsm_amr, fgsm_pgk, fgsm_rs, mart, n_fgsm, pgd_at
 from regmix_jax.methods import standard, trades
 from regmix_jax.methods.base import LossOutput, apply_model, logits_fn
 from regmix_jax.sample_state import SampleStateSpec
@@ -55,7 +55,8 @@ METHODS: dict[str, Method] = {
     m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
                    getattr(m, "CHOICES", {}), getattr(m, "SAMPLE_STATE", None),
                    getattr(m, "RANGES", {}))
-    for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm, fgsm_pgk, fgsm_amr, fgsm_agr)
+    for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm, fgsm_pgk, fgsm_amr, fgsm_agr,
+              d2r)
 }
 
 

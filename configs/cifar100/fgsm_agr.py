@@ -1,0 +1,18 @@
+"""CIFAR-100, ResNet-18, RegMix FGSM-AGR (Liu & Ojha 2025): the FGSM-PGK CIFAR-100 recipe
+(configs/cifar100/fgsm_pgk.py) with RegMix's regulariser and AGR target; weights and schedule as
+configs/cifar10/fgsm_agr.py (our choices, see there).
+"""
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods
+from regmix_jax.methods import fgsm_pgk
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.num_epochs = 95
+  config.data.name = "cifar100"
+  config.method = methods.method_config("fgsm_agr", **fgsm_pgk.MANY_CLASSES)
+  config.optim.milestones = (85, 90)
+  config.ema.enabled = True
+  return config
