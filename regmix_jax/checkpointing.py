@@ -3,9 +3,10 @@
 The metadata holds the data position (epoch, step within the epoch) and the running sums of the
 epoch's training metrics (so a resumed epoch reports exactly what an uninterrupted one would). A
 method's per-example state (FGSM-PGK's buffers) is a third item, `sample`: global arrays sharded
-over the devices, so that each process saves and restores only its own examples' rows. Orbax writes each checkpoint to a temporary
-directory and renames it when complete, so a kill during a save leaves the previous checkpoint
-intact; unfinished temporary directories are removed on the next start.
+over the devices, so that each process saves and restores only its own examples' rows. Orbax writes
+each checkpoint to a temporary directory and renames it when complete, so a kill during a save
+leaves the previous checkpoint intact; unfinished temporary directories are removed on the next
+start.
 """
 
 from __future__ import annotations

@@ -62,36 +62,33 @@ def test_abs_diff_gradient_is_that_of_the_batch_level_absolute_value():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def _two_models():
+def _two_models(**optim):
   config = config_lib.base_config()
   config.method = methods.method_config("d2r", num_steps=3)
   config.optim.schedule = "constant"
+  config.optim.update(optim)
   nets = {"target": models.get_model("small_cnn", 10, width=8),
           "guide": models.get_model("small_cnn", 10, width=4)}
   state = ts.create_train_state(config, nets, (16, 16, 3), steps_per_epoch=1)
   return config, nets, state
 
 
-def test_one_step_moves_both_models():
-  config, nets, state = _two_models()
+def test_one_step_moves_both_models_by_their_gradients():
+  # Plain SGD without weight decay or momentum: a parameter moves iff its gradient is non-zero.
+  config, nets, state = _two_models(weight_decay=0.0, momentum=0.0)
   r = np.random.default_rng(0)
   batch = {"image": r.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
            "label": r.integers(0, 10, 16).astype(np.int32),
            "index": np.arange(16, dtype=np.int32), "mask": np.ones(16, bool)}
   method = bind_method(methods.get_method("d2r").loss, nets, config.method)
-  keys = rng.example_keys(jax.random.key(0), batch["index"])
-  float_batch = {**batch, "image": batch["image"] / 255.0}
-  grads = jax.grad(lambda p: method(p, state.batch_stats, float_batch, keys).loss)(state.params)
-  for role in ("target", "guide"):
-    norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[role]))
-    assert norm > 1e-3, role
   new_state, metrics, _ = jax.jit(functools.partial(train_step, method=method))(state, batch)
   for role in ("target", "guide"):
-    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(
-        jax.tree.leaves(new_state.params[role]), jax.tree.leaves(state.params[role])))
-    assert moved > 1e-5, role
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(new_state.params[role]), jax.tree.leaves(state.params[role]))]
+    assert sum(m > 0 for m in moved) >= len(moved) - 2, (role, moved)  # (BN biases may not)
+    assert max(moved) > 1e-4, role
   assert set(new_state.batch_stats) == {"target", "guide"}
-  assert np.isfinite(float(metrics["loss"]))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["guide_accuracy"]) >= 0
 
 
 def test_cag_ascends_its_objective_inside_the_box():
@@ -112,3 +109,16 @@ def test_cag_ascends_its_objective_inside_the_box():
   assert np.abs(np.asarray(x_adv - x)).max() <= 0.031 + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   assert 0 < np.abs(np.asarray(start - x)).max() < 0.01  # Gaussian start, std 0.001
+
+
+def test_checkpoint_restores_both_models(tmp_path):
+  from regmix_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  _, _, state = _two_models()
+  bumped = state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, bumped, {"epoch": 0})
+  restored, _ = ckpt.restore(state)
+  ckpt.close()
+  for role in ("target", "guide"):
+    for a, b in zip(jax.tree.leaves(restored.params[role]), jax.tree.leaves(bumped.params[role])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

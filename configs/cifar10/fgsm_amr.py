@@ -3,7 +3,7 @@ fgsm_pgk.py) with RegMix's regulariser.
 
 Our choices (the paper's values could not be read; REFERENCE.md): the weights amr_alpha,
 amr_beta are the registry defaults picked on a validation split of the CIFAR-10
-subset (experiments/regmix_hparams/README.md); 95 epochs as the paper reports for RegMix (110 for
+subset (experiments/regmix_hparams/results.md); 95 epochs as the paper reports for RegMix (110 for
 FGSM-PGK), with the rate x0.1 at epochs 85 and 90 (FGSM-PGK's last 10 and 5 epochs).
 WRN-34-10: --config.model.name=wrn34_10.
 """

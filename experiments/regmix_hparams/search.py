@@ -17,13 +17,13 @@ Writes experiments/regmix_hparams/results.md (table, commands, wall time, the ch
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # pylint: disable=g-import-not-at-top
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -39,34 +39,20 @@ def budget(data: str, epochs: int) -> list[str]:
 
 def run(name: str, method: str, overrides: list[str], args) -> dict:
   """One CLI run in `<workdir_root>/<name>`; returns its final validation accuracies."""
-  workdir = os.path.join(args.workdir_root, name)
-  final = os.path.join(workdir, "final_eval.json")
-  command = [sys.executable, "-m", "regmix_jax.main",
-             f"--config=configs/cifar10/{method}.py", f"--workdir={workdir}",
-             *budget(args.data, args.epochs), *overrides]
-  if not os.path.exists(final):
-    print("running:", " ".join(command[1:]), flush=True)
-    with open(os.path.join(args.workdir_root, f"{name}.log"), "w") as log:
-      subprocess.run(command, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-  with open(final) as f:
-    return {"name": name, "method": method, "overrides": overrides, **json.load(f),
-            "command": "python " + " ".join(command[1:]).replace(ROOT + os.sep, "")}
+  return common.run_cli(args.workdir_root, name, f"cifar10/{method}",
+                        budget(args.data, args.epochs) + overrides)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data",
-                                                     "cifar10_subset.npz"))
-  parser.add_argument("--workdir_root", default=os.path.join(ROOT, "runs", "regmix_hparams"),
+  parser.add_argument("--data", default=common.DEFAULT_DATA)
+  parser.add_argument("--workdir_root", default=os.path.join(common.ROOT, "runs", "regmix_hparams"),
                       help="where the runs' workdirs go (default runs/regmix_hparams)")
   parser.add_argument("--epochs", type=int, default=6)
   parser.add_argument("--alphas", default="0.5,1,2,4")
   parser.add_argument("--gammas", default="0.1,0.2,0.4")
   args = parser.parse_args()
-  if not os.path.isfile(args.data):
-    sys.exit(f"No data at {args.data}: pass --data=<path to cifar10_subset.npz> (see "
-             "../shared/data/README.md).")
-  os.makedirs(args.workdir_root, exist_ok=True)
+  common.require_data(args.data)
   t0 = time.time()
   key = lambda r: (r["pgd10"], r["clean"])
   rows = [run("fgsm_pgk", "fgsm_pgk", [], args)]
@@ -76,7 +62,7 @@ def main():
                    [f"--config.method.amr_alpha={alpha}",
                     f"--config.method.amr_beta={alpha / 2}"], args))
   best_amr = max(amr, key=key)
-  alpha = float(best_amr["overrides"][0].split("=")[1])
+  alpha = float(best_amr["overrides"][-2].split("=")[1])
   agr = [run(f"agr_a{alpha:g}_g{gamma:g}", "fgsm_agr",
              [f"--config.method.amr_alpha={alpha}", f"--config.method.amr_beta={alpha / 2}",
               f"--config.method.agr_gamma={gamma}"], args)
@@ -89,10 +75,11 @@ def main():
            "4085 training / 1000 validation images (data.val_size=1000, seed 0), lr 0.1 "
            f"x0.1 at epochs {args.epochs - 2} and {args.epochs - 1}, EMA teacher evaluated; "
            "validation accuracy (%) on all 1000 validation images, one seed.", "",
-           "| setting | method | overrides | clean | PGD-10 |",
+           "| setting | config | method overrides | clean | PGD-10 |",
            "| --- | --- | --- | --- | --- |"]
   for r in rows:
-    lines.append(f"| {r['name']} | {r['method']} | {' '.join(o.split('.')[-1] for o in r['overrides'])} "
+    tuned = [o.split(".")[-1] for o in r["overrides"] if ".method." in o]
+    lines.append(f"| {r['name']} | {r['config']} | {' '.join(tuned)} "
                  f"| {100 * r['clean']:.2f} | {100 * r['pgd10']:.2f} |")
   lines += ["", f"Chosen (highest validation PGD-10, then clean): FGSM-AMR `{best_amr['name']}`; "
             f"FGSM-AGR `{best_agr['name']}`.", "",

@@ -1,5 +1,6 @@
 """`load_dataset(config.data)`: CIFAR from TFDS, from local files (official downloads or .npz),
-Tiny ImageNet from its folder (`data.name = "tiny_imagenet"`), or the synthetic set; checks layout and labels, and carves an optional validation split from train."""
+Tiny ImageNet from its folder (`data.name = "tiny_imagenet"`), or the synthetic set; checks layout
+and labels, and carves an optional validation split from train."""
 
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ axis_name) -> LossOutput`, where
   models: {role: flax module}; cfg: the method's config as a plain dict;
   axis_name: the data-parallel axis or None (for methods that need global counts).
 Methods with per-example state (FGSM-PGK) also find it in `batch["sample"]` (`{name: [B, ...]}`)
-and return its new values in `LossOutput.sample_state`; their module's `SAMPLE_STATE` says what
-it holds (`regmix_jax.sample_state`). The loss is the mean over the local batch; the train step averages gradients, batch statistics
-and metrics over devices. Adding a method adds a module here and a config; `train.py` and
-`train_step.py` do not change.
+and return its new values in `LossOutput.sample_state`; their module's `SAMPLE_STATE` says what it
+holds (`regmix_jax.sample_state`). The loss is the mean over the local batch; the train step
+averages gradients, batch statistics and metrics over devices. Adding a method adds a module here
+and a config; `train.py` and `train_step.py` do not change.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ smoothed labels with the clean distribution, `(1 - agr_gamma) y~ + agr_gamma P(f
 Same loss function as `fgsm_pgk`, other defaults.
 
 `amr_alpha`, `amr_beta`, `agr_gamma`: the paper's values are unknown; ours were chosen on a
-validation split of the CIFAR-10 subset (experiments/regmix_hparams/). `P(f(x))` is not detached
-by default (REFERENCE.md); `stop_gradient_clean=True` detaches it.
+validation split of the CIFAR-10 subset (experiments/regmix_hparams/results.md). `P(f(x))` is not
+detached by default (REFERENCE.md); `stop_gradient_clean=True` detaches it.
 """
 
 from regmix_jax.methods import fgsm_amr, fgsm_pgk

@@ -3,7 +3,7 @@ by the weighted adversarial mutual regulariser `amr_alpha * KL(P(z0) || P(z_adv)
 KL(P(z_adv) || P(z0))` (`losses.amr_loss`). Same loss function as `fgsm_pgk`, other defaults.
 
 `amr_alpha` / `amr_beta`: the paper's values are unknown; ours were chosen on a validation split
-of the CIFAR-10 subset (experiments/regmix_hparams/, README there), with `beta = 0.5 alpha` as the
+of the CIFAR-10 subset (experiments/regmix_hparams/results.md), with `beta = 0.5 alpha` as the
 paper's summary describes.
 """
 
