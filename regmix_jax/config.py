@@ -96,6 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def eval_roles(config: ml_collections.ConfigDict) -> list[str]:
+  """The model roles `config.eval.roles` names, in order ("target", "guide")."""
+  return [r.strip() for r in config.eval.roles.split(",") if r.strip()]
+
+
 def _type_name(value: Any) -> str:
   return type(value).__name__
 
@@ -172,7 +177,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"Config field `{group}.{size}` = {model_cfg[size]} is not used by model "
             f"{model_cfg.name!r} (it takes: "
             f"{', '.join(models.model_kwargs(model_cfg.name)) or 'no size fields'}); set it to 0.")
-  roles = [r.strip() for r in config.eval.roles.split(",") if r.strip()]
+  roles = eval_roles(config)
   if not roles or any(r not in method.roles for r in roles):
     raise ValueError(f"Config field `eval.roles` = {config.eval.roles!r}: method "
                      f"{config.method.name!r} trains the roles {', '.join(method.roles)}.")

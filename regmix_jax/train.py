@@ -226,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                                              step_size=config.eval.step_size)),
                             donate_state=False)
-              for role in [r.strip() for r in config.eval.roles.split(",") if r.strip()]},
+              for role in config_lib.eval_roles(config)},
       log=reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None,
       board=reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None))
   dstate = par.put_state(state)

@@ -127,3 +127,35 @@ def test_shipped_configs_validate(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config_lib.validate(module.get_config(), num_devices=2)
+
+
+@pytest.mark.parametrize("method,field,value,message", [
+    ("fgsm_pgk", "label_smoothing", 1.5, r"method\.label_smoothing.*<= 1\.0"),
+    ("fgsm_pgk", "reset_every", 0, r"method\.reset_every.*>= 1"),
+    ("fgsm_agr", "regularizer", "kl", r"method\.regularizer.*mse, amr"),
+    ("fgsm_agr", "agr_gamma", -0.1, r"method\.agr_gamma"),
+    ("d2r", "clean_term", "symmetric", r"method\.clean_term.*abs_diff, sum"),
+])
+def test_method_values_out_of_range_or_choice(method, field, value, message):
+  c = config_lib.base_config()
+  c.method = methods.method_config(method, **{field: value})
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_eval_roles_and_guide_model_checked():
+  c = config_lib.base_config()
+  c.method = methods.method_config("fgsm_rs")
+  c.eval.roles = "target,guide"
+  with pytest.raises(ValueError, match=r"eval\.roles.*fgsm_rs.*target"):
+    config_lib.validate(c)
+  c = config_lib.base_config()
+  c.method = methods.method_config("d2r")
+  c.eval.roles = "target,guide"
+  config_lib.validate(c)
+  c.guide_model.width = 8  # lbgat_resnet18 takes no width
+  with pytest.raises(ValueError, match=r"guide_model\.width"):
+    config_lib.validate(c)
+  c.guide_model.name = "resnet19"
+  with pytest.raises(ValueError, match=r"guide_model\.name"):
+    config_lib.validate(c)
