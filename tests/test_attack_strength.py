@@ -4,7 +4,6 @@ and C&W-20 below clean."""
 import functools
 
 import jax
-import numpy as np
 import pytest
 
 from regmix_jax import config as config_lib

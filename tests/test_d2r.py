@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from regmix_jax import attacks, config as config_lib, losses, methods, models, rng
 from regmix_jax import train_state as ts

@@ -1,17 +1,15 @@
 """FGSM-PGK: one step derived by hand, and the life-cycle of its per-example buffers."""
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from regmix_jax import checkpointing, config as config_lib, methods, parallel, sample_state
-from regmix_jax import train, train_state as ts
+from regmix_jax import train_state as ts
 from regmix_jax.methods import fgsm_pgk
 from regmix_jax.train_step import bind_method, train_step
 

@@ -32,7 +32,7 @@ def main():
   parser.add_argument("--methods", default="fgsm_pgk,fgsm_agr,trades,d2r")
   args = parser.parse_args()
   common.require_data(args.data)
-  budget = [f"--config.data.source=files", f"--config.data.dir={args.data}",
+  budget = ["--config.data.source=files", f"--config.data.dir={args.data}",
             "--config.model.name=small_cnn", "--config.model.width=32",
             f"--config.num_epochs={EPOCHS}", "--config.eval.attacks=clean,pgd10,pgd20",
             f"--config.eval.every_epochs={EPOCHS}", "--config.log_every_steps=10"]

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def budget(data: str, epochs: int) -> list[str]:
   """The fixed small budget every setting gets (CLI overrides)."""
-  return [f"--config.data.source=files", f"--config.data.dir={data}",
+  return ["--config.data.source=files", f"--config.data.dir={data}",
           "--config.data.val_size=1000", "--config.eval.split=val",
           "--config.model.name=small_cnn", "--config.model.width=32",
           f"--config.num_epochs={epochs}", f"--config.optim.milestones=({epochs - 2},{epochs - 1})",
