@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -34,7 +35,9 @@ def run_cli(workdir_root: str, name: str, config: str, overrides: list[str]) -> 
     result = json.load(f)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  shown = " ".join(command[1:]).replace(ROOT + os.sep, "")
+  shown = shlex.join(command[1:]).replace(ROOT + os.sep, "")
+  # From the workdir's first write (config.json) to the final evaluation's.
+  wall = os.path.getmtime(final) - os.path.getmtime(os.path.join(workdir, "config.json"))
   return {"name": name, "config": config, "overrides": overrides, **result,
           "train_images_per_sec": sum(r["images_per_sec"] for r in records) / len(records),
-          "command": "python " + shown}
+          "wall_seconds": wall, "command": "python " + shown}

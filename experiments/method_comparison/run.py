@@ -47,10 +47,12 @@ def main():
            f"devices. Budget: {EPOCHS} epochs on 5085 training images, small_cnn width 32 "
            "(D2R guide: width 16), batch 128; accuracy (%) on the 1017 test images, eps 8/255, "
            "PGD step 2/255; the EMA teacher for the FGSM-PGK family. One seed.", "",
-           "| method | clean | PGD-10 | PGD-20 | train img/s |", "| --- | --- | --- | --- | --- |"]
+           "| method | clean | PGD-10 | PGD-20 | train img/s | wall (s) |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for r in rows:
     lines.append(f"| {r['name']} | {100 * r['clean']:.2f} | {100 * r['pgd10']:.2f} | "
-                 f"{100 * r['pgd20']:.2f} | {r['train_images_per_sec']:.0f} |")
+                 f"{100 * r['pgd20']:.2f} | {r['train_images_per_sec']:.0f} | "
+                 f"{r['wall_seconds']:.0f} |")
   lines += ["", f"Wall time of this invocation: {time.time() - t0:.0f} s (finished runs are read, "
             "not re-run).", "", "Command:", "",
             "    python experiments/method_comparison/run.py --data=../shared/data/cifar10_subset.npz",
