@@ -30,6 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
   # count that divides the batch sizes). Ignored on GPU/TPU.
   c.cpu_devices = 0
   c.parallel = "pmap"  # how the per-device step is mapped: "pmap" or "shard_map"
+  # Multi-process data parallelism (JAX's distributed runtime). Started when `enabled` or when
+  # the environment sets JAX_COORDINATOR_ADDRESS; empty / 0 / -1 fields come from the
+  # environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or, where neither
+  # gives them (TPU pods, SLURM, ...), from JAX's own cluster detection.
+  c.distributed = ml_collections.ConfigDict(
+      dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
   c.log_every_steps = 50
 
   c.data = ml_collections.ConfigDict()

@@ -40,6 +40,23 @@ def configure_cpu_devices(count: int) -> None:
     logging.warning("Could not set %d CPU devices: %s", count, e)
 
 
+def initialize_distributed(config) -> bool:
+  """Starts JAX's distributed runtime for a multi-process run (see `config.distributed`); returns
+  whether it did. Must run before any JAX computation. On CPU, cross-process collectives use
+  gloo."""
+  dist = config.distributed
+  address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if not (dist.enabled or address):
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  num = dist.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
+  pid = dist.process_id if dist.process_id >= 0 else os.environ.get("JAX_PROCESS_ID")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=address or None, num_processes=num,
+                             process_id=None if pid is None else int(pid))
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -47,6 +64,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   configure_cpu_devices(cpu_device_count(config))
+  initialize_distributed(config)
   from regmix_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
