@@ -9,6 +9,7 @@ inconsistent choice. Defaults follow the CIFAR-10 recipes in REFERENCE.md.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 import ml_collections
@@ -109,6 +110,34 @@ def eval_roles(config: ml_collections.ConfigDict) -> list[str]:
 
 def _type_name(value: Any) -> str:
   return type(value).__name__
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """The config a run saved (`<workdir>/config.json`), on top of today's defaults: fields added
+  since the run was trained take their defaults; JSON lists become tuples where the schema has
+  tuples. Validated like a config file."""
+  from regmix_jax import methods  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"Cannot read the run's config {path}: {e}. Is --workdir a training run's "
+                     "workdir (it holds config.json)?") from e
+  config = base_config()
+  config.method = methods.method_config(saved.get("method", {}).get("name", "standard"))
+
+  def merge(target, values, prefix=""):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(target.get(key), ml_collections.ConfigDict):
+        merge(target[key], value, f"{prefix}{key}.")
+      elif key not in target:
+        raise ValueError(f"{path}: unknown config field `{prefix}{key}`.")
+      else:
+        target[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, saved)
+  validate(config)
+  return config
 
 
 def _check_types(config, schema, prefix: str = "") -> None:

@@ -45,6 +45,26 @@ def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return other - true
 
 
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Difference-of-logits-ratio loss of APGD-DLR (Croce & Hein 2020), `[B, C] -> [B]`:
+  `-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`, with `pi` sorting the logits in
+  descending order (needs C >= 3). Positive once misclassified; invariant to shifting and
+  rescaling the logits."""
+  logits = logits.astype(jnp.float32)
+  top = jax.lax.top_k(logits, 3)[0]
+  return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: jax.Array, labels: jax.Array, target_labels: jax.Array) -> jax.Array:
+  """Targeted DLR loss of APGD-T, `[B, C] -> [B]`:
+  `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)` for the target class `t`
+  (`target_labels [B]`; needs C >= 4)."""
+  logits = logits.astype(jnp.float32)
+  top = jax.lax.top_k(logits, 4)[0]
+  pick = lambda c: jnp.take_along_axis(logits, c[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return (pick(target_labels) - pick(labels)) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def smooth_labels(labels: jax.Array, num_classes: int, factor: float) -> jax.Array:
   """FGSM-PGK's label smoothing, `[B] -> [B, C]`: the true class gets `factor`, every other class
   `(1 - factor) / (C - 1)` (note: `factor` is the mass kept on the true class, not the mass

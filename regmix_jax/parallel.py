@@ -43,12 +43,14 @@ class DataParallel:
     return [self.devices.index(d) for d in self.local_devices]
 
   def map(self, fn: Callable[..., Any], *, donate_state: bool = True,
-          batch_outputs: tuple[bool, ...] | None = None) -> Callable[..., Any]:
+          batch_outputs: tuple[bool, ...] | None = None,
+          per_device_outputs: bool = False) -> Callable[..., Any]:
     """Maps `fn(state, batch, *, axis_name)`: returns `mapped(state, batch) -> outputs`.
 
     `batch_outputs`: for an `fn` returning a tuple, which outputs are per-example (split along
     the batch like the input; fetch them with `get_batch`) rather than replicated. Default: all
-    replicated.
+    replicated. `per_device_outputs`: every output is a per-device value with a leading axis of
+    1 (e.g. counts `fn` does not `psum`); sum them with `host_sum`.
     """
     per_device = functools.partial(fn, axis_name=AXIS)
     donate = (0,) if donate_state else ()
@@ -62,6 +64,8 @@ class DataParallel:
     # leave it summed rather than averaged.)
     out_specs = P() if batch_outputs is None else tuple(
         P(AXIS) if split else P() for split in batch_outputs)
+    if per_device_outputs:
+      out_specs = P(AXIS)
     mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                            out_specs=out_specs, check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
@@ -92,6 +96,21 @@ class DataParallel:
           lambda v: jax.device_put(v.reshape(n, v.shape[0] // n, *v.shape[1:]), sharding), batch)
     sharding = NamedSharding(self.mesh, P(AXIS))
     return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
+
+  def host_sum(self, tree):
+    """Sums the per-device scalar outputs of a `per_device_outputs` map over every device of
+    every process, on the host: numpy scalars. It waits for this process's devices before the
+    cross-process step, so devices never wait for each other inside a collective (on CPU a
+    device kept waiting over 40 s aborts the process)."""
+    def local(array):
+      if isinstance(array, jax.Array):
+        return sum(np.asarray(s.data, np.float64).sum() for s in array.addressable_shards)
+      return np.asarray(array, np.float64).sum()
+    sums = jax.tree.map(local, jax.block_until_ready(tree))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      sums = jax.tree.map(lambda v: np.asarray(v).sum(), multihost_utils.process_allgather(sums))
+    return sums
 
   def get_batch(self, tree):
     """Inverse of `put_batch` for per-example outputs (`batch_outputs` of `map`): this

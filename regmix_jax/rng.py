@@ -35,6 +35,14 @@ def example_keys(key: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_typed_key(key), index)
 
 
+def fold(key: jax.Array, data) -> jax.Array:
+  """`fold_in(key, data)` for one key or for each of `[B]` per-example keys (same shape out)."""
+  key = as_typed_key(key)
+  if key.ndim == 0:
+    return jax.random.fold_in(key, data)
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+
+
 def split_keys(keys: jax.Array, num: int) -> tuple[jax.Array, ...]:
   """Splits `[B]` per-example keys into `num` independent `[B]` key arrays."""
   split = jax.vmap(lambda k: jax.random.split(k, num))(as_typed_key(keys))

@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
   or {} when it was stopped by a signal. On a CPU-only machine, call
-  `main.configure_cpu_devices` before JAX starts to use every core.
+  `runtime.configure_cpu_devices` before JAX starts to use every core.
   """
   config_lib.validate(config)
   par = parallel.DataParallel(config.parallel)
@@ -225,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           evaluate.eval_step, model=nets[role], role=role,
           attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                                              step_size=config.eval.step_size)),
-                            donate_state=False)
+                            donate_state=False, per_device_outputs=True)
               for role in config_lib.eval_roles(config)},
       log=reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None,
       board=reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None))
@@ -323,7 +323,8 @@ def _evaluate(run, dstate, num_examples: int) -> dict[str, float]:
     batches = data.eval_batches(run.eval_split, batch_size=run.config.data.eval_batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(), num_examples=num_examples)
-    acc = evaluate.accuracies(batches, lambda b, f=p_eval: f(dstate, run.par.put_batch(b)))
+    acc = evaluate.accuracies(batches, lambda b, f=p_eval: f(dstate, run.par.put_batch(b)),
+                              fetch=run.par.host_sum)
     out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})
   return out
 

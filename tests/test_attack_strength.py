@@ -1,5 +1,5 @@
 """On a briefly trained small model: clean >= FGSM >= PGD-10 >= PGD-50 accuracy on the same points,
-and C&W-20 below clean."""
+and C&W-20 below clean; AutoAttack at most PGD-50 and C&W-20."""
 
 import functools
 
@@ -46,3 +46,10 @@ def test_stronger_attacks_give_lower_accuracy(optimized):
   assert acc["clean"] >= acc["fgsm"] >= acc["pgd10"] >= acc["pgd50"], acc
   assert acc["pgd50"] < acc["clean"] - 0.1, acc  # the attacks do something
   assert acc["cw20"] < acc["clean"], acc
+
+  # AutoAttack (standard) on the first 64 points: at most PGD-50 and C&W-20 on those points.
+  few = data.eval_batches(dataset.test, batch_size=64, num_examples=64)
+  aa_list = evaluate.parse_attacks("pgd50,cw20,aa", epsilon=4 / 255, step_size=1 / 255)
+  aa_fn = jax.jit(functools.partial(evaluate.eval_step, model=net, attack_list=aa_list))
+  acc = evaluate.accuracies(few, lambda b: aa_fn(state, b))
+  assert acc["aa"] <= min(acc["pgd50"], acc["cw20"]), acc

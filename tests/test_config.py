@@ -87,13 +87,13 @@ def test_model_size_fields_must_fit_the_model():
 
 
 def test_auto_cpu_devices_divide_the_batch(monkeypatch):
-  from regmix_jax import main
+  from regmix_jax import runtime
   c = _config()
   c.data.batch_size, c.data.eval_batch_size = 128, 500
   monkeypatch.setattr("os.cpu_count", lambda: 6)
-  assert main.cpu_device_count(c) == 4
+  assert runtime.cpu_device_count(c) == 4
   c.cpu_devices = 3
-  assert main.cpu_device_count(c) == 3
+  assert runtime.cpu_device_count(c) == 3
 
 
 def test_changing_only_the_method_name_reports_missing_fields():

@@ -56,16 +56,18 @@ def test_ema_weights_are_evaluated():
   assert float(counts["clean"]) == 8
 
 
-def test_eval_step_sums_over_devices():
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_eval_step_counts_summed_over_devices_on_the_host(kind):
   net = models.get_model("small_cnn", 10, width=4)
   _, state = _state(ema=False)
   batch = _batch(n=8, real=6)
   attack_list = evaluate.parse_attacks("clean,pgd2")
   single = evaluate.eval_step(state, batch, model=net, attack_list=attack_list)
-  par = parallel.DataParallel("shard_map", devices=jax.devices()[:4])
+  par = parallel.DataParallel(kind, devices=jax.devices()[:4])
   step = par.map(functools.partial(evaluate.eval_step, model=net, attack_list=attack_list),
-                 donate_state=False)
-  multi = step(par.put_state(state), par.put_batch(batch))
+                 donate_state=False, per_device_outputs=True)
+  multi = par.host_sum(step(par.put_state(state), par.put_batch(batch)))
+  assert float(multi["count"]) == 6
   for k in single:
     np.testing.assert_allclose(float(multi[k]), float(single[k]))
 

@@ -1,6 +1,13 @@
 """Pure, jittable adversarial attacks over a `logits_fn` (see `pgd.py` for the conventions)."""
 
+from regmix_jax.attacks.apgd import apgd, apgd_targeted
+from regmix_jax.attacks.autoattack import ATTACKS as AUTOATTACK_ATTACKS
+from regmix_jax.attacks.autoattack import autoattack
+from regmix_jax.attacks.autoattack import resolve_version as autoattack_version
 from regmix_jax.attacks.cag import cag
+from regmix_jax.attacks.fab import fab_targeted
 from regmix_jax.attacks.pgd import ATTACK_LOSSES, cw_linf, fgsm, pgd, project
+from regmix_jax.attacks.square import square
 
-__all__ = ["ATTACK_LOSSES", "cag", "cw_linf", "fgsm", "pgd", "project"]
+__all__ = ["ATTACK_LOSSES", "AUTOATTACK_ATTACKS", "apgd", "apgd_targeted", "autoattack", "autoattack_version", "cag",
+           "cw_linf", "fab_targeted", "fgsm", "pgd", "project", "square"]

@@ -74,15 +74,21 @@ def num_eval_batches(n: int, batch_size: int) -> int:
 
 
 def eval_batches(split: Split, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, num_examples: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Every example of `split` (its first `num_examples` if > 0) once, in order, in global batches
-  of `batch_size` padded at the end; process p yields rows `[p*B/P, (p+1)*B/P)` of each batch.
-  All batches have the same shape; padding rows have mask False, label 0, index -1, image 0."""
+                 process_count: int = 1, num_examples: int = 0,
+                 indices: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of `split` (its first `num_examples` if > 0; or the examples `indices`, in
+  that order) once, in global batches of `batch_size` padded at the end; process p yields rows
+  `[p*B/P, (p+1)*B/P)` of each batch. All batches have the same shape; padding rows have mask
+  False, label 0, index -1, image 0."""
   if batch_size % process_count:
     raise ValueError(f"Config field `data.eval_batch_size` = {batch_size} must be divisible by "
                      f"the number of processes ({process_count}).")
-  n = len(split.y) if num_examples <= 0 else min(num_examples, len(split.y))
+  if indices is None:
+    n = len(split.y) if num_examples <= 0 else min(num_examples, len(split.y))
+    indices = np.arange(n)
+  indices = np.asarray(indices)
   local = batch_size // process_count
-  for i in range(num_eval_batches(n, batch_size)):
-    index = i * batch_size + process_index * local + np.arange(local)
-    yield _batch(split, index, index < n)
+  for i in range(num_eval_batches(len(indices), batch_size)):
+    position = i * batch_size + process_index * local + np.arange(local)
+    real = position < len(indices)
+    yield _batch(split, indices[np.minimum(position, len(indices) - 1)], real)
