@@ -229,11 +229,16 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
     return lambda batch: par.get_batch(fn(dstate, par.put_batch(batch)))[0]
 
   def batches_of(indices, desc):
-    batches = data.eval_batches(split_data, batch_size=batch_size, indices=indices)
-    for i, batch in enumerate(tqdm.tqdm(batches, total=data.num_eval_batches(len(indices),
-                                                                             batch_size),
+    # Few robust points: a smaller batch (a power of two times the device count, so at most a
+    # few sizes compile) instead of padding to `eval_batch_size`.
+    size = par.num_devices
+    while size < min(len(indices), batch_size):
+      size *= 2
+    size = min(size, batch_size)
+    batches = data.eval_batches(split_data, batch_size=size, indices=indices)
+    for i, batch in enumerate(tqdm.tqdm(batches, total=data.num_eval_batches(len(indices), size),
                                         desc=desc, disable=not progress, leave=False)):
-      yield indices[i * batch_size:(i + 1) * batch_size], batch
+      yield indices[i * size:(i + 1) * size], batch
 
   for position, (name, attack) in enumerate(attack_list):
     if name == "aa":  # attack by attack on the points still robust (official evaluation order)
