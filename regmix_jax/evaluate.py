@@ -19,12 +19,16 @@ trained ones), prints a table and appends the result to `eval.json` in the check
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
+import time
 from typing import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from regmix_jax import attacks, losses, rng
 
@@ -163,6 +167,26 @@ def _fraction(text: str, flag: str) -> float:
   return value
 
 
+def restore_state(workdir: str, config, num_classes: int, image_shape, *,
+                  step: int | None = None):
+  """`(models by role, TrainState, step)` of a run's checkpoint (default: the latest), built from
+  the run's `config` (`config.load_json`); raises CheckpointError naming what is there."""
+  from regmix_jax import checkpointing, methods, train, train_state  # pylint: disable=g-import-not-at-top
+  nets = train.build_models(config, methods.get_method(config.method.name).roles, num_classes)
+  state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.all_steps():
+      raise checkpointing.CheckpointError(
+          f"No checkpoint {'' if step is None else f'at step {step} '}in {ckpt.directory} "
+          f"(steps there: {ckpt.all_steps() or 'none'}).")
+    state, _ = ckpt.restore(state, step=step)
+  finally:
+    ckpt.close()
+  return nets, state, int(step)
+
+
 def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = None,
                         n_examples: int = 0, epsilon: float | None = None,
                         step_size: float | None = None, weights: str = "ema",
@@ -175,12 +199,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   when it kept them, else the live ones) or "live". `data_dir` replaces the run's `data.dir`
   (for a run trained elsewhere). Attacks run one at a time, each compiled once.
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  import tqdm  # pylint: disable=g-import-not-at-top
-  from regmix_jax import (checkpointing, config as config_lib, data, methods,  # pylint: disable=g-import-not-at-top
-                          parallel, train, train_state)
+  from regmix_jax import config as config_lib, data, methods, parallel  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
@@ -200,18 +219,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   config_lib.validate(config)
 
   dataset = data.load_dataset(config.data)
-  nets = train.build_models(config, method.roles, dataset.num_classes)
-  state = train_state.create_train_state(config, nets, dataset.image_shape, steps_per_epoch=1)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None or step not in ckpt.all_steps():
-      raise checkpointing.CheckpointError(
-          f"No checkpoint {'' if step is None else f'at step {step} '}in {ckpt.directory} "
-          f"(steps there: {ckpt.all_steps() or 'none'}).")
-    state, _ = ckpt.restore(state, step=step)
-  finally:
-    ckpt.close()
+  nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,
+                                    step=step)
   if weights == "live":
     state = state.replace(ema_params=None, ema_batch_stats=None)
   used = "ema" if state.ema_params is not None else "live"
@@ -298,7 +307,6 @@ def main(argv) -> None:
   """The `python -m regmix_jax.evaluate` command (flags defined in `_define_flags`)."""
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from regmix_jax import config as config_lib, runtime  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS

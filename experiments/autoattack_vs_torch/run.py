@@ -51,25 +51,16 @@ def parse_args(argv=None):
 
 
 def load_jax_model(workdir):
-  """As `regmix_jax.evaluate.evaluate_checkpoint`: returns (model, variables, config, step)."""
-  from regmix_jax import checkpointing, config as config_lib, data, methods, train, train_state
+  """The run's target model and eval variables, restored by `regmix_jax.evaluate.restore_state`:
+  returns (model, variables, config, step, whether they are EMA weights)."""
+  from regmix_jax import config as config_lib, evaluate
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
-  method = methods.get_method(config.method.name)
   if config.model.name != "small_cnn":
     raise ValueError(f"this script ports small_cnn only, the run has {config.model.name!r}")
-  num_classes = 10
-  image_shape = (32, 32, 3)
-  nets = train.build_models(config, method.roles, num_classes)
-  state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  try:
-    step = ckpt.latest_step()
-    state, _ = ckpt.restore(state, step=step)
-  finally:
-    ckpt.close()
+  nets, state, step = evaluate.restore_state(workdir, config, 10, (32, 32, 3))
   variables = state.eval_variables("target")
   model = nets["target"].clone(axis_name=None)  # inference BN: no cross-device statistics
-  return model, variables, config, int(step), state.ema_params is not None
+  return model, variables, config, step, state.ema_params is not None
 
 
 def make_jax_attack(name, model, variables):

@@ -100,17 +100,19 @@ def _single_run(logits_fn: LogitsFn, x, labels, target, key, *, epsilon, num_ste
     s["grad_best"] = jnp.where(expand(better), grad, s["grad_best"])
     s["loss_best"] = jnp.where(better, loss_i, s["loss_best"])
 
-    # Step-size check (only where `is_check[i]`).
-    oscillating = s["increases"] <= window[i] * rho
-    no_improvement = ~s["reduced_last_check"] & (s["loss_best_last_check"] >= s["loss_best"])
-    reduce = (oscillating | no_improvement) & is_check[i]
-    checked = dict(
-        s, step=jnp.where(reduce, s["step"] / 2.0, s["step"]),
-        x_adv=jnp.where(expand(reduce), s["x_best"], s["x_adv"]),
-        grad=jnp.where(expand(reduce), s["grad_best"], s["grad"]),
-        reduced_last_check=reduce, loss_best_last_check=s["loss_best"],
-        increases=jnp.zeros_like(s["increases"]))
-    return jax.tree.map(lambda c, u: jnp.where(is_check[i], c, u), checked, s)
+    def step_size_check(s):
+      oscillating = s["increases"] <= window[i] * rho
+      no_improvement = ~s["reduced_last_check"] & (s["loss_best_last_check"] >= s["loss_best"])
+      reduce = oscillating | no_improvement
+      return dict(
+          s, step=jnp.where(reduce, s["step"] / 2.0, s["step"]),
+          x_adv=jnp.where(expand(reduce), s["x_best"], s["x_adv"]),
+          grad=jnp.where(expand(reduce), s["grad_best"], s["grad"]),
+          reduced_last_check=reduce, loss_best_last_check=s["loss_best"],
+          increases=jnp.zeros_like(s["increases"]))
+
+    # Only at the checkpoints (8 of 100 iterations): skip the image-sized selects elsewhere.
+    return jax.lax.cond(is_check[i], step_size_check, lambda s: s, s)
 
   state = jax.lax.fori_loop(0, num_steps, body, state)
   return state["x_best_adv"], ~state["correct"]
