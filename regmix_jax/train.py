@@ -165,22 +165,15 @@ def _layout(config, par, spe) -> dict[str, int]:
           "steps_per_epoch": spe, "seed": config.seed}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints).
-
-  Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
-  or {} when it was stopped by a signal. On a CPU-only machine, call
-  `runtime.configure_cpu_devices` before JAX starts to use every core.
-  """
+def build_trainer(config: ml_collections.ConfigDict) -> types.SimpleNamespace:
+  """What a training run is made of, without a workdir: validates `config` and returns
+  `par` (DataParallel), `dataset`, `method`, `nets`, `loader`, `spe` (steps per epoch), `state`
+  (a freshly initialised host TrainState), `samples` (the method's per-example state or None),
+  `sync` and `p_train` (the mapped train step). `train_and_evaluate` adds checkpoints, evaluation
+  and logs; `experiments/benchmark.py` times `p_train` on `feed`'s batches."""
   config_lib.validate(config)
   par = parallel.DataParallel(config.parallel)
   config_lib.validate(config, par.num_devices)
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   dataset = data.load_dataset(config.data)
   method = methods.get_method(config.method.name)
   nets = build_models(config, method.roles, dataset.num_classes)
@@ -190,15 +183,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if spe == 0:
     raise ValueError(f"Config field `data.batch_size` = {config.data.batch_size} is larger than "
                      f"the training set ({len(dataset.train.y)} examples).")
-  state = ts_lib.create_train_state(config, nets, dataset.image_shape, spe)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.checkpoint.max_to_keep,
-                                    async_save=config.checkpoint.async_save)
   samples = None
   if method.sample_state is not None:
     samples = sample_state.SampleState(
         method.sample_state, num_examples=len(dataset.train.y), image_shape=dataset.image_shape,
         num_shards=par.num_devices, shard_ids=par.shard_ids)
+  p_train = par.map(functools.partial(train_step,
+                                      method=bind_method(method.loss, nets, config.method),
+                                      augment=config.data.augment, ema_decay=config.ema.decay),
+                    donate_state=jax.default_backend() != "cpu",
+                    batch_outputs=(False, False, True))
+  return types.SimpleNamespace(
+      config=config, par=par, dataset=dataset, method=method, nets=nets, loader=loader, spe=spe,
+      state=ts_lib.create_train_state(config, nets, dataset.image_shape, spe), samples=samples,
+      sync=_SampleSync(samples, par), p_train=p_train)
+
+
+def feed(run: types.SimpleNamespace, epoch: int,
+         start: int = 0) -> Iterator[tuple[np.ndarray, Any]]:
+  """The batches of `epoch` from step `start` for `run.p_train`: `(host index [B], device batch)`,
+  with the method's per-example state gathered and two batches put on device ahead."""
+  return _prefetch(map(run.sync.gather, run.loader.epoch(epoch, start)), run.par.put_batch)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
+  or {} when it was stopped by a signal. On a CPU-only machine, call
+  `runtime.configure_cpu_devices` before JAX starts to use every core.
+  """
+  run = build_trainer(config)
+  par, spe, samples, state = run.par, run.spe, run.samples, run.state
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.checkpoint.max_to_keep,
+                                    async_save=config.checkpoint.async_save)
   meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **_layout(config, par, spe)}
   if ckpt.latest_step() is not None:
     if samples is None:
@@ -212,17 +236,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       print(f"Resuming from {ckpt.directory}/{int(state.step)} "
             f"(epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}).", flush=True)
 
-  run = types.SimpleNamespace(
-      config=config, par=par, spe=spe, loader=loader, ckpt=ckpt, is_main=is_main,
-      eval_split=dataset.test if config.eval.split == "test" else dataset.val,
-      samples=samples, sync=_SampleSync(samples, par),
-      p_train=par.map(functools.partial(train_step,
-                                        method=bind_method(method.loss, nets, config.method),
-                                        augment=config.data.augment, ema_decay=config.ema.decay),
-                      donate_state=jax.default_backend() != "cpu",
-                      batch_outputs=(False, False, True)),
+  run.state = None  # the live state is `dstate` below
+  vars(run).update(
+      ckpt=ckpt, is_main=is_main,
+      eval_split=run.dataset.test if config.eval.split == "test" else run.dataset.val,
       p_eval={role: par.map(functools.partial(
-          evaluate.eval_step, model=nets[role], role=role,
+          evaluate.eval_step, model=run.nets[role], role=role,
           attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                                              step_size=config.eval.step_size)),
                             donate_state=False, per_device_outputs=True)
@@ -286,8 +305,7 @@ def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop:
   single_process = jax.process_count() == 1
   if run.samples is not None and start == 0:
     run.samples.maybe_reset(config.method, epoch, config.seed)
-  batches = map(run.sync.gather, run.loader.epoch(epoch, start))
-  for step_in_epoch, (index, batch) in enumerate(_prefetch(batches, run.par.put_batch), start):
+  for step_in_epoch, (index, batch) in enumerate(feed(run, epoch, start), start):
     global_step = epoch * spe + step_in_epoch + 1
     dstate, metrics, sample_values = run.p_train(dstate, batch)
     run.sync.push(index, sample_values)

@@ -141,40 +141,10 @@ def run_jax(name, model, variables, x, y, batch_size, seed):
 
 
 def build_torch_model(variables, width, num_classes=10):
-  import torch
-  from torch import nn
-
-  class SmallCNN(nn.Module):
-    """regmix_jax.models.small_cnn.SmallCNN in NCHW: 3x (conv3x3 no bias, BN, ReLU) with widths
-    w, 2w, 4w and strides 1, 2, 2 (padding 1), global average pool, linear."""
-
-    def __init__(self):
-      super().__init__()
-      layers, cin = [], 3
-      for mult, stride in ((1, 1), (2, 2), (4, 2)):
-        layers += [nn.Conv2d(cin, width * mult, 3, stride, padding=1, bias=False),
-                   nn.BatchNorm2d(width * mult, eps=1e-5), nn.ReLU()]
-        cin = width * mult
-      self.features = nn.Sequential(*layers)
-      self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-      return self.head(self.features(x).mean(dim=(2, 3)))
-
-  net = SmallCNN()
-  params, stats = variables["params"], variables["batch_stats"]
-  t = lambda a: torch.from_numpy(np.array(a, np.float32))
-  with torch.no_grad():
-    for i in range(3):
-      conv, bn = net.features[3 * i], net.features[3 * i + 1]
-      conv.weight.copy_(t(params[f"Conv_{i}"]["kernel"]).permute(3, 2, 0, 1))  # HWIO -> OIHW
-      bn.weight.copy_(t(params[f"BatchNorm_{i}"]["scale"]))
-      bn.bias.copy_(t(params[f"BatchNorm_{i}"]["bias"]))
-      bn.running_mean.copy_(t(stats[f"BatchNorm_{i}"]["mean"]))
-      bn.running_var.copy_(t(stats[f"BatchNorm_{i}"]["var"]))
-    net.head.weight.copy_(t(params["head"]["kernel"]).T)  # [in, out] -> [out, in]
-    net.head.bias.copy_(t(params["head"]["bias"]))
-  return net.eval()
+  """The same small CNN in PyTorch (`experiments/torch_reference.py`) with the JAX weights."""
+  sys.path.insert(0, os.path.dirname(HERE))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  return torch_reference.SmallCNN(num_classes, width).load_flax(variables).eval()
 
 
 def make_torch_attack(name, net):

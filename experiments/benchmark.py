@@ -1,0 +1,562 @@
+"""Speed of regmix_jax on this machine, and of a PyTorch eager FGSM-PGK step beside it.
+
+Measures, at batch 128 on real CIFAR-10 images (the subset's first shuffled batch):
+  train     images/s of the train step (`train.build_trainer`'s `p_train`, what the CLI runs) for
+            each method and model, the batch already on the devices; the first step's wall time
+            and XLA compile time; compiles and traces in steps 2..N (should be 0); peak host RSS.
+  pipeline  the same step fed by the real input pipeline (`train.feed`: shuffled loader, the
+            method's per-example state gathered and written back, two batches put ahead), to
+            compare with `train`.
+  torch     the PyTorch eager FGSM-PGK step (`torch_reference.FGSMPGKStep`) on the same batch.
+  eval      PGD-20 as the training loop evaluates (`evaluate.eval_step`, 3 batches incl. a padded
+            one: one compile), and AutoAttack's worst case: every point stays robust to the end,
+            so every attack runs its full budget on every point (a model with logits
+            `1e-6 * f(x) + 10 * onehot(0)` and label 0: all the network's work, no early exit).
+  micro     one convolution's forward pass, input gradient and kernel gradient on one device.
+
+Each case runs in its own Python process (its compile, peak memory and XLA flags are its own),
+one at a time; results go to a JSON file keyed by case, so a stopped run resumes, and then to a
+markdown table. Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
+
+  python experiments/benchmark.py --data=../shared/data/cifar10_subset.npz            # all
+  python experiments/benchmark.py --suites=train --models=resnet18 --variants=1dev,2dev
+
+torch is imported only by the `torch` cases (pip install torch==2.13.0; not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from common import DEFAULT_DATA, require_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METHODS = ("fgsm_pgk", "fgsm_agr", "d2r", "trades", "pgd_at")
+MODELS = ("small_cnn", "resnet18", "preact_resnet18")
+BATCH = 128
+AA_POINTS = 32  # AutoAttack's worst case costs ~2,000 forward-backward passes per point
+YNN_ALL = ("--xla_cpu_experimental_ynn_fusion_type="
+           "individual_convolution,individual_dot,eltwise,reduce,dot")
+# name -> devices (host CPU devices), parallel ("pmap" | "shard_map"), dtype, xla (XLA_FLAGS).
+VARIANTS = {
+    "1dev": dict(devices=1),
+    "2dev": dict(devices=2),
+    "2dev-shard_map": dict(devices=2, parallel="shard_map"),
+    "2dev-bf16": dict(devices=2, dtype="bfloat16"),
+    # XLA:CPU library back-ends (jaxlib 0.10.2): YNNPACK for convolutions, dots, elementwise
+    # and reductions; oneDNN thunks for convolutions and dots; XNNPACK.
+    "1dev-ynn": dict(devices=1, xla=YNN_ALL),
+    "2dev-ynn": dict(devices=2, xla=YNN_ALL),
+    "2dev-onednn": dict(devices=2, xla="--xla_cpu_use_onednn=true"),
+    "2dev-xnn": dict(devices=2, xla="--xla_cpu_use_xnnpack=true"),
+    "2dev-fastmath": dict(devices=2, xla="--xla_cpu_enable_fast_math=true"),
+    # Each device's ops on one thread (no oversubscription of the 2 cores by 2 devices).
+    "2dev-eigen1": dict(devices=2, xla="--xla_cpu_multi_thread_eigen=false"),
+    # BatchNorm statistics per device (no collective per BN layer); changes the results.
+    "2dev-localbn": dict(devices=2, local_bn=True),
+    # Kernel gradients as patch GEMMs instead of XLA:CPU's backward-filter convolutions.
+    "1dev-gemmgrad": dict(devices=1, gemm_grad=True),
+    "2dev-gemmgrad": dict(devices=2, gemm_grad=True),
+}
+DEFAULT_VARIANTS = {"train": ("2dev",), "pipeline": ("2dev",), "eval": ("2dev",)}
+COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
+                  "/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--data", default=DEFAULT_DATA)
+  p.add_argument("--suites", default="train,pipeline,torch,eval,micro")
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--models", default=",".join(MODELS))
+  p.add_argument("--variants", default="", help="train/eval variants (default 2dev; see VARIANTS)")
+  p.add_argument("--blocks", type=int, default=0, help="timed blocks per case (see block_plan)")
+  p.add_argument("--block_steps", type=int, default=0, help="steps per timed block")
+  p.add_argument("--torch_threads", default="2")
+  p.add_argument("--results", default=os.path.join(HERE, "results", "benchmark_cpu.json"))
+  p.add_argument("--markdown", default=os.path.join(HERE, "results", "benchmark_cpu.md"))
+  p.add_argument("--force", action="store_true", help="rerun cases already in --results")
+  p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run one case here
+  return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ in the child
+
+
+class CompileCounter:
+  """Counts JAX traces / lowerings / XLA compiles and their seconds (jax.monitoring events)."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.events: list[tuple[str, float]] = []
+    jax.monitoring.register_event_duration_secs_listener(self._record)
+
+  def _record(self, event, duration, **kwargs):
+    del kwargs
+    if event in COMPILE_EVENTS:
+      self.events.append((event, duration))
+
+  def mark(self) -> int:
+    return len(self.events)
+
+  def since(self, mark: int) -> dict:
+    new = self.events[mark:]
+    return {"compiles": sum(e == COMPILE_EVENTS[0] for e, _ in new),
+            "traces": sum(e == COMPILE_EVENTS[1] for e, _ in new),
+            "compile_s": sum(d for _, d in new)}
+
+
+def gemm_weight_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                          **kwargs):
+  """`lax.conv_general_dilated` for Flax's `nn.Conv(conv_general_dilated=...)` (NHWC, HWIO, no
+  dilation or groups) whose kernel gradient is a GEMM over image patches built by slicing,
+  `[N*Ho*Wo, kh*kw*C]^T @ [N*Ho*Wo, O]` in chunks of images, instead of XLA:CPU's
+  backward-filter convolution. An attempt (`2dev-gemmgrad`), not library code."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  del dimension_numbers, kwargs
+  assert lhs.ndim == 4 and feature_group_count == 1
+  assert all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+  strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+  spec = ("NHWC", "HWIO", "NHWC")
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=pads,
+                           dimension_numbers=spec)
+
+  @jax.custom_vjp
+  def f(x, w):
+    return conv(x, w)
+
+  def fwd(x, w):
+    return conv(x, w), (x, w)
+
+  def bwd(res, dy):
+    x, w = res
+    dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
+    kh, kw, c, o = w.shape
+    n, ho, wo, _ = dy.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    sh, sw = strides
+    taps = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+    per_chunk = max(1, 4096 // (ho * wo))
+    chunks = n // per_chunk if n % per_chunk == 0 else 1
+    p = patches.reshape(chunks, -1, kh * kw * c)
+    d = dy.reshape(chunks, -1, o)
+    dw = jax.lax.dot_general(p, d, (((1,), (1,)), ((0,), (0,)))).sum(0)
+    return dx, dw.reshape(kh, kw, c, o).astype(w.dtype)
+
+  f.defvjp(fwd, bwd)
+  return f(lhs, rhs)
+
+
+def _use_gemm_weight_grad() -> None:
+  """Makes every model conv (`regmix_jax.models.common.conv`) use `gemm_weight_grad_conv`."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from regmix_jax.models import common, resnet, small_cnn, wideresnet  # pylint: disable=g-import-not-at-top
+
+  def conv(features, kernel, stride, dtype, name=None):
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), use_bias=False,
+                   kernel_init=common.CONV_INIT, dtype=dtype, name=name,
+                   conv_general_dilated=gemm_weight_grad_conv)
+  for module in (common, resnet, small_cnn, wideresnet):
+    module.conv = conv
+
+
+def load_config(method: str, model: str, variant: dict, data: str):
+  """`configs/cifar10/<method>.py` at batch 128 on the subset, with `model` as the target. D2R's
+  guide is small_cnn width 16 for every target (the config's LBGAT ResNet-18 guide, made for a
+  WRN-34-10 target, costs more than a ResNet-18 target: stride 1 in its second stage)."""
+  spec = importlib.util.spec_from_file_location(
+      "bench_config", os.path.join(ROOT, "configs", "cifar10", f"{method}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.source, config.data.dir = "files", data
+  config.data.batch_size = config.data.eval_batch_size = BATCH
+  config.model.name = model
+  if model == "small_cnn":
+    config.model.width = 32
+  if method == "d2r":
+    config.guide_model.name, config.guide_model.width = "small_cnn", 16
+  config.cpu_devices = variant["devices"]
+  config.parallel = variant.get("parallel", "pmap")
+  config.model.dtype = variant.get("dtype", "float32")
+  config.model.sync_batch_norm = not variant.get("local_bn", False)
+  return config
+
+
+class Stepper:
+  """Runs `run.p_train` on the same batch again and again (`pipeline=False`: the batch stays on
+  the devices) or on `train.feed`'s batches, epoch after epoch, with the per-example state
+  written back as the training loop does (`pipeline=True`)."""
+
+  def __init__(self, run, pipeline: bool):
+    import itertools  # pylint: disable=g-import-not-at-top
+    from regmix_jax import train  # pylint: disable=g-import-not-at-top
+    self.run, self.pipeline = run, pipeline
+    self.dstate = run.par.put_state(run.state)
+    if pipeline:
+      self.batches = itertools.chain.from_iterable(train.feed(run, e) for e in itertools.count())
+    else:
+      self.batches = itertools.repeat(next(train.feed(run, 0)))
+    self.metrics = None
+
+  def __call__(self, n: int) -> float:
+    """Runs `n` steps; returns their wall seconds, up to the last one's end."""
+    import jax  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    for _ in range(n):
+      index, batch = next(self.batches)
+      self.dstate, self.metrics, values = self.run.p_train(self.dstate, batch)
+      if self.pipeline:
+        self.run.sync.push(index, values)
+    self.run.sync.flush()
+    jax.block_until_ready(self.dstate)
+    return time.perf_counter() - start
+
+
+def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> dict:
+  """Compiles (first step), then times `blocks` blocks of `block_steps` steps on a resident batch;
+  with `pipeline`, alternates them with blocks fed by the real input pipeline, so both see the
+  same machine load. Rates are from the median block (this shared machine's speed varies)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from regmix_jax import train  # pylint: disable=g-import-not-at-top
+  counter = CompileCounter()
+  run = train.build_trainer(load_config(method, model, variant, data))
+  steppers = {"resident": Stepper(run, pipeline=False)}
+  if pipeline:
+    steppers["pipeline"] = Stepper(run, pipeline=True)
+  mark = counter.mark()
+  first = steppers["resident"](1)
+  compile_stats = counter.since(mark)
+  if pipeline:
+    steppers["pipeline"](1)
+  mark = counter.mark()
+  times = {name: [] for name in steppers}
+  for _ in range(blocks):
+    for name, stepper in steppers.items():
+      times[name].append(stepper(block_steps))
+  later = counter.since(mark)  # before the fetch below, which compiles an indexing op
+  loss = float(np.asarray(run.par.unreplicate(steppers["resident"].metrics)["loss"]))
+  rate = {name: block_steps * BATCH / float(np.median(t)) for name, t in times.items()}
+  out = {"images_per_s": rate["resident"], "step_s": BATCH / rate["resident"],
+         "best_images_per_s": block_steps * BATCH / min(times["resident"]),
+         "block_s": times, "first_step_s": first, "compile_s": compile_stats["compile_s"],
+         "first_step_compiles": compile_stats["compiles"], "later_compiles": later["compiles"],
+         "later_traces": later["traces"], "timed_steps": blocks * block_steps,
+         "loss": loss, "devices": jax.device_count()}
+  if pipeline:
+    out.update(pipeline_images_per_s=rate["pipeline"],
+               pipeline_ratio=rate["pipeline"] / rate["resident"])
+  return out
+
+
+def run_torch(model, threads, data, blocks, block_steps) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  from regmix_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  config = load_config("fgsm_pgk", model, {"devices": 1}, data)
+  dataset = data_lib.load_dataset(config.data)
+  loader = data_lib.TrainLoader(dataset.train, batch_size=BATCH, num_shards=1, shard_ids=[0],
+                                seed=config.seed)
+  batch = next(loader.epoch(0))  # the JAX cases' batch (their 1dev layout; 2dev splits it)
+  x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))).float() / 255
+  y = torch.from_numpy(batch["label"].astype(np.int64))
+  net = torch_reference.MODELS[model](dataset.num_classes)
+  step = torch_reference.FGSMPGKStep(net)
+  prior = (torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255)
+  momentum = torch.zeros_like(x)
+  times = []
+  for i in range(blocks + 1):
+    start = time.perf_counter()
+    for _ in range(1 if i == 0 else block_steps):  # block 0: the first step alone
+      loss, prior, momentum = step(x, y, prior, momentum)
+    times.append(time.perf_counter() - start)
+  rate = block_steps * BATCH / float(np.median(times[1:]))
+  return {"images_per_s": rate, "step_s": BATCH / rate,
+          "best_images_per_s": block_steps * BATCH / min(times[1:]), "block_s": times[1:],
+          "first_step_s": times[0], "timed_steps": blocks * block_steps, "loss": float(loss),
+          "threads": threads, "torch": torch.__version__}
+
+
+def run_eval(attack, model, variant, data) -> dict:
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from regmix_jax import attacks, data as data_lib, evaluate, train  # pylint: disable=g-import-not-at-top
+  counter = CompileCounter()
+  run = train.build_trainer(load_config("pgd_at", model, variant, data))
+  dstate, net = run.par.put_state(run.state), run.nets["target"]
+  if attack == "pgd20":
+    n = 2 * BATCH + BATCH // 2  # 3 batches, the last one padded
+    fn = run.par.map(functools.partial(
+        evaluate.eval_step, model=net, role="target",
+        attack_list=evaluate.parse_attacks("pgd20")), donate_state=False, per_device_outputs=True)
+  elif attack == "aa-worst":
+    n = AA_POINTS
+
+    def aa_step(state, batch, *, axis_name):
+      del axis_name
+      variables = state.eval_variables("target")
+      pinned = 10.0 * jax.nn.one_hot(0, 10)
+      logits_fn = lambda x: 1e-6 * net.apply(variables, x, train=False) + pinned
+      x = batch["image"].astype(jnp.float32) / 255.0
+      labels = jnp.zeros_like(batch["label"])
+      _, robust = attacks.autoattack(logits_fn, x, labels, jax.random.key(0), epsilon=8 / 255)
+      return {"aa": robust.sum()[None], "count": batch["mask"].sum()[None]}
+    fn = run.par.map(aa_step, donate_state=False, per_device_outputs=True)
+  else:
+    raise ValueError(f"unknown eval attack {attack!r}")
+  mark, counts, seconds = counter.mark(), [], []
+  size = min(n, BATCH)
+  for b in data_lib.eval_batches(run.dataset.test, batch_size=size, num_examples=n):
+    start = time.perf_counter()
+    counts.append(run.par.host_sum(fn(dstate, run.par.put_batch(b))))
+    seconds.append(time.perf_counter() - start)
+  stats = counter.since(mark)
+  # Rows computed per second (a padded batch costs a full one) after the first batch, which
+  # compiles; with a single batch (aa-worst), its time less the compile time.
+  rate = ((len(seconds) - 1) * size / sum(seconds[1:]) if len(seconds) > 1
+          else size / (seconds[0] - stats["compile_s"]))
+  return {"images_per_s": rate, "batch_s": seconds, "examples": n, "batches": len(counts),
+          "compiles": stats["compiles"], "traces": stats["traces"],
+          "compile_s": stats["compile_s"], "devices": jax.device_count(),
+          "counts": {k: float(sum(c[k] for c in counts)) for k in counts[0]}}
+
+
+def run_conv_micro() -> dict:
+  """Milliseconds (best of 3) of one convolution's forward pass, input gradient and kernel
+  gradient on one device, at ResNet-18's first-stage and stride-2 shapes, batch 128."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  x = jax.numpy.asarray(np.random.RandomState(0).rand(BATCH, 32, 32, 64), np.float32)
+  for stride, cout, k in ((1, 64, 3), (2, 128, 3), (2, 128, 1)):
+    w = jax.numpy.asarray(np.random.RandomState(1).rand(k, k, 64, cout) * 0.01, np.float32)
+    conv = lambda x, w, s=stride, k=k: jax.lax.conv_general_dilated(
+        x, w, (s, s), [(k // 2, k // 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    fns = {"forward": conv, "input_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum()),
+           "kernel_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum(), argnums=1)}
+    for name, fn in fns.items():
+      fn = jax.jit(fn)
+      jax.block_until_ready(fn(x, w))
+      times = []
+      for _ in range(3):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x, w))
+        times.append(time.perf_counter() - start)
+      out[f"{k}x{k} s{stride} 64->{cout} {name}"] = 1000 * min(times)
+  return {"ms": out}
+
+
+def child(case: str, args) -> dict:
+  kind, *rest = case.split(":")
+  if kind in ("train", "pipeline", "eval"):
+    variant = VARIANTS[rest[-1]]
+    if variant.get("gemm_grad"):
+      _use_gemm_weight_grad()
+    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.configure_cpu_devices(variant["devices"])
+  if kind in ("train", "pipeline"):
+    method, model, _ = rest
+    blocks, block_steps = block_plan(case, args)
+    out = run_train(method, model, variant, args.data, blocks, block_steps, kind == "pipeline")
+  elif kind == "micro":
+    out = run_conv_micro()
+  elif kind == "torch":
+    model, threads = rest
+    blocks, block_steps = block_plan(case, args)
+    out = run_torch(model, int(threads), args.data, blocks, block_steps)
+  else:
+    attack, model, _ = rest
+    out = run_eval(attack, model, variant, args.data)
+  out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  return out
+
+
+# ----------------------------------------------------------------------------- in the parent
+
+
+def block_plan(case: str, args) -> tuple[int, int]:
+  """(blocks, steps per block) timed after the first step: 6 x 5 for the small CNN, 3 x 1 else."""
+  small = ":small_cnn" in case
+  return args.blocks or (6 if small else 3), args.block_steps or (5 if small else 1)
+
+
+def cases(args) -> list[str]:
+  suites = args.suites.split(",")
+  methods, models = args.methods.split(","), args.models.split(",")
+  out = []
+  for suite in suites:
+    variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS.get(suite, ())
+    for v in variants:
+      if v not in VARIANTS:
+        sys.exit(f"--variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    if suite == "train":
+      out += [f"train:{me}:{mo}:{v}" for mo in models for me in methods for v in variants]
+    elif suite == "pipeline":
+      out += [f"pipeline:fgsm_pgk:{mo}:{v}" for mo in models for v in variants]
+    elif suite == "torch":
+      out += [f"torch:{mo}:{t}" for mo in models for t in args.torch_threads.split(",")]
+    elif suite == "micro":
+      out.append("micro:conv")
+    elif suite == "eval":
+      out += [f"eval:pgd20:{mo}:{v}" for mo in models for v in variants]
+      out += [f"eval:aa-worst:small_cnn:{v}" for v in variants if "small_cnn" in models]
+    else:
+      sys.exit(f"--suites: unknown suite {suite!r}; use train, pipeline, torch, eval, micro")
+  return out
+
+
+def run_case(case: str, args) -> dict:
+  variant = VARIANTS.get(case.split(":")[-1], {})
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), variant.get("xla", "")]))
+  command = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--data={args.data}",
+             f"--blocks={args.blocks}", f"--block_steps={args.block_steps}"]
+  start = time.time()
+  proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_s": time.time() - start}
+  result = json.loads(lines[-1][len("RESULT "):])
+  result.update(wall_s=time.time() - start, xla_flags=variant.get("xla", ""),
+                date=time.strftime("%Y-%m-%d %H:%M"))
+  return result
+
+
+def machine() -> str:
+  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+              if l.startswith("model name")), platform.processor())
+  return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def _f(v, digits=1):
+  return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _order(key: str):
+  """Table order: by model, then method, then the default variant first."""
+  parts = key.split(":")
+  model = parts[2] if len(parts) > 3 else ""
+  return (MODELS.index(model) if model in MODELS else 9,
+          METHODS.index(parts[1]) if parts[1] in METHODS else 9, parts[-1] != "2dev", parts[-1])
+
+
+def _table(title: str, header, rows) -> list[str]:
+  return ["", f"## {title}", "", "| " + " | ".join(header) + " |",
+          "|" + " --- |" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def write_markdown(results: dict, path: str) -> None:
+  """The results as tables; the hand-written reading (`<path stem>.notes.md`, if present) first."""
+  lines = ["# Benchmark: regmix_jax on CPU", "",
+           f"Machine: {results.get('_machine', '?')}. Written by `experiments/benchmark.py` from "
+           f"`{os.path.basename(path).replace('.md', '.json')}`; batch {BATCH}, real CIFAR-10 "
+           "images (the subset's first shuffled batch); each case in its own process.", ""]
+  notes = path.replace(".md", ".notes.md")
+  if os.path.exists(notes):
+    with open(notes) as f:
+      lines += [f.read().rstrip(), ""]
+  ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
+  torch = {k.split(":")[1]: v for k, v in ok.items() if k.startswith("torch:")}
+
+  train_rows = []
+  for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
+    if not key.startswith("train:"):
+      continue
+    _, method, model, variant = key.split(":")
+    ref = torch.get(model) if method == "fgsm_pgk" else None
+    train_rows.append((
+        method, model, variant, _f(r["images_per_s"]), _f(r["step_s"], 3),
+        _f(r["first_step_s"]), _f(r["compile_s"]),
+        f"{r['later_compiles']} / {r['later_traces']}", _f(r["peak_rss_gib"], 2),
+        _f(ref and ref["images_per_s"]), _f(ref and r["images_per_s"] / ref["images_per_s"], 2)))
+  lines += _table("Train step (batch on the devices)",
+                  ("method", "model", "variant", "img/s", "step s", "first step s", "compile s",
+                   "compiles / traces in steps 2..N", "peak RSS GiB", "torch img/s",
+                   "JAX / torch"), train_rows)
+  pipeline = [(k.split(":")[2], k.split(":")[3], r) for k, r in ok.items()
+              if k.startswith("pipeline:")]
+  lines += _table("Input pipeline: real loader vs a device-resident batch (FGSM-PGK; "
+                  "alternating blocks in one process)",
+                  ("model", "variant", "resident img/s", "pipeline img/s", "pipeline / resident"),
+                  [(m, v, _f(r["images_per_s"]), _f(r["pipeline_images_per_s"]),
+                    _f(r["pipeline_ratio"], 3)) for m, v, r in pipeline])
+  lines += _table("PyTorch eager FGSM-PGK step (`experiments/torch_reference.py`)",
+                  ("model", "threads", "img/s", "step s", "first step s", "peak RSS GiB"),
+                  [(k.split(":")[1], r["threads"], _f(r["images_per_s"]), _f(r["step_s"], 3),
+                    _f(r["first_step_s"]), _f(r["peak_rss_gib"], 2))
+                   for k, r in ok.items() if k.startswith("torch:")])
+  lines += _table("Evaluation", ("attack", "model", "variant", "img/s", "examples (batches)",
+                                  "compiles", "compile s", "peak RSS GiB"),
+                  [(*k.split(":")[1:], _f(r["images_per_s"], 2),
+                    f"{r['examples']} ({r['batches']})", r["compiles"], _f(r["compile_s"]),
+                    _f(r["peak_rss_gib"], 2)) for k, r in ok.items() if k.startswith("eval:")])
+  micro = ok.get("micro:conv")
+  if micro:
+    lines += _table("One convolution on one device (ms, best of 3; `--suites=micro`)",
+                    ("convolution, batch 128, 32x32 input", "ms"),
+                    [(name, _f(ms)) for name, ms in micro["ms"].items()])
+  failed = {k: v for k, v in results.items() if not k.startswith("_") and "error" in v}
+  if failed:
+    lines += ["", "## Failed cases", ""]
+    lines += [f"- `{k}`: {v['error'].strip().splitlines()[-1][:300]}" for k, v in failed.items()]
+  variants = sorted({k.split(":")[-1] for k in ok if not k.startswith("torch:")})
+  lines += ["", "Variants: " + "; ".join(
+      f"`{v}` = {VARIANTS[v]['devices']} CPU device(s), {VARIANTS[v].get('parallel', 'pmap')}, "
+      f"{VARIANTS[v].get('dtype', 'float32')}"
+      + (", BatchNorm statistics per device" if VARIANTS[v].get("local_bn") else "")
+      + (", kernel gradients as patch GEMMs" if VARIANTS[v].get("gemm_grad") else "")
+      + (f", XLA_FLAGS `{VARIANTS[v]['xla']}`" if VARIANTS[v].get("xla") else "")
+      for v in variants if v in VARIANTS) + "."]
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  require_data(args.data)
+  if args.case:
+    print("RESULT " + json.dumps(child(args.case, args)), flush=True)
+    return
+  results = {}
+  if os.path.exists(args.results):
+    with open(args.results) as f:
+      results = json.load(f)
+  results.setdefault("_machine", machine())
+  for case in cases(args):
+    if case in results and "error" not in results[case] and not args.force:
+      continue
+    print(f"running {case} ...", flush=True)
+    results[case] = run_case(case, args)
+    shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results[case].items()}
+    print(f"  {shown}", flush=True)
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    with open(args.results, "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+  write_markdown(results, args.markdown)
+
+
+if __name__ == "__main__":
+  main()
