@@ -2,11 +2,12 @@
 
 Measures, at batch 128 on real CIFAR-10 images (the subset's first shuffled batch):
   train     images/s of the train step (`train.build_trainer`'s `p_train`, what the CLI runs) for
-            each method and model, the batch already on the devices; the first step's wall time
+            each method and model, the batch already on the devices (median of timed blocks;
+            see `block_plan`); the first step's wall time
             and XLA compile time; compiles and traces in steps 2..N (should be 0); peak host RSS.
   pipeline  the same step fed by the real input pipeline (`train.feed`: shuffled loader, the
-            method's per-example state gathered and written back, two batches put ahead), to
-            compare with `train`.
+            method's per-example state gathered and written back, two batches put ahead), in
+            blocks alternating with blocks on a resident batch in the same process.
   torch     the PyTorch eager FGSM-PGK step (`torch_reference.FGSMPGKStep`) on the same batch.
   eval      PGD-20 as the training loop evaluates (`evaluate.eval_step`, 3 batches incl. a padded
             one: one compile), and AutoAttack's worst case: every point stays robust to the end,
@@ -479,7 +480,11 @@ def write_markdown(results: dict, path: str) -> None:
     with open(notes) as f:
       lines += [f.read().rstrip(), ""]
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
-  torch = {k.split(":")[1]: v for k, v in ok.items() if k.startswith("torch:")}
+  torch = {}  # model -> the PyTorch case with the most threads (the machine's whole CPU)
+  for k, v in ok.items():
+    if k.startswith("torch:") and v["threads"] >= torch.get(k.split(":")[1], {"threads": 0})[
+        "threads"]:
+      torch[k.split(":")[1]] = v
 
   train_rows = []
   for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
