@@ -480,11 +480,9 @@ def write_markdown(results: dict, path: str) -> None:
     with open(notes) as f:
       lines += [f.read().rstrip(), ""]
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
-  torch = {}  # model -> the PyTorch case with the most threads (the machine's whole CPU)
-  for k, v in ok.items():
-    if k.startswith("torch:") and v["threads"] >= torch.get(k.split(":")[1], {"threads": 0})[
-        "threads"]:
-      torch[k.split(":")[1]] = v
+  # model -> the PyTorch case with the most threads (the machine's whole CPU)
+  torch = {k.split(":")[1]: v for k, v in sorted(ok.items(), key=lambda kv: kv[1].get("threads", 0))
+           if k.startswith("torch:")}
 
   train_rows = []
   for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
