@@ -27,7 +27,7 @@ def run_cli(workdir_root: str, name: str, config: str, overrides: list[str]) -> 
   command = [sys.executable, "-m", "regmix_jax.main", f"--config=configs/{config}.py",
              f"--workdir={workdir}", *overrides]
   if not os.path.exists(final):
-    os.makedirs(workdir_root, exist_ok=True)
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)  # `name` may hold a subfolder
     print("running:", " ".join(command[1:]), flush=True)
     with open(os.path.join(workdir_root, f"{name}.log"), "w") as log:
       subprocess.run(command, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
