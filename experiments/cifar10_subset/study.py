@@ -49,14 +49,13 @@ def parse_args(doc: str, add=None) -> argparse.Namespace:
   return args
 
 
-def budget(data: str, config: str, *, epochs: int = EPOCHS, eval_attacks: str = "clean,pgd10",
-           eval_epsilon: str = "8/255") -> list[str]:
-  """CLI overrides that put `configs/cifar10/<config>.py` on the study's budget."""
-  num, den = (float(v) for v in eval_epsilon.split("/"))
-  eps = num / den
+def budget(data: str, config: str, *, epochs: int = EPOCHS, eval_eps: int = 8) -> list[str]:
+  """CLI overrides that put `configs/cifar10/<config>.py` on the study's budget; the per-epoch
+  validation PGD-10 runs at eval_eps/255 (step eps/4)."""
+  eps = eval_eps / 255
   overrides = ["--config.data.source=files", f"--config.data.dir={data}",
                "--config.data.val_size=1000", "--config.eval.split=val",
-               "--config.eval.num_examples=500", f"--config.eval.attacks={eval_attacks}",
+               "--config.eval.num_examples=500", "--config.eval.attacks=clean,pgd10",
                f"--config.eval.epsilon={eps!r}", f"--config.eval.step_size={eps / 4!r}",
                "--config.eval.every_epochs=1", "--config.log_every_steps=8",
                "--config.model.name=small_cnn", f"--config.model.width={WIDTH}",
@@ -84,7 +83,7 @@ def run_name(config: str, seed: int, eps: int = 8) -> str:
 def train(args, config: str, seed: int, *, eps: int = 8, epochs: int = EPOCHS) -> dict:
   """Trains one final run (stage 2 at eps 8, stage 4 at eps 16) with the chosen weights, unless
   it has finished; returns `common.run_cli`'s record (final validation accuracies, command)."""
-  overrides = budget(args.data, config, epochs=epochs, eval_epsilon=f"{eps}/255")
+  overrides = budget(args.data, config, epochs=epochs, eval_eps=eps)
   overrides += [f"--config.seed={seed}", *chosen().get(config, [])]
   if eps != 8:  # the method's radius and steps, scaled from its 8/255 recipe
     overrides += epsilon_overrides(config, eps)
