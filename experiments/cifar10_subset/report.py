@@ -116,9 +116,12 @@ def tables(g: dict) -> list[str]:
     cells += [mean_std(aa), mean_std(paired) if n_aa != stage3_evaluate.N_TEST else "(=PGD-50)",
               f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.1f}"]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  lines += ["", "## Stage 3: PGD-20 test accuracy against eps (%, 1017 images; step eps/4)", "",
+  swept = sorted({seed for (_, seed), r in runs.items()
+                  if lookup(r["test"], "pgd20", EPS[0]) is not None})
+  lines += ["", "## Stage 3: PGD-20 test accuracy against eps (%, mean ± std over seeds "
+            f"{', '.join(map(str, swept))}, 1017 images; step eps/4)", "",
             "| method | " + " | ".join(f"{e}/255" for e in EPS) + " |", "| --- " * (len(EPS) + 1) + "|"]
-  for label in study.METHODS:  # the seeds swept at every eps only, so each row is one sample
+  for label in study.METHODS:  # the seeds swept at every eps only
     rs = [r for r in seeds_of(label) if lookup(r["test"], "pgd20", EPS[0]) is not None]
     if rs:
       lines.append(f"| {label} | " + " | ".join(
@@ -179,7 +182,7 @@ def plots(g: dict, out_prefix: str) -> list[str]:
       ax.errorbar(EPS, acc.mean(0), yerr=acc.std(0, ddof=1) if len(acc) > 1 else None,
                   marker="o", capsize=3, label=label, color=colors[label])
     ax.set(xlabel="eps (/255)", ylabel="PGD-20 accuracy (%)", xticks=EPS,
-           title="test PGD-20 accuracy against eps (1017 images)")
+           title="test PGD-20 accuracy against eps (1017 images; mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, out_prefix + "_eps.png"))
@@ -237,10 +240,10 @@ def main():
            "host devices, no GPU. From `experiments/cifar10_subset/study.py`:",
            "", study.__doc__.split("\n\n")[1].replace("\n", " "), "",
            "Commands (each stage resumable; `run_all.sh` runs them in order):", "", "```bash",
-           "bash experiments/cifar10_subset/run_all.sh ../shared/data/cifar10_subset.npz 100 0",
+           "bash experiments/cifar10_subset/run_all.sh ../shared/data/cifar10_subset.npz 100",
            "# = stage1_tune.py, stage2_train.py, stage3_evaluate.py --parts=main,",
            "#   stage4_overfit.py, stage5_landscape.py,",
-           "#   stage3_evaluate.py --parts=sweep,aa --seeds=0 --aa_examples=100, report.py",
+           "#   stage3_evaluate.py --parts=sweep,aa --seeds=0,1,2 --aa_examples=100, report.py",
            "#   (each with --data=../shared/data/cifar10_subset.npz)", "```", "",
            notes, ""]
   lines += tables(g)

@@ -2,7 +2,8 @@
 # The whole study, stage by stage (each resumable: run it again after a stop), then the report.
 #   bash experiments/cifar10_subset/run_all.sh [path/to/cifar10_subset.npz] [AutoAttack images] \
 #       [seeds for the eps sweep and AutoAttack]
-# What was run here (2 CPU cores, ~2.5 h): run_all.sh ../shared/data/cifar10_subset.npz 100 0
+# What was run here (2 CPU cores, ~3.5 h): run_all.sh ../shared/data/cifar10_subset.npz 100
+# (the sweep and AutoAttack on every seed; AutoAttack on the first 100 test images)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-../shared/data/cifar10_subset.npz}

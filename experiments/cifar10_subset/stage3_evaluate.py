@@ -4,9 +4,10 @@
 images; `sweep`, PGD-20 at eps 2, 4, 12 and 16 /255 (step eps/4) on all 1017; `aa`, AutoAttack
 (standard: APGD-CE, APGD-T, FAB-T, Square) at 8/255 on the first `--aa_examples` test images
 (with clean and PGD-50 on the same images when that is fewer than all, so the gap to PGD-50 is
-paired). On this CPU `main` costs about 2 min per model, `sweep` 2 min, `aa` minutes per 100
-images, so run_all.sh evaluates the sweep and AutoAttack on seed 0 only. The EMA teacher is evaluated where the run kept one (the FGSM-PGK
-family), as the papers do. Results are appended to each run's
+paired). On this CPU `main` costs about 2 min per model, `sweep` 2 min, `aa` 1-4 min per 100
+images (here AutoAttack ran on the first 100 test images of every seed's model). The EMA
+teacher is evaluated where the run kept one (the FGSM-PGK family), as the papers do. Results
+are appended to each run's
 `checkpoints/<step>/eval.json`; a run already evaluated with the same attacks, radius and number
 of images is skipped, so a stopped stage resumes.
 
