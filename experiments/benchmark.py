@@ -66,8 +66,12 @@ VARIANTS = {
     # BatchNorm statistics per device (no collective per BN layer); changes the results.
     "2dev-localbn": dict(devices=2, local_bn=True),
     # Kernel gradients as patch GEMMs instead of XLA:CPU's backward-filter convolutions.
-    "1dev-gemmgrad": dict(devices=1, gemm_grad=True),
-    "2dev-gemmgrad": dict(devices=2, gemm_grad=True),
+    "1dev-gemmgrad": dict(devices=1, kernel_grad="gemm"),
+    "2dev-gemmgrad": dict(devices=2, kernel_grad="gemm"),
+    # Kernel gradients of the 3x3 stride-1 convolutions on maps of 16x16 and more as 9 shifted
+    # dots over the flattened padded image (XLA's own elsewhere).
+    "1dev-tapsgrad": dict(devices=1, kernel_grad="taps"),
+    "2dev-tapsgrad": dict(devices=2, kernel_grad="taps"),
 }
 DEFAULT_VARIANTS = {"train": ("2dev",), "pipeline": ("2dev",), "eval": ("2dev",)}
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
@@ -118,13 +122,17 @@ class CompileCounter:
             "compile_s": sum(d for _, d in new)}
 
 
-def gemm_weight_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                          **kwargs):
+def custom_kernel_grad_conv(mode, lhs, rhs, window_strides, padding, lhs_dilation=None,
+                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                            **kwargs):
   """`lax.conv_general_dilated` for Flax's `nn.Conv(conv_general_dilated=...)` (NHWC, HWIO, no
-  dilation or groups) whose kernel gradient is a GEMM over image patches built by slicing,
-  `[N*Ho*Wo, kh*kw*C]^T @ [N*Ho*Wo, O]` in chunks of images, instead of XLA:CPU's
-  backward-filter convolution. An attempt (`2dev-gemmgrad`), not library code."""
+  dilation or groups) whose kernel gradient is not XLA:CPU's backward-filter convolution.
+  `mode="gemm"`: one GEMM over image patches built by slicing, `[N*Ho*Wo, kh*kw*C]^T @
+  [N*Ho*Wo, O]` in chunks of images. `mode="taps"`: for a 3x3 stride-1 'same' convolution on a
+  map of at least 16x16, nine dots `X_s^T @ dY` over the flattened padded image, where `X_s` is
+  the image shifted by tap s's offset (a contiguous row slice) and dY is zero in the padding, so
+  wrapped rows add nothing; XLA's kernel gradient for every other convolution. Attempts
+  (`*-gemmgrad`, `*-tapsgrad`), not library code."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -135,6 +143,35 @@ def gemm_weight_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   spec = ("NHWC", "HWIO", "NHWC")
   conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=pads,
                            dimension_numbers=spec)
+  kh, kw, c, o = rhs.shape
+  n, h, w_, _ = lhs.shape
+  taps = (mode == "taps" and (kh, kw) == (3, 3) and strides == (1, 1)
+          and pads == ((1, 1), (1, 1)) and h * w_ >= 256)
+  if mode == "taps" and not taps:
+    return conv(lhs, rhs)
+
+  def kernel_grad_gemm(x, dy):
+    _, ho, wo, _ = dy.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    sh, sw = strides
+    cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+    per_chunk = max(1, 4096 // (ho * wo))
+    chunks = n // per_chunk if n % per_chunk == 0 else 1
+    p = patches.reshape(chunks, -1, kh * kw * c)
+    d = dy.reshape(chunks, -1, o)
+    return jax.lax.dot_general(p, d, (((1,), (1,)), ((0,), (0,)))).sum(0)
+
+  def kernel_grad_taps(x, dy):
+    rows = n * (h + 2) * (w_ + 2)
+    xf = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(rows, c)
+    xf = jnp.pad(xf, ((0, 2 * (w_ + 2) + 2), (0, 0)))
+    dyf = jnp.pad(dy, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(rows, o)
+    return jnp.stack([
+        jax.lax.dot_general(xf[i * (w_ + 2) + j:i * (w_ + 2) + j + rows], dyf,
+                            (((0,), (0,)), ((), ())))
+        for i in range(3) for j in range(3)])
 
   @jax.custom_vjp
   def f(x, w):
@@ -146,26 +183,16 @@ def gemm_weight_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   def bwd(res, dy):
     x, w = res
     dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
-    kh, kw, c, o = w.shape
-    n, ho, wo, _ = dy.shape
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    sh, sw = strides
-    taps = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
-    per_chunk = max(1, 4096 // (ho * wo))
-    chunks = n // per_chunk if n % per_chunk == 0 else 1
-    p = patches.reshape(chunks, -1, kh * kw * c)
-    d = dy.reshape(chunks, -1, o)
-    dw = jax.lax.dot_general(p, d, (((1,), (1,)), ((0,), (0,)))).sum(0)
+    dw = kernel_grad_taps(x, dy) if taps else kernel_grad_gemm(x, dy)
     return dx, dw.reshape(kh, kw, c, o).astype(w.dtype)
 
   f.defvjp(fwd, bwd)
   return f(lhs, rhs)
 
 
-def _use_gemm_weight_grad() -> None:
-  """Makes every model conv (`regmix_jax.models.common.conv`) use `gemm_weight_grad_conv`."""
+def _use_custom_kernel_grad(mode: str) -> None:
+  """Makes every model conv (`regmix_jax.models.common.conv`) use `custom_kernel_grad_conv`."""
+  import functools  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from regmix_jax.models import common, resnet, small_cnn, wideresnet  # pylint: disable=g-import-not-at-top
 
@@ -174,7 +201,8 @@ def _use_gemm_weight_grad() -> None:
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False,
                    kernel_init=common.CONV_INIT, dtype=dtype, name=name,
-                   conv_general_dilated=gemm_weight_grad_conv)
+                   conv_general_dilated=functools.partial(
+                       custom_kernel_grad_conv, mode))
   for module in (common, resnet, small_cnn, wideresnet):
     module.conv = conv
 
@@ -347,17 +375,26 @@ def run_eval(attack, model, variant, data) -> dict:
 
 def run_conv_micro() -> dict:
   """Milliseconds (best of 3) of one convolution's forward pass, input gradient and kernel
-  gradient on one device, at ResNet-18's first-stage and stride-2 shapes, batch 128."""
+  gradient on one device, batch 128: the 3x3 stride-1 convolutions of ResNet-18's four stages
+  (with the kernel gradient as nine shifted dots, `custom_kernel_grad_conv(mode="taps")`, beside
+  XLA's) and its first stride-2 and 1x1 shortcut convolutions."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
-  x = jax.numpy.asarray(np.random.RandomState(0).rand(BATCH, 32, 32, 64), np.float32)
-  for stride, cout, k in ((1, 64, 3), (2, 128, 3), (2, 128, 1)):
-    w = jax.numpy.asarray(np.random.RandomState(1).rand(k, k, 64, cout) * 0.01, np.float32)
-    conv = lambda x, w, s=stride, k=k: jax.lax.conv_general_dilated(
-        x, w, (s, s), [(k // 2, k // 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  shapes = [(32, 64, 64, 3, 1), (16, 128, 128, 3, 1), (8, 256, 256, 3, 1), (4, 512, 512, 3, 1),
+            (32, 64, 128, 3, 2), (32, 64, 128, 1, 2)]  # (map size, in, out, kernel, stride)
+  for hw, cin, cout, k, stride in shapes:
+    rng = np.random.RandomState(0)
+    x = jax.numpy.asarray(rng.rand(BATCH, hw, hw, cin), np.float32)
+    w = jax.numpy.asarray(rng.rand(k, k, cin, cout) * 0.01, np.float32)
+    args = ((stride, stride), [(k // 2, k // 2)] * 2)
+    conv = lambda x, w, a=args: jax.lax.conv_general_dilated(
+        x, w, *a, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    taps = lambda x, w, a=args: custom_kernel_grad_conv("taps", x, w, *a)
     fns = {"forward": conv, "input_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum()),
            "kernel_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum(), argnums=1)}
+    if stride == 1 and hw >= 16:
+      fns["kernel_grad as 9 shifted dots"] = jax.grad(lambda x, w, c=taps: c(x, w).sum(), argnums=1)
     for name, fn in fns.items():
       fn = jax.jit(fn)
       jax.block_until_ready(fn(x, w))
@@ -366,7 +403,7 @@ def run_conv_micro() -> dict:
         start = time.perf_counter()
         jax.block_until_ready(fn(x, w))
         times.append(time.perf_counter() - start)
-      out[f"{k}x{k} s{stride} 64->{cout} {name}"] = 1000 * min(times)
+      out[f"{k}x{k} s{stride} {hw}x{hw} {cin}->{cout} {name}"] = 1000 * min(times)
   return {"ms": out}
 
 
@@ -374,8 +411,8 @@ def child(case: str, args) -> dict:
   kind, *rest = case.split(":")
   if kind in ("train", "pipeline", "eval"):
     variant = VARIANTS[rest[-1]]
-    if variant.get("gemm_grad"):
-      _use_gemm_weight_grad()
+    if variant.get("kernel_grad"):
+      _use_custom_kernel_grad(variant["kernel_grad"])
     from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.configure_cpu_devices(variant["devices"])
   if kind in ("train", "pipeline"):
@@ -519,7 +556,7 @@ def write_markdown(results: dict, path: str) -> None:
   micro = ok.get("micro:conv")
   if micro:
     lines += _table("One convolution on one device (ms, best of 3; `--suites=micro`)",
-                    ("convolution, batch 128, 32x32 input", "ms"),
+                    ("convolution, batch 128", "ms"),
                     [(name, _f(ms)) for name, ms in micro["ms"].items()])
   failed = {k: v for k, v in results.items() if not k.startswith("_") and "error" in v}
   if failed:
@@ -530,7 +567,9 @@ def write_markdown(results: dict, path: str) -> None:
       f"`{v}` = {VARIANTS[v]['devices']} CPU device(s), {VARIANTS[v].get('parallel', 'pmap')}, "
       f"{VARIANTS[v].get('dtype', 'float32')}"
       + (", BatchNorm statistics per device" if VARIANTS[v].get("local_bn") else "")
-      + (", kernel gradients as patch GEMMs" if VARIANTS[v].get("gemm_grad") else "")
+      + {"gemm": ", kernel gradients as patch GEMMs",
+         "taps": ", 3x3 stride-1 kernel gradients as 9 shifted dots"}.get(
+             VARIANTS[v].get("kernel_grad"), "")
       + (f", XLA_FLAGS `{VARIANTS[v]['xla']}`" if VARIANTS[v].get("xla") else "")
       for v in variants if v in VARIANTS) + "."]
   with open(path, "w") as f:
