@@ -13,7 +13,8 @@ Measures, at batch 128 on real CIFAR-10 images (the subset's first shuffled batc
             one: one compile), and AutoAttack's worst case: every point stays robust to the end,
             so every attack runs its full budget on every point (a model with logits
             `1e-6 * f(x) + 10 * onehot(0)` and label 0: all the network's work, no early exit).
-  micro     one convolution's forward pass, input gradient and kernel gradient on one device.
+  micro     one convolution's forward pass, input gradient and kernel gradient on one device;
+            the latency of one in-process all-reduce between 2 host devices (sync BatchNorm's).
 
 Each case runs in its own Python process (its compile, peak memory and XLA flags are its own),
 one at a time; results go to a JSON file keyed by case, so a stopped run resumes, and then to a
@@ -407,6 +408,26 @@ def run_conv_micro() -> dict:
   return {"ms": out}
 
 
+def run_allreduce_micro() -> dict:
+  """Microseconds per all-reduce between 2 host devices: 120 chained `pmean`s (each depending on
+  the last, as synchronised BatchNorm's do) of 512 floats, in one pmapped program; best of 5."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def chain(x):
+    for _ in range(120):
+      x = jax.lax.pmean(x, "d") * 1.0001 + 1e-3
+    return x
+  fn = jax.pmap(chain, axis_name="d")
+  x = jax.numpy.ones((2, 512))
+  jax.block_until_ready(fn(x))
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    times.append(time.perf_counter() - start)
+  return {"us_per_allreduce": 1e6 * min(times) / 120}
+
+
 def child(case: str, args) -> dict:
   kind, *rest = case.split(":")
   if kind in ("train", "pipeline", "eval"):
@@ -419,6 +440,10 @@ def child(case: str, args) -> dict:
     method, model, _ = rest
     blocks, block_steps = block_plan(case, args)
     out = run_train(method, model, variant, args.data, blocks, block_steps, kind == "pipeline")
+  elif case == "micro:allreduce":
+    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.configure_cpu_devices(2)
+    out = run_allreduce_micro()
   elif kind == "micro":
     out = run_conv_micro()
   elif kind == "torch":
@@ -457,7 +482,7 @@ def cases(args) -> list[str]:
     elif suite == "torch":
       out += [f"torch:{mo}:{t}" for mo in models for t in args.torch_threads.split(",")]
     elif suite == "micro":
-      out.append("micro:conv")
+      out += ["micro:conv", "micro:allreduce"]
     elif suite == "eval":
       out += [f"eval:pgd20:{mo}:{v}" for mo in models for v in variants]
       out += [f"eval:aa-worst:small_cnn:{v}" for v in variants if "small_cnn" in models]
@@ -558,6 +583,10 @@ def write_markdown(results: dict, path: str) -> None:
     lines += _table("One convolution on one device (ms, best of 3; `--suites=micro`)",
                     ("convolution, batch 128", "ms"),
                     [(name, _f(ms)) for name, ms in micro["ms"].items()])
+  allreduce = ok.get("micro:allreduce")
+  if allreduce:
+    lines += ["", f"One in-process all-reduce of 512 floats between 2 host devices (chained, as "
+              f"synchronised BatchNorm's are): {allreduce['us_per_allreduce']:.0f} µs."]
   failed = {k: v for k, v in results.items() if not k.startswith("_") and "error" in v}
   if failed:
     lines += ["", "## Failed cases", ""]
