@@ -409,24 +409,54 @@ def run_conv_micro() -> dict:
 
 
 def run_allreduce_micro() -> dict:
-  """Microseconds per all-reduce between 2 host devices: 120 chained `pmean`s (each depending on
-  the last, as synchronised BatchNorm's do) of 512 floats, in one pmapped program; best of 5.
-  An upper bound: the time includes the program's dispatch and its input's transfer."""
+  """Synchronised BatchNorm's cost between 2 host devices, in two measurements (best of 5 / 3):
+  `us_per_allreduce`, 120 chained `pmean`s of 512 floats (each depending on the last, as the BN
+  layers' do) in one pmapped program: an upper bound on one all-reduce's latency, dispatch and
+  input transfer included; `barrier_ms`, 8 chained layers of a 3x3 convolution (64 x 32 x 32 x
+  64 per device, forward or kernel gradient) each followed by a per-channel mean, taken per
+  device or `pmean`ed across both: what the barrier costs when it sits between heavy ops."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def best(fn, args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - start)
+    return min(times)
 
   def chain(x):
     for _ in range(120):
       x = jax.lax.pmean(x, "d") * 1.0001 + 1e-3
     return x
-  fn = jax.pmap(chain, axis_name="d")
-  x = jax.numpy.ones((2, 512))
-  jax.block_until_ready(fn(x))
-  times = []
-  for _ in range(5):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x))
-    times.append(time.perf_counter() - start)
-  return {"us_per_allreduce": 1e6 * min(times) / 120}
+  out = {"us_per_allreduce": 1e6 * best(jax.pmap(chain, axis_name="d"),
+                                        (jnp.ones((2, 512)),), 5) / 120, "barrier_ms": {}}
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def layers(x, w, sync, kernel_grad):
+    for _ in range(8):
+      if kernel_grad:
+        w = w + 1e-3 * jax.vjp(lambda w_, x=x: conv(x, w_), w)[1](x)[0]
+        x = x * 0.999
+      else:
+        x = jnp.tanh(conv(x, w))
+      m = x.mean((0, 1, 2))
+      x = x - (jax.lax.pmean(m, "d") if sync else m)
+    return x.sum() + w.sum()
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.rand(2, BATCH // 2, 32, 32, 64), jnp.float32)
+  w = jnp.asarray(rng.rand(2, 3, 3, 64, 64) * 0.02, jnp.float32)
+  for kernel_grad in (False, True):
+    for sync in (False, True):
+      fn = jax.pmap(lambda x, w, s=sync, k=kernel_grad: layers(x, w, s, k), axis_name="d")
+      name = (f"{'kernel gradient' if kernel_grad else 'forward'}, "
+              f"{'pmean (barrier)' if sync else 'per device'}")
+      out["barrier_ms"][name] = 1000 * best(fn, (x, w), 3)
+  return out
 
 
 def child(case: str, args) -> dict:
@@ -588,6 +618,10 @@ def write_markdown(results: dict, path: str) -> None:
   if allreduce:
     lines += ["", f"One in-process all-reduce of 512 floats between 2 host devices (chained, as "
               f"synchronised BatchNorm's are): {allreduce['us_per_allreduce']:.0f} µs."]
+    lines += _table("8 chained 3x3 convolution layers on 2 host devices (64 x 32 x 32 x 64 each), "
+                    "a per-channel mean after each: per device or all-reduced (ms, best of 3)",
+                    ("layers, mean", "ms"),
+                    [(k, _f(v)) for k, v in allreduce.get("barrier_ms", {}).items()])
   failed = {k: v for k, v in results.items() if not k.startswith("_") and "error" in v}
   if failed:
     lines += ["", "## Failed cases", ""]
