@@ -374,6 +374,18 @@ def run_eval(attack, model, variant, data) -> dict:
           "counts": {k: float(sum(c[k] for c in counts)) for k in counts[0]}}
 
 
+def _best_seconds(fn, args, repeats: int) -> float:
+  """The fastest of `repeats` calls of `fn(*args)`, after one call that compiles."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
 def run_conv_micro() -> dict:
   """Milliseconds (best of 3) of one convolution's forward pass, input gradient and kernel
   gradient on one device, batch 128: the 3x3 stride-1 convolutions of ResNet-18's four stages
@@ -397,14 +409,8 @@ def run_conv_micro() -> dict:
     if stride == 1 and hw >= 16:
       fns["kernel_grad as 9 shifted dots"] = jax.grad(lambda x, w, c=taps: c(x, w).sum(), argnums=1)
     for name, fn in fns.items():
-      fn = jax.jit(fn)
-      jax.block_until_ready(fn(x, w))
-      times = []
-      for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x, w))
-        times.append(time.perf_counter() - start)
-      out[f"{k}x{k} s{stride} {hw}x{hw} {cin}->{cout} {name}"] = 1000 * min(times)
+      out[f"{k}x{k} s{stride} {hw}x{hw} {cin}->{cout} {name}"] = 1000 * _best_seconds(
+          jax.jit(fn), (x, w), 3)
   return {"ms": out}
 
 
@@ -419,21 +425,13 @@ def run_allreduce_micro() -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  def best(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - start)
-    return min(times)
-
   def chain(x):
     for _ in range(120):
       x = jax.lax.pmean(x, "d") * 1.0001 + 1e-3
     return x
-  out = {"us_per_allreduce": 1e6 * best(jax.pmap(chain, axis_name="d"),
-                                        (jnp.ones((2, 512)),), 5) / 120, "barrier_ms": {}}
+  out = {"us_per_allreduce": 1e6 * _best_seconds(jax.pmap(chain, axis_name="d"),
+                                                 (jnp.ones((2, 512)),), 5) / 120,
+         "barrier_ms": {}}
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -455,7 +453,7 @@ def run_allreduce_micro() -> dict:
       fn = jax.pmap(lambda x, w, s=sync, k=kernel_grad: layers(x, w, s, k), axis_name="d")
       name = (f"{'kernel gradient' if kernel_grad else 'forward'}, "
               f"{'pmean (barrier)' if sync else 'per device'}")
-      out["barrier_ms"][name] = 1000 * best(fn, (x, w), 3)
+      out["barrier_ms"][name] = 1000 * _best_seconds(fn, (x, w), 3)
   return out
 
 

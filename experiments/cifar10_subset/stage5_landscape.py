@@ -39,10 +39,10 @@ def surface(workdir: str, data_path: str) -> np.ndarray:
   logits_fn = lambda x: nets["target"].apply(variables, x, train=False)
   x = jnp.asarray(dataset.val.x[:N_IMAGES], jnp.float32) / 255.0
   y = jnp.asarray(dataset.val.y[:N_IMAGES])
-  mean_ce = lambda z: losses.cross_entropy(logits_fn(z), y).mean()
-  adv = jnp.sign(jax.grad(lambda z: losses.cross_entropy(logits_fn(z), y).sum())(x))
+  ce = lambda z: losses.cross_entropy(logits_fn(z), y)  # [N]
+  adv = jnp.sign(jax.grad(lambda z: ce(z).sum())(x))
   rand = jnp.sign(jax.random.normal(jax.random.key(0), x.shape))
-  at = jax.jit(lambda a, b: mean_ce(jnp.clip(x + a * adv + b * rand, 0.0, 1.0)))
+  at = jax.jit(lambda a, b: ce(jnp.clip(x + a * adv + b * rand, 0.0, 1.0)).mean())
   steps = np.linspace(-RADIUS, RADIUS, GRID)
   return np.array([[float(at(a, b)) for b in steps] for a in steps])
 
