@@ -81,9 +81,18 @@ class DataParallel:
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
   def unreplicate(self, tree):
-    """Inverse of `put_state`: one copy (the first local device's under pmap)."""
+    """Inverse of `put_state`: one copy (the first local device's under pmap), on that device.
+
+    Under pmap it reads the first local device's shard of each leaf. It does not index the
+    global array (`x[0]`): on a `[n, ...]` array sharded over n devices that is an n-device
+    program ending in an all-reduce, one per leaf, and on host CPU devices each such collective
+    is a rendezvous that aborts the process if a device waits at it for 40 s."""
     if self.kind == "pmap":
-      return jax.tree.map(lambda x: x[0], tree)
+      def first(x):
+        if isinstance(x, jax.Array):
+          return x.addressable_data(0).reshape(x.shape[1:])
+        return x[0]
+      return jax.tree.map(first, tree)
     return tree
 
   def put_batch(self, batch):

@@ -79,3 +79,15 @@ def test_single_device_pmap_and_shard_map_agree(method_name):
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
                        ref_state.params, state.params)
   assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_unreplicate_reads_the_first_device_copy_without_a_collective():
+  devices = jax.devices()[:4]
+  par = parallel.DataParallel("pmap", devices=devices)
+  rows = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)  # a different row on each device
+  out = par.unreplicate({**par.put_batch({"a": rows}), "b": np.array([5, 6, 7, 8])})
+  np.testing.assert_array_equal(np.asarray(out["a"]), rows[:1])
+  assert out["b"] == 5
+  # One copy on the first device: indexing the global array instead gives a 4-device result (an
+  # all-reduce over the devices).
+  assert out["a"].devices() == {devices[0]}

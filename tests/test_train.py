@@ -97,6 +97,14 @@ def _interrupt_after_first_checkpoint(workdir, sig):
   return proc.returncode, stdout
 
 
+def _failure_report(stderr: str) -> str:
+  """A failed run's fatal lines (XLA's `F` log lines, C++ aborts, Python's last exception) and
+  the end of its stderr: the cause is often far above the thread dumps that close it."""
+  fatal = [line for line in stderr.splitlines()
+           if re.match(r"F\d{4} |.*(Check failed|terminate called|Fatal Python error|Error:)", line)]
+  return "\n".join(["fatal lines:", *fatal[:20], "end of stderr:", stderr[-2000:]])
+
+
 def _assert_same_run(full, resumed):
   step_full, tree_full = _final_state(full)
   step_resumed, tree_resumed = _final_state(resumed)
@@ -124,7 +132,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, uninterrupted_run):
   assert returncode == -signal.SIGKILL
   step_at_kill, _ = _final_state(killed)
   resumed = subprocess.run(_cli(killed), env=ENV, cwd=ROOT, capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed.returncode == 0, _failure_report(resumed.stderr)
   assert f"Resuming from {os.path.join(killed, 'checkpoints')}/{step_at_kill}" in resumed.stdout
   _assert_same_run(uninterrupted_run, killed)
 
@@ -135,7 +143,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, uninterrupted_ru
   assert returncode == 0 and "Stopped by a signal" in stdout
   step_at_stop, _ = _final_state(stopped)
   resumed = subprocess.run(_cli(stopped), env=ENV, cwd=ROOT, capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed.returncode == 0, _failure_report(resumed.stderr)
   assert f"Resuming from {os.path.join(stopped, 'checkpoints')}/{step_at_stop}" in resumed.stdout
   _assert_same_run(uninterrupted_run, stopped)
 
