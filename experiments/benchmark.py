@@ -33,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -49,7 +50,9 @@ BATCH = 128
 AA_POINTS = 32  # AutoAttack's worst case costs ~2,000 forward-backward passes per point
 YNN_ALL = ("--xla_cpu_experimental_ynn_fusion_type="
            "individual_convolution,individual_dot,eltwise,reduce,dot")
-# name -> devices (host CPU devices), parallel ("pmap" | "shard_map"), dtype, xla (XLA_FLAGS).
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# name -> devices (host CPU devices), parallel ("pmap" | "shard_map"), dtype, xla (XLA_FLAGS),
+# ynn (`config.cpu_ynn_fusion_type`; the config's default when absent).
 VARIANTS = {
     "1dev": dict(devices=1),
     "2dev": dict(devices=2),
@@ -64,6 +67,15 @@ VARIANTS = {
     "2dev-fastmath": dict(devices=2, xla="--xla_cpu_enable_fast_math=true"),
     # Each device's ops on one thread (no oversubscription of the 2 cores by 2 devices).
     "2dev-eigen1": dict(devices=2, xla="--xla_cpu_multi_thread_eigen=false"),
+    # No YNNPACK fusions at all (jaxlib 0.10.2 sends convolutions to YNNPACK by default): XLA's
+    # own (Eigen) convolutions.
+    "1dev-noynn": dict(devices=1, xla=NO_YNN),
+    "2dev-noynn": dict(devices=2, xla=NO_YNN),
+    "2dev-noynn-eigen1": dict(devices=2, xla=NO_YNN + " --xla_cpu_multi_thread_eigen=false"),
+    # XLA's default YNNPACK fusions (convolutions included), which every record before
+    # 2026-11-24 ran with; the library now sets `config.cpu_ynn_fusion_type` ("reduce").
+    "1dev-xladefault": dict(devices=1, ynn="default"),
+    "2dev-xladefault": dict(devices=2, ynn="default"),
     # BatchNorm statistics per device (no collective per BN layer); changes the results.
     "2dev-localbn": dict(devices=2, local_bn=True),
     # Kernel gradients as patch GEMMs instead of XLA:CPU's backward-filter convolutions.
@@ -464,16 +476,18 @@ def child(case: str, args) -> dict:
     if variant.get("kernel_grad"):
       _use_custom_kernel_grad(variant["kernel_grad"])
     from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
-    runtime.configure_cpu_devices(variant["devices"])
+    runtime.configure_cpu_devices(variant["devices"], ynn_fusion_type(variant))
   if kind in ("train", "pipeline"):
     method, model, _ = rest
     blocks, block_steps = block_plan(case, args)
     out = run_train(method, model, variant, args.data, blocks, block_steps, kind == "pipeline")
   elif case == "micro:allreduce":
     from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
-    runtime.configure_cpu_devices(2)
+    runtime.configure_cpu_devices(2, ynn_fusion_type({}))
     out = run_allreduce_micro()
   elif kind == "micro":
+    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.configure_cpu_devices(1, ynn_fusion_type({}))
     out = run_conv_micro()
   elif kind == "torch":
     model, threads = rest
@@ -533,8 +547,23 @@ def run_case(case: str, args) -> dict:
     return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_s": time.time() - start}
   result = json.loads(lines[-1][len("RESULT "):])
   result.update(wall_s=time.time() - start, xla_flags=variant.get("xla", ""),
-                date=time.strftime("%Y-%m-%d %H:%M"))
+                ynn_fusion_type=ynn_in_effect(variant), date=time.strftime("%Y-%m-%d %H:%M"))
   return result
+
+
+def ynn_fusion_type(variant: dict) -> str:
+  """`config.cpu_ynn_fusion_type` for a case: its `ynn`, else the config's default."""
+  from regmix_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return variant.get("ynn", config_lib.base_config().cpu_ynn_fusion_type)
+
+
+def ynn_in_effect(variant: dict) -> str:
+  """The YNNPACK fusion kinds XLA ran a case with, for the record: its XLA_FLAGS' if they set
+  them (they win), else `ynn_fusion_type`; "XLA default" where XLA chose, "none" if empty."""
+  from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
+  flag = re.search(runtime.YNN_FLAG + r"=(\S*)", variant.get("xla", ""))
+  value = flag.group(1) if flag else ynn_fusion_type(variant)
+  return {"default": "XLA default", "": "none"}.get(value, value)
 
 
 def machine() -> str:
@@ -582,12 +611,15 @@ def write_markdown(results: dict, path: str) -> None:
     _, method, model, variant = key.split(":")
     ref = torch.get(model) if method == "fgsm_pgk" else None
     train_rows.append((
-        method, model, variant, _f(r["images_per_s"]), _f(r["step_s"], 3),
+        method, model, variant,
+        r.get("ynn_fusion_type", ynn_in_effect({"xla": r.get("xla_flags", ""), "ynn": "default"})),
+        _f(r["images_per_s"]), _f(r["step_s"], 3),
         _f(r["first_step_s"]), _f(r["compile_s"]),
         f"{r['later_compiles']} / {r['later_traces']}", _f(r["peak_rss_gib"], 2),
         _f(ref and ref["images_per_s"]), _f(ref and r["images_per_s"] / ref["images_per_s"], 2)))
   lines += _table("Train step (batch on the devices)",
-                  ("method", "model", "variant", "img/s", "step s", "first step s", "compile s",
+                  ("method", "model", "variant", "YNNPACK fusions", "img/s", "step s",
+                   "first step s", "compile s",
                    "compiles / traces in steps 2..N", "peak RSS GiB", "torch img/s",
                    "JAX / torch"), train_rows)
   pipeline = [(k.split(":")[2], k.split(":")[3], r) for k, r in ok.items()

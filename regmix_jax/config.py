@@ -30,6 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
   # CPU only: number of host devices for data parallelism; 0 = one per core (at most; the largest
   # count that divides the batch sizes). Ignored on GPU/TPU.
   c.cpu_devices = 0
+  # CPU only: the operations XLA:CPU hands to YNNPACK (`--xla_cpu_experimental_ynn_fusion_type`,
+  # a comma-separated subset of runtime.YNN_FUSION_TYPES), or "default" for XLA's own choice.
+  # "reduce" keeps convolutions on XLA's Eigen kernels: with jaxlib 0.10.2's default (YNNPACK
+  # convolutions) a 3x3 kernel gradient at 32x32 takes 4x as long, and the FGSM-PGK ResNet-18
+  # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
+  c.cpu_ynn_fusion_type = "reduce"
   c.parallel = "pmap"  # how the per-device step is mapped: "pmap" or "shard_map"
   # Multi-process data parallelism (JAX's distributed runtime). Started when `enabled` or when
   # the environment sets JAX_COORDINATOR_ADDRESS; empty / 0 / -1 fields come from the
@@ -178,7 +184,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   `num_devices` (the global device count), when given, also checks that batch sizes divide.
   """
-  from regmix_jax import evaluate, methods, models  # pylint: disable=g-import-not-at-top
+  from regmix_jax import evaluate, methods, models, runtime  # pylint: disable=g-import-not-at-top
 
   schema = base_config()
   method = methods.get_method(config.method.name)
@@ -201,6 +207,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                                        high is not None and f"<= {high}") if b)
       raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
   _choice("parallel", config.parallel, PARALLEL_CHOICES)
+  runtime.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
   _choice("data.source", config.data.source, SOURCE_CHOICES)
   _choice("model.dtype", config.model.dtype, DTYPE_CHOICES)
   for group in ("model", "guide_model"):

@@ -311,7 +311,7 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
-  runtime.configure_cpu_devices(runtime.cpu_device_count(config))
+  runtime.configure_cpu_devices(runtime.cpu_device_count(config), config.cpu_ynn_fusion_type)
   record = evaluate_checkpoint(
       f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
       epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),

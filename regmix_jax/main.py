@@ -27,10 +27,11 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO: keep the console for progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  runtime.configure_cpu_devices(runtime.cpu_device_count(config))
-  runtime.initialize_distributed(config)
+  # Importing these starts no JAX backend, so the CPU set-up below still applies.
   from regmix_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
   try:
+    runtime.configure_cpu_devices(runtime.cpu_device_count(config), config.cpu_ynn_fusion_type)
+    runtime.initialize_distributed(config)
     train.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, TypeError, FileNotFoundError, FloatingPointError,
           checkpointing.CheckpointError) as e:

@@ -20,14 +20,43 @@ def cpu_device_count(config) -> int:
              if config.data.batch_size % d == 0 and config.data.eval_batch_size % d == 0)
 
 
-def configure_cpu_devices(count: int) -> None:
-  """Sets the number of host CPU devices before JAX starts a backend, so that data parallelism on
-  a CPU-only machine uses every core. No effect on GPU/TPU devices."""
+# XLA:CPU's YNNPACK fusion kinds (`--xla_cpu_experimental_ynn_fusion_type`, jaxlib 0.10.2).
+YNN_FUSION_TYPES = ("individual_convolution", "individual_dot", "eltwise", "reduce", "dot")
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def check_ynn_fusion_type(value: str) -> None:
+  """Raises ValueError unless `value` is "default" or a comma-separated subset of
+  YNN_FUSION_TYPES (XLA itself would end the process on an unknown kind)."""
+  if value == "default":
+    return
+  unknown = [t for t in value.split(",") if t not in YNN_FUSION_TYPES]
+  if not value or unknown:
+    raise ValueError(f"Config field `cpu_ynn_fusion_type`: {value!r} is not 'default' or a comma-separated "
+                     f"list of {', '.join(YNN_FUSION_TYPES)}")
+
+
+def configure_cpu_devices(count: int, ynn_fusion_type: str) -> None:
+  """Before JAX starts a backend: sets the number of host CPU devices, so that data parallelism
+  on a CPU-only machine uses every core, and which operations XLA:CPU hands to YNNPACK
+  (`ynn_fusion_type`, see `config.cpu_ynn_fusion_type`; "default" leaves XLA's choice). An
+  `--xla_cpu_experimental_ynn_fusion_type` already in XLA_FLAGS wins. No effect on GPU/TPU."""
   import jax  # pylint: disable=g-import-not-at-top
+  check_ynn_fusion_type(ynn_fusion_type)
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as e:  # a backend already started (e.g. in an interactive session)
-    logging.warning("Could not set %d CPU devices: %s", count, e)
+    logging.warning("Could not set %d CPU devices or XLA:CPU flags: %s", count, e)
+    return
+  os.environ["XLA_FLAGS"] = with_ynn_fusion_type(os.environ.get("XLA_FLAGS", ""), ynn_fusion_type)
+
+
+def with_ynn_fusion_type(xla_flags: str, ynn_fusion_type: str) -> str:
+  """`xla_flags` (an XLA_FLAGS string) with YNN_FLAG set to `ynn_fusion_type`, unless it already
+  sets that flag or `ynn_fusion_type` is "default"."""
+  if ynn_fusion_type == "default" or YNN_FLAG in xla_flags:
+    return xla_flags
+  return f"{xla_flags} {YNN_FLAG}={ynn_fusion_type}".strip()
 
 
 def initialize_distributed(config) -> bool:

@@ -96,6 +96,20 @@ def test_auto_cpu_devices_divide_the_batch(monkeypatch):
   assert runtime.cpu_device_count(c) == 3
 
 
+def test_ynn_fusion_type_checked_and_given_to_xla_unless_xla_flags_sets_it():
+  from regmix_jax import runtime
+  c = _config()
+  c.cpu_ynn_fusion_type = "reduce,convolution"  # the kind is individual_convolution
+  with pytest.raises(ValueError, match=r"cpu_ynn_fusion_type.*'reduce,convolution'"):
+    config_lib.validate(c)
+  flag = "--xla_cpu_experimental_ynn_fusion_type"
+  assert runtime.with_ynn_fusion_type("", "reduce") == f"{flag}=reduce"
+  assert (runtime.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "eltwise,reduce")
+          == f"--xla_dump_to=/tmp/d {flag}=eltwise,reduce")
+  assert runtime.with_ynn_fusion_type(f"{flag}=dot", "reduce") == f"{flag}=dot"  # the user's wins
+  assert runtime.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "default") == "--xla_dump_to=/tmp/d"
+
+
 def test_changing_only_the_method_name_reports_missing_fields():
   c = config_lib.base_config()  # method block of `standard`: no fields
   c.method.name = "pgd_at"
