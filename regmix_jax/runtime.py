@@ -32,8 +32,8 @@ def check_ynn_fusion_type(value: str) -> None:
     return
   unknown = [t for t in value.split(",") if t not in YNN_FUSION_TYPES]
   if not value or unknown:
-    raise ValueError(f"Config field `cpu_ynn_fusion_type`: {value!r} is not 'default' or a comma-separated "
-                     f"list of {', '.join(YNN_FUSION_TYPES)}")
+    raise ValueError(f"Config field `cpu_ynn_fusion_type`: {value!r} is not 'default' or a "
+                     f"comma-separated list of {', '.join(YNN_FUSION_TYPES)}")
 
 
 def configure_cpu_devices(count: int, ynn_fusion_type: str) -> None:
