@@ -42,15 +42,15 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from regmix_jax import runtime  # noqa: E402  (imports no JAX: children configure it first)
 from common import DEFAULT_DATA, require_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("fgsm_pgk", "fgsm_agr", "d2r", "trades", "pgd_at")
 MODELS = ("small_cnn", "resnet18", "preact_resnet18")
 BATCH = 128
 AA_POINTS = 32  # AutoAttack's worst case costs ~2,000 forward-backward passes per point
-YNN_ALL = ("--xla_cpu_experimental_ynn_fusion_type="
-           "individual_convolution,individual_dot,eltwise,reduce,dot")
-NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+YNN_ALL = f"{runtime.YNN_FLAG}={','.join(runtime.YNN_FUSION_TYPES)}"
+NO_YNN = f"{runtime.YNN_FLAG}="
 # name -> devices (host CPU devices), parallel ("pmap" | "shard_map"), dtype, xla (XLA_FLAGS),
 # ynn (`config.cpu_ynn_fusion_type`; the config's default when absent).
 VARIANTS = {
@@ -475,18 +475,15 @@ def child(case: str, args) -> dict:
     variant = VARIANTS[rest[-1]]
     if variant.get("kernel_grad"):
       _use_custom_kernel_grad(variant["kernel_grad"])
-    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.configure_cpu_devices(variant["devices"], ynn_fusion_type(variant))
   if kind in ("train", "pipeline"):
     method, model, _ = rest
     blocks, block_steps = block_plan(case, args)
     out = run_train(method, model, variant, args.data, blocks, block_steps, kind == "pipeline")
   elif case == "micro:allreduce":
-    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.configure_cpu_devices(2, ynn_fusion_type({}))
     out = run_allreduce_micro()
   elif kind == "micro":
-    from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.configure_cpu_devices(1, ynn_fusion_type({}))
     out = run_conv_micro()
   elif kind == "torch":
@@ -560,7 +557,6 @@ def ynn_fusion_type(variant: dict) -> str:
 def ynn_in_effect(variant: dict) -> str:
   """The YNNPACK fusion kinds XLA ran a case with, for the record: its XLA_FLAGS' if they set
   them (they win), else `ynn_fusion_type`; "XLA default" where XLA chose, "none" if empty."""
-  from regmix_jax import runtime  # pylint: disable=g-import-not-at-top
   flag = re.search(runtime.YNN_FLAG + r"=(\S*)", variant.get("xla", ""))
   value = flag.group(1) if flag else ynn_fusion_type(variant)
   return {"default": "XLA default", "": "none"}.get(value, value)
