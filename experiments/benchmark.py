@@ -24,12 +24,15 @@ markdown table. Variants name the device count, the mapping, the dtype and XLA f
   python experiments/benchmark.py --suites=train --models=resnet18 --variants=1dev,2dev
 
 torch is imported only by the `torch` cases (pip install torch==2.13.0; not a dependency).
+Importing JAX starts no backend: each child sets its device count and XLA flags (`child`) before
+its first computation.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
+import itertools
 import json
 import os
 import platform
@@ -39,10 +42,15 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regmix_jax import attacks, config as config_lib, data as data_lib, evaluation, runtime, train
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from regmix_jax import runtime  # noqa: E402  (imports no JAX: children configure it first)
 from common import DEFAULT_DATA, require_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("fgsm_pgk", "fgsm_agr", "d2r", "trades", "pgd_at")
@@ -78,13 +86,16 @@ VARIANTS = {
     "2dev-xladefault": dict(devices=2, ynn="default"),
     # BatchNorm statistics per device (no collective per BN layer); changes the results.
     "2dev-localbn": dict(devices=2, local_bn=True),
-    # Kernel gradients as patch GEMMs instead of XLA:CPU's backward-filter convolutions.
-    "1dev-gemmgrad": dict(devices=1, kernel_grad="gemm"),
-    "2dev-gemmgrad": dict(devices=2, kernel_grad="gemm"),
-    # Kernel gradients of the 3x3 stride-1 convolutions on maps of 16x16 and more as 9 shifted
-    # dots over the flattened padded image (XLA's own elsewhere).
-    "1dev-tapsgrad": dict(devices=1, kernel_grad="taps"),
-    "2dev-tapsgrad": dict(devices=2, kernel_grad="taps"),
+}
+# Attempts recorded in results/benchmark_cpu.json whose code is no longer here (not kept): kernel
+# gradients as patch GEMMs (`*-gemmgrad`) or, for 3x3 stride-1 convolutions on maps of 16x16 and
+# more, as 9 shifted dots (`*-tapsgrad`), both swapped into the models' convolutions; their code
+# is `custom_kernel_grad_conv` / `_use_custom_kernel_grad` in this file at commit 710c77f.
+RETIRED_VARIANTS = {
+    "1dev-gemmgrad": "1 CPU device(s), pmap, float32, kernel gradients as patch GEMMs",
+    "2dev-gemmgrad": "2 CPU device(s), pmap, float32, kernel gradients as patch GEMMs",
+    "1dev-tapsgrad": "1 CPU device(s), pmap, float32, 3x3 stride-1 kernel gradients as 9 shifted dots",
+    "2dev-tapsgrad": "2 CPU device(s), pmap, float32, 3x3 stride-1 kernel gradients as 9 shifted dots",
 }
 DEFAULT_VARIANTS = {"train": ("2dev",), "pipeline": ("2dev",), "eval": ("2dev",)}
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
@@ -116,7 +127,6 @@ class CompileCounter:
   """Counts JAX traces / lowerings / XLA compiles and their seconds (jax.monitoring events)."""
 
   def __init__(self):
-    import jax  # pylint: disable=g-import-not-at-top
     self.events: list[tuple[str, float]] = []
     jax.monitoring.register_event_duration_secs_listener(self._record)
 
@@ -135,46 +145,20 @@ class CompileCounter:
             "compile_s": sum(d for _, d in new)}
 
 
-def custom_kernel_grad_conv(mode, lhs, rhs, window_strides, padding, lhs_dilation=None,
-                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                            **kwargs):
-  """`lax.conv_general_dilated` for Flax's `nn.Conv(conv_general_dilated=...)` (NHWC, HWIO, no
-  dilation or groups) whose kernel gradient is not XLA:CPU's backward-filter convolution.
-  `mode="gemm"`: one GEMM over image patches built by slicing, `[N*Ho*Wo, kh*kw*C]^T @
-  [N*Ho*Wo, O]` in chunks of images. `mode="taps"`: for a 3x3 stride-1 'same' convolution on a
-  map of at least 16x16, nine dots `X_s^T @ dY` over the flattened padded image, where `X_s` is
-  the image shifted by tap s's offset (a contiguous row slice) and dY is zero in the padding, so
-  wrapped rows add nothing; XLA's kernel gradient for every other convolution. Attempts
-  (`*-gemmgrad`, `*-tapsgrad`), not library code."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  del dimension_numbers, kwargs
-  assert lhs.ndim == 4 and feature_group_count == 1
-  assert all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+def taps_kernel_grad_conv(lhs, rhs, window_strides, padding):
+  """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient, for a 3x3 stride-1 'same'
+  convolution on a map of at least 16x16, is nine dots `X_s^T @ dY` over the flattened padded
+  image, where `X_s` is the image shifted by tap s's offset (a contiguous row slice) and dY is
+  zero in the padding, so wrapped rows add nothing; XLA's kernel gradient for any other
+  convolution. The micro suite times it beside XLA's (an attempt, not library code)."""
   strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-  spec = ("NHWC", "HWIO", "NHWC")
   conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=pads,
-                           dimension_numbers=spec)
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
   kh, kw, c, o = rhs.shape
   n, h, w_, _ = lhs.shape
-  taps = (mode == "taps" and (kh, kw) == (3, 3) and strides == (1, 1)
-          and pads == ((1, 1), (1, 1)) and h >= 16 and w_ >= 16)
-  if mode == "taps" and not taps:
+  if not ((kh, kw) == (3, 3) and strides == (1, 1) and pads == ((1, 1), (1, 1))
+          and h >= 16 and w_ >= 16):
     return conv(lhs, rhs)
-
-  def kernel_grad_gemm(x, dy):
-    _, ho, wo, _ = dy.shape
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    sh, sw = strides
-    cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
-    per_chunk = max(1, 4096 // (ho * wo))
-    chunks = n // per_chunk if n % per_chunk == 0 else 1
-    p = patches.reshape(chunks, -1, kh * kw * c)
-    d = dy.reshape(chunks, -1, o)
-    return jax.lax.dot_general(p, d, (((1,), (1,)), ((0,), (0,)))).sum(0)
 
   def kernel_grad_taps(x, dy):
     rows = n * (h + 2) * (w_ + 2)
@@ -196,80 +180,54 @@ def custom_kernel_grad_conv(mode, lhs, rhs, window_strides, padding, lhs_dilatio
   def bwd(res, dy):
     x, w = res
     dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
-    dw = kernel_grad_taps(x, dy) if taps else kernel_grad_gemm(x, dy)
-    return dx, dw.reshape(kh, kw, c, o).astype(w.dtype)
+    return dx, kernel_grad_taps(x, dy).reshape(kh, kw, c, o).astype(w.dtype)
 
   f.defvjp(fwd, bwd)
   return f(lhs, rhs)
 
 
-def _use_custom_kernel_grad(mode: str) -> None:
-  """Makes every model conv (`regmix_jax.models.common.conv`) use `custom_kernel_grad_conv`."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from regmix_jax.models import common, resnet, small_cnn, wideresnet  # pylint: disable=g-import-not-at-top
-
-  def conv(features, kernel, stride, dtype, name=None):
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=common.CONV_INIT, dtype=dtype, name=name,
-                   conv_general_dilated=functools.partial(
-                       custom_kernel_grad_conv, mode))
-  for module in (common, resnet, small_cnn, wideresnet):
-    module.conv = conv
-
-
 def load_config(method: str, model: str, variant: dict, data: str):
-  """`configs/cifar10/<method>.py` at batch 128 on the subset, with `model` as the target. D2R's
-  guide is small_cnn width 16 for every target (the config's LBGAT ResNet-18 guide, made for a
-  WRN-34-10 target, costs more than a ResNet-18 target: stride 1 in its second stage)."""
-  spec = importlib.util.spec_from_file_location(
-      "bench_config", os.path.join(ROOT, "configs", "cifar10", f"{method}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.source, config.data.dir = "files", data
-  config.data.batch_size = config.data.eval_batch_size = BATCH
-  config.model.name = model
+  """`configs/cifar10/<method>.py` at batch 128 on the subset, with `model` as the target, as the
+  command line would build it (`config.from_command_line`). D2R's guide is small_cnn width 16 for
+  every target (the config's LBGAT ResNet-18 guide, made for a WRN-34-10 target, costs more than
+  a ResNet-18 target: stride 1 in its second stage)."""
+  overrides = {"data.source": "files", "data.dir": data, "data.batch_size": BATCH,
+               "data.eval_batch_size": BATCH, "model.name": model,
+               "cpu_devices": variant["devices"], "parallel": variant.get("parallel", "pmap"),
+               "model.dtype": variant.get("dtype", "float32"),
+               "model.sync_batch_norm": not variant.get("local_bn", False)}
   if model == "small_cnn":
-    config.model.width = 32
+    overrides["model.width"] = 32
   if method == "d2r":
-    config.guide_model.name, config.guide_model.width = "small_cnn", 16
-  config.cpu_devices = variant["devices"]
-  config.parallel = variant.get("parallel", "pmap")
-  config.model.dtype = variant.get("dtype", "float32")
-  config.model.sync_batch_norm = not variant.get("local_bn", False)
-  return config
+    overrides.update({"guide_model.name": "small_cnn", "guide_model.width": 16})
+  return config_lib.from_command_line(os.path.join(ROOT, "configs", "cifar10", f"{method}.py"),
+                                      [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
 class Stepper:
-  """Runs `run.p_train` on the same batch again and again (`pipeline=False`: the batch stays on
-  the devices) or on `train.feed`'s batches, epoch after epoch, with the per-example state
+  """Runs `trainer.train_step` on the same batch again and again (`pipeline=False`: the batch
+  stays on the devices) or on `trainer.batches`, epoch after epoch, with the per-example state
   written back as the training loop does (`pipeline=True`)."""
 
-  def __init__(self, run, pipeline: bool):
-    import itertools  # pylint: disable=g-import-not-at-top
-    from regmix_jax import train  # pylint: disable=g-import-not-at-top
-    self.run, self.pipeline = run, pipeline
-    self.dstate = run.par.put_state(run.state)
+  def __init__(self, trainer: train.Trainer, pipeline: bool):
+    self.trainer, self.pipeline = trainer, pipeline
+    self.device_state = trainer.data_parallel.put_state(trainer.create_state())
     if pipeline:
-      self.batches = itertools.chain.from_iterable(train.feed(run, e) for e in itertools.count())
+      self.batches = itertools.chain.from_iterable(trainer.batches(e) for e in itertools.count())
     else:
-      self.batches = itertools.repeat(next(train.feed(run, 0)))
+      self.batches = itertools.repeat(next(trainer.batches(0)))
     self.metrics = None
 
   def __call__(self, n: int) -> float:
     """Runs `n` steps; returns their wall seconds, up to the last one's end."""
-    import jax  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     for _ in range(n):
       index, batch = next(self.batches)
-      self.dstate, self.metrics, values = self.run.p_train(self.dstate, batch)
+      self.device_state, self.metrics, values = self.trainer.train_step(self.device_state, batch)
       if self.pipeline:
-        self.run.sync.push(index, values)
-    self.run.sync.flush()
-    jax.block_until_ready(self.dstate)
+        self.trainer.sample_sync.push(index, values)
+    self.trainer.sample_sync.flush()
+    jax.block_until_ready(self.device_state)
     return time.perf_counter() - start
 
 
@@ -277,14 +235,11 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
   """Compiles (first step), then times `blocks` blocks of `block_steps` steps on a resident batch;
   with `pipeline`, alternates them with blocks fed by the real input pipeline, so both see the
   same machine load. Rates are from the median block (this shared machine's speed varies)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from regmix_jax import train  # pylint: disable=g-import-not-at-top
   counter = CompileCounter()
-  run = train.build_trainer(load_config(method, model, variant, data))
-  steppers = {"resident": Stepper(run, pipeline=False)}
+  trainer = train.build_trainer(load_config(method, model, variant, data))
+  steppers = {"resident": Stepper(trainer, pipeline=False)}
   if pipeline:
-    steppers["pipeline"] = Stepper(run, pipeline=True)
+    steppers["pipeline"] = Stepper(trainer, pipeline=True)
   mark = counter.mark()
   first = steppers["resident"](1)
   compile_stats = counter.since(mark)
@@ -296,7 +251,8 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
     for name, stepper in steppers.items():
       times[name].append(stepper(block_steps))
   later = counter.since(mark)  # before the fetch below, which compiles an indexing op
-  loss = float(np.asarray(run.par.unreplicate(steppers["resident"].metrics)["loss"]))
+  loss = float(np.asarray(
+      trainer.data_parallel.unreplicate(steppers["resident"].metrics)["loss"]))
   rate = {name: block_steps * BATCH / float(np.median(t)) for name, t in times.items()}
   out = {"images_per_s": rate["resident"], "step_s": BATCH / rate["resident"],
          "best_images_per_s": block_steps * BATCH / min(times["resident"]),
@@ -311,10 +267,9 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
 
 
 def run_torch(model, threads, data, blocks, block_steps) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  # torch is no dependency of the library: imported only by the cases that run it.
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
-  from regmix_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = load_config("fgsm_pgk", model, {"devices": 1}, data)
@@ -342,18 +297,16 @@ def run_torch(model, threads, data, blocks, block_steps) -> dict:
 
 
 def run_eval(attack, model, variant, data) -> dict:
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from regmix_jax import attacks, data as data_lib, evaluate, train  # pylint: disable=g-import-not-at-top
   counter = CompileCounter()
-  run = train.build_trainer(load_config("pgd_at", model, variant, data))
-  dstate, net = run.par.put_state(run.state), run.nets["target"]
+  trainer = train.build_trainer(load_config("pgd_at", model, variant, data))
+  data_parallel = trainer.data_parallel
+  device_state = data_parallel.put_state(trainer.create_state())
+  net = trainer.models["target"]
   if attack == "pgd20":
     n = 2 * BATCH + BATCH // 2  # 3 batches, the last one padded
-    fn = run.par.map(functools.partial(
-        evaluate.eval_step, model=net, role="target",
-        attack_list=evaluate.parse_attacks("pgd20")), donate_state=False, per_device_outputs=True)
+    fn = data_parallel.map(functools.partial(
+        evaluation.eval_step, model=net, role="target",
+        attack_list=attacks.parse_attacks("pgd20")), donate_state=False, per_device_outputs=True)
   elif attack == "aa-worst":
     n = AA_POINTS
 
@@ -366,14 +319,14 @@ def run_eval(attack, model, variant, data) -> dict:
       labels = jnp.zeros_like(batch["label"])
       _, robust = attacks.autoattack(logits_fn, x, labels, jax.random.key(0), epsilon=8 / 255)
       return {"aa": robust.sum()[None], "count": batch["mask"].sum()[None]}
-    fn = run.par.map(aa_step, donate_state=False, per_device_outputs=True)
+    fn = data_parallel.map(aa_step, donate_state=False, per_device_outputs=True)
   else:
     raise ValueError(f"unknown eval attack {attack!r}")
   mark, counts, seconds = counter.mark(), [], []
   size = min(n, BATCH)
-  for b in data_lib.eval_batches(run.dataset.test, batch_size=size, num_examples=n):
+  for b in data_lib.eval_batches(trainer.dataset.test, batch_size=size, num_examples=n):
     start = time.perf_counter()
-    counts.append(run.par.host_sum(fn(dstate, run.par.put_batch(b))))
+    counts.append(data_parallel.host_sum(fn(device_state, data_parallel.put_batch(b))))
     seconds.append(time.perf_counter() - start)
   stats = counter.since(mark)
   # Rows computed per second (a padded batch costs a full one) after the first batch, which
@@ -388,7 +341,6 @@ def run_eval(attack, model, variant, data) -> dict:
 
 def _best_seconds(fn, args, repeats: int) -> float:
   """The fastest of `repeats` calls of `fn(*args)`, after one call that compiles."""
-  import jax  # pylint: disable=g-import-not-at-top
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -401,10 +353,8 @@ def _best_seconds(fn, args, repeats: int) -> float:
 def run_conv_micro() -> dict:
   """Milliseconds (best of 3) of one convolution's forward pass, input gradient and kernel
   gradient on one device, batch 128: the 3x3 stride-1 convolutions of ResNet-18's four stages
-  (with the kernel gradient as nine shifted dots, `custom_kernel_grad_conv(mode="taps")`, beside
-  XLA's) and its first stride-2 and 1x1 shortcut convolutions."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  (with the kernel gradient as nine shifted dots, `taps_kernel_grad_conv`, beside XLA's) and its
+  first stride-2 and 1x1 shortcut convolutions."""
   out = {}
   shapes = [(32, 64, 64, 3, 1), (16, 128, 128, 3, 1), (8, 256, 256, 3, 1), (4, 512, 512, 3, 1),
             (32, 64, 128, 3, 2), (32, 64, 128, 1, 2)]  # (map size, in, out, kernel, stride)
@@ -415,7 +365,7 @@ def run_conv_micro() -> dict:
     args = ((stride, stride), [(k // 2, k // 2)] * 2)
     conv = lambda x, w, a=args: jax.lax.conv_general_dilated(
         x, w, *a, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    taps = lambda x, w, a=args: custom_kernel_grad_conv("taps", x, w, *a)
+    taps = lambda x, w, a=args: taps_kernel_grad_conv(x, w, *a)
     fns = {"forward": conv, "input_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum()),
            "kernel_grad": jax.grad(lambda x, w, c=conv: c(x, w).sum(), argnums=1)}
     if stride == 1 and hw >= 16:
@@ -433,9 +383,6 @@ def run_allreduce_micro() -> dict:
   input transfer included; `barrier_ms`, 8 chained layers of a 3x3 convolution (64 x 32 x 32 x
   64 per device, forward or kernel gradient) each followed by a per-channel mean, taken per
   device or `pmean`ed across both: what the barrier costs when it sits between heavy ops."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   def chain(x):
     for _ in range(120):
@@ -473,8 +420,6 @@ def child(case: str, args) -> dict:
   kind, *rest = case.split(":")
   if kind in ("train", "pipeline", "eval"):
     variant = VARIANTS[rest[-1]]
-    if variant.get("kernel_grad"):
-      _use_custom_kernel_grad(variant["kernel_grad"])
     runtime.configure_cpu_devices(variant["devices"], ynn_fusion_type(variant))
   if kind in ("train", "pipeline"):
     method, model, _ = rest
@@ -550,7 +495,6 @@ def run_case(case: str, args) -> dict:
 
 def ynn_fusion_type(variant: dict) -> str:
   """`config.cpu_ynn_fusion_type` for a case: its `ynn`, else the config's default."""
-  from regmix_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   return variant.get("ynn", config_lib.base_config().cpu_ynn_fusion_type)
 
 
@@ -654,14 +598,12 @@ def write_markdown(results: dict, path: str) -> None:
     lines += [f"- `{k}`: {v['error'].strip().splitlines()[-1][:300]}" for k, v in failed.items()]
   variants = sorted({k.split(":")[-1] for k in ok if not k.startswith("torch:")})
   lines += ["", "Variants: " + "; ".join(
+      f"`{v}` = {RETIRED_VARIANTS[v]} (retired)" if v in RETIRED_VARIANTS else
       f"`{v}` = {VARIANTS[v]['devices']} CPU device(s), {VARIANTS[v].get('parallel', 'pmap')}, "
       f"{VARIANTS[v].get('dtype', 'float32')}"
       + (", BatchNorm statistics per device" if VARIANTS[v].get("local_bn") else "")
-      + {"gemm": ", kernel gradients as patch GEMMs",
-         "taps": ", 3x3 stride-1 kernel gradients as 9 shifted dots"}.get(
-             VARIANTS[v].get("kernel_grad"), "")
       + (f", XLA_FLAGS `{VARIANTS[v]['xla']}`" if VARIANTS[v].get("xla") else "")
-      for v in variants if v in VARIANTS) + "."]
+      for v in variants if v in VARIANTS or v in RETIRED_VARIANTS) + "."]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 

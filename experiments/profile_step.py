@@ -24,7 +24,14 @@ import re
 import sys
 import tempfile
 
+import jax
+
+from regmix_jax import runtime, train
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SKIP = ("ThreadpoolListener", "end:", "CommonPjRt", "Handle", "Allocate", "ThunkExecutor",
         "Rendezvous", "Wait")
 
@@ -67,22 +74,18 @@ def main(argv=None):
   p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                 "cifar10_subset.npz"))
   args = p.parse_args(argv)
-  sys.path.insert(0, HERE)
-  import benchmark  # pylint: disable=g-import-not-at-top
   variant = benchmark.VARIANTS[args.variant]
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [
       os.environ.get("XLA_FLAGS", ""), variant.get("xla", ""),
       "--xla_cpu_enable_xprof_traceme=true"]))
-  if variant.get("kernel_grad"):
-    benchmark._use_custom_kernel_grad(variant["kernel_grad"])  # pylint: disable=protected-access
-  from regmix_jax import runtime, train  # pylint: disable=g-import-not-at-top
   runtime.configure_cpu_devices(variant["devices"], benchmark.ynn_fusion_type(variant))
-  import jax  # pylint: disable=g-import-not-at-top
-  run = train.build_trainer(benchmark.load_config(args.method, args.model, variant, args.data))
-  stepper = benchmark.Stepper(run, pipeline=False)
+  trainer = train.build_trainer(benchmark.load_config(args.method, args.model, variant,
+                                                      args.data))
+  stepper = benchmark.Stepper(trainer, pipeline=False)
   stepper(2)
   _, batch = next(stepper.batches)
-  fusions = kinds_from_hlo(run.p_train.lower(stepper.dstate, batch).compile().as_text())
+  fusions = kinds_from_hlo(
+      trainer.train_step.lower(stepper.device_state, batch).compile().as_text())
   trace_dir = tempfile.mkdtemp(prefix="profile_step_")
   jax.profiler.start_trace(trace_dir)
   seconds = stepper(1)

@@ -33,6 +33,15 @@ def check_layout(saved: dict[str, Any], current: dict[str, Any], directory: str)
         "(on CPU, `--config.cpu_devices` sets the device count), or use a new --workdir.")
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoints in `directory` (its sub-directories named by a step;
+  Orbax's unfinished temporary ones are not), sorted; [] when there is none. Reads the listing
+  only (no Orbax manager)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` under `directory`, one sub-directory per step."""
 

@@ -1,24 +1,29 @@
 """The configuration schema: every field, its default, and the checks run before training starts.
 
 Config files in `configs/` start from `base_config()` and set plain values, so every field can be
-overridden on the command line (`--config.data.batch_size=256`). `validate(config)` fails at start
-with a message naming the field for an unknown field, a value of the wrong type, or an unknown or
-inconsistent choice. Defaults follow the CIFAR-10 recipes in REFERENCE.md.
+overridden on the command line (`--config.data.batch_size=256`; `from_command_line` does the same
+in Python). `validate(config)` fails at start with a message naming the field for an unknown
+field, a value of the wrong type, or an unknown or inconsistent choice. The allowed values of a
+choice live beside the code that uses them (`parallel.KINDS`, `data.SOURCES`, ...); this module
+imports them. Defaults follow the CIFAR-10 recipes in docs/methods.md.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
 
-PARALLEL_CHOICES = ("pmap", "shard_map")
-SOURCE_CHOICES = ("tfds", "files", "synthetic")
-SCHEDULE_CHOICES = ("constant", "multistep", "piecewise", "cyclic")
-DTYPE_CHOICES = ("float32", "bfloat16")
-EVAL_SPLIT_CHOICES = ("test", "val")
+from regmix_jax import attacks, data, methods, models, parallel, runtime, train_state
+
+# Fields renamed since earlier releases: old dotted path -> new one. An old name on the command
+# line or in a saved config.json still works (with a warning saying what it became).
+RENAMED_FIELDS = {f"method.{old}": f"method.{new}" for old, new in methods.RENAMED_FIELDS.items()}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   # convolutions) a 3x3 kernel gradient at 32x32 takes 4x as long, and the FGSM-PGK ResNet-18
   # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
-  c.parallel = "pmap"  # how the per-device step is mapped: "pmap" or "shard_map"
+  c.parallel = "pmap"  # parallel.KINDS: how the per-device step is mapped (pmap, shard_map)
   # Multi-process data parallelism (JAX's distributed runtime). Started when `enabled` or when
   # the environment sets JAX_COORDINATOR_ADDRESS; empty / 0 / -1 fields come from the
   # environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or, where neither
@@ -46,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"  # "tfds" | "files" | "synthetic"
+  c.data.source = "tfds"  # data.SOURCES: "tfds" | "files" | "synthetic"
   c.data.name = "cifar10"
   c.data.dir = ""  # files: a directory or an .npz; tfds: data_dir ("" = tfds default)
   c.data.download = True  # tfds only
@@ -60,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet18"
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # models.DTYPES
   # BatchNorm statistics over the global batch (as one GPU of the references sees it), so results
   # do not depend on the device count.
   c.model.sync_batch_norm = True
@@ -79,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = False
   c.optim.weight_decay = 5e-4  # coupled L2, as PyTorch SGD's weight_decay
   c.optim.grad_clip_norm = 0.0  # 0 = off
-  c.optim.schedule = "multistep"  # stepped per iteration
+  c.optim.schedule = "multistep"  # train_state.SCHEDULES, stepped per iteration
   c.optim.milestones = (100, 105)  # multistep: epochs where the rate is multiplied by gamma
   c.optim.gamma = 0.1
   c.optim.boundaries = (0,)  # piecewise: epochs where the rate changes to the next value
@@ -97,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.step_size = 2 / 255
   # Examples in each per-epoch evaluation (0 = all); the final one always uses the whole split.
   c.eval.num_examples = 1000
-  c.eval.split = "test"  # "test" or "val" (needs data.val_size > 0)
+  c.eval.split = "test"  # data.EVAL_SPLITS: "test" or "val" (needs data.val_size > 0)
   # Models evaluated, comma-separated roles of the method ("target", and "guide" for D2R);
   # metrics of a role other than the target are prefixed with it ("guide_pgd20").
   c.eval.roles = "target"
@@ -122,7 +127,6 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   """The config a run saved (`<workdir>/config.json`), on top of today's defaults: fields added
   since the run was trained take their defaults; JSON lists become tuples where the schema has
   tuples. Validated like a config file."""
-  from regmix_jax import methods  # pylint: disable=g-import-not-at-top
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -132,14 +136,19 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   config = base_config()
   config.method = methods.method_config(saved.get("method", {}).get("name", "standard"))
 
-  def merge(target, values, prefix=""):
+  def merge(group, values, prefix=""):
     for key, value in values.items():
-      if isinstance(value, dict) and isinstance(target.get(key), ml_collections.ConfigDict):
-        merge(target[key], value, f"{prefix}{key}.")
-      elif key not in target:
+      if f"{prefix}{key}" in RENAMED_FIELDS:
+        new = RENAMED_FIELDS[f"{prefix}{key}"]
+        logging.warning("%s: config field `%s%s` is now `%s`; reading it as that.", path,
+                        prefix, key, new)
+        key = new.rsplit(".", 1)[1]
+      if isinstance(value, dict) and isinstance(group.get(key), ml_collections.ConfigDict):
+        merge(group[key], value, f"{prefix}{key}.")
+      elif key not in group:
         raise ValueError(f"{path}: unknown config field `{prefix}{key}`.")
       else:
-        target[key] = tuple(value) if isinstance(value, list) else value
+        group[key] = tuple(value) if isinstance(value, list) else value
 
   merge(config, saved)
   validate(config)
@@ -151,6 +160,10 @@ def _check_types(config, schema, prefix: str = "") -> None:
   for key in config.keys():
     path = f"{prefix}{key}"
     if key not in schema:
+      if path in RENAMED_FIELDS:
+        raise ValueError(f"Config field `{path}` was renamed to `{RENAMED_FIELDS[path]}`: set "
+                         "that instead (the command line and saved runs' config.json still "
+                         "accept the old name).")
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
       hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
       raise ValueError(f"Unknown config field `{path}`.{hint} Known fields of "
@@ -184,8 +197,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   `num_devices` (the global device count), when given, also checks that batch sizes divide.
   """
-  from regmix_jax import evaluate, methods, models, runtime  # pylint: disable=g-import-not-at-top
-
   schema = base_config()
   method = methods.get_method(config.method.name)
   schema.method = methods.method_config(config.method.name)
@@ -206,10 +217,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       bound = " and ".join(b for b in (low is not None and f">= {low}",
                                        high is not None and f"<= {high}") if b)
       raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
-  _choice("parallel", config.parallel, PARALLEL_CHOICES)
+  _choice("parallel", config.parallel, parallel.KINDS)
   runtime.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
-  _choice("data.source", config.data.source, SOURCE_CHOICES)
-  _choice("model.dtype", config.model.dtype, DTYPE_CHOICES)
+  _choice("data.source", config.data.source, data.SOURCES)
+  _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))
   for group in ("model", "guide_model"):
     model_cfg = config[group]
     _choice(f"{group}.name", model_cfg.name, sorted(models.MODELS))
@@ -223,9 +234,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not roles or any(r not in method.roles for r in roles):
     raise ValueError(f"Config field `eval.roles` = {config.eval.roles!r}: method "
                      f"{config.method.name!r} trains the roles {', '.join(method.roles)}.")
-  _choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
-  _choice("eval.split", config.eval.split, EVAL_SPLIT_CHOICES)
-  evaluate.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`
+  _choice("optim.schedule", config.optim.schedule, train_state.SCHEDULES)
+  _choice("eval.split", config.eval.split, data.EVAL_SPLITS)
+  attacks.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`
   positive = {"num_epochs": config.num_epochs, "data.batch_size": config.data.batch_size,
               "data.eval_batch_size": config.data.eval_batch_size,
               "log_every_steps": config.log_every_steps,
@@ -263,3 +274,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if value % num_devices:
         raise ValueError(f"Config field `{path}` = {value} must be divisible by the number of "
                          f"devices ({num_devices}); on CPU, `cpu_devices` sets that number.")
+
+
+def renamed_arguments(argv: Sequence[str]) -> list[str]:
+  """Command-line arguments with renamed config fields (`RENAMED_FIELDS`) given their new names,
+  logging a warning for each; `--config.method.target=agr` -> `--config.method.ce_target=agr`."""
+  out = []
+  for arg in argv:
+    for old, new in RENAMED_FIELDS.items():
+      flag = f"--config.{old}"
+      if arg == flag or arg.startswith(flag + "="):
+        logging.warning("`%s` is now `--config.%s`; using that.", flag, new)
+        arg = f"--config.{new}" + arg[len(flag):]
+    out.append(arg)
+  return out
+
+
+def from_command_line(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config `python -m regmix_jax.main --config=<config_file> <overrides>` would train, e.g.
+  `from_command_line("configs/cifar10/fgsm_pgk.py", ["--config.num_epochs=5"])`: the file's
+  `get_config()` with the `--config.<field>=<value>` overrides applied (and renamed fields
+  renamed), parsed exactly as the command line parses them. Not validated (`validate`)."""
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(f"No config file {config_file!r}.")
+  argv = ["from_command_line", f"--config={config_file}", *renamed_arguments(list(overrides))]
+  flag_values = flags.FlagValues()
+  # The override flags (`--config.<field>`) are found in `sys_argv` when the flag is defined.
+  config_flags.DEFINE_config_file("config", config_file, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config

@@ -1,158 +1,98 @@
-"""Robust-accuracy evaluation: clean, FGSM, PGD-k, C&W-k and AutoAttack, jitted, with per-sample
-stop; and the command line that evaluates a trained run's checkpoint.
-
-Attack names (`config.eval.attacks`, `--attacks`, comma-separated): `clean`, `fgsm`, `pgd<K>`
-(PGD-K on cross-entropy), `cw<K>` (PGD-K on the C&W margin), `aa` (AutoAttack "standard":
-APGD-CE, APGD-T, FAB-T, Square), or one of AutoAttack's attacks alone (`apgd-ce`, `apgd-dlr`,
-`apgd-t`, `fab-t`, `square`, official settings). FGSM/PGD/C&W use eps `eval.epsilon`, step
-`eval.step_size` (FGSM: step = eps), one uniform random start, and a sample stops moving once it
-is misclassified (REFERENCE.md, "Evaluation protocol").
+"""The checkpoint-evaluation command, and the `eval.json` records it writes.
 
   python -m regmix_jax.evaluate --workdir=RUN [--step=N] --attacks=clean,pgd20,pgd50,cw20,aa \
       [--n_examples=N] [--epsilon=8/255]
 
 evaluates the run's latest (or step N) checkpoint with its EMA weights (`--weights=live` for the
 trained ones), prints a table and appends the result to `eval.json` in the checkpoint's directory
-(`RUN/checkpoints/<step>/eval.json`). Single-process.
+(`RUN/checkpoints/<step>/eval.json`, one `EvalRecord` per evaluation). Attack names as
+`attacks.parse_attacks`. Single-process. The evaluation steps it maps over the devices are the
+training loop's (`evaluation.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-import re
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
+from absl import app, flags
 
-from regmix_jax import attacks, losses, rng
+from regmix_jax import checkpointing, config as config_lib, data, methods, models, parallel
+from regmix_jax import runtime, train_state
+from regmix_jax.attacks import parse_attacks
+from regmix_jax.evaluation import accuracies, autoattack_flags, correct_step, eval_step
 
-
-AUTOATTACK_PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
-
-
-def _autoattack_images(logits_fn, x, labels, key, *, epsilon):
-  return attacks.autoattack(logits_fn, x, labels, key, epsilon=epsilon)[0]
-
-
-def parse_attacks(spec: str, *, epsilon: float = 8 / 255, step_size: float = 2 / 255
-                  ) -> tuple[tuple[str, Callable | None], ...]:
-  """`"clean,pgd10,cw20"` -> ((name, attack or None for clean), ...); errors name `eval.attacks`."""
-  parsed = []
-  for name in [s.strip() for s in spec.split(",") if s.strip()]:
-    match = re.fullmatch(r"(pgd|cw)(\d+)", name)
-    if name == "clean":
-      fn = None
-    elif name == "fgsm":
-      fn = functools.partial(attacks.fgsm, epsilon=epsilon, step_size=epsilon, early_stop=True)
-    elif name == "aa":
-      fn = functools.partial(_autoattack_images, epsilon=epsilon)
-    elif name in AUTOATTACK_PARTS:
-      fn = functools.partial(attacks.AUTOATTACK_ATTACKS[name], epsilon=epsilon)
-    elif match and int(match.group(2)) > 0:
-      attack = attacks.pgd if match.group(1) == "pgd" else attacks.cw_linf
-      fn = functools.partial(attack, epsilon=epsilon, step_size=step_size,
-                             num_steps=int(match.group(2)), early_stop=True)
-    else:
-      raise ValueError(f"Config field `eval.attacks`: unknown attack {name!r} in {spec!r}. "
-                       "Use a comma-separated list of clean, fgsm, pgd<K>, cw<K> (e.g. pgd20), "
-                       f"aa, {', '.join(AUTOATTACK_PARTS)}.")
-    parsed.append((name, fn))
-  if not parsed:
-    raise ValueError("Config field `eval.attacks` is empty; use e.g. 'clean,pgd10'.")
-  return tuple(parsed)
+EVAL_JSON = "eval.json"
 
 
-def eval_step(state, batch, key=None, *, model, attack_list, role: str = "target",
-              first_position: int = 0, axis_name: str | None = None) -> dict[str, jax.Array]:
-  """Correct counts of `role` under each attack, on this device's examples (summed over devices).
+@dataclasses.dataclass(frozen=True)
+class EvalRecord:
+  """One evaluation of one checkpoint, as a line of `checkpoints/<step>/eval.json` (a JSON list).
 
-  The model runs in inference mode on `state.eval_variables(role)` (EMA weights when EMA is on).
-  `batch` as in `train_step`; rows with `mask == False` (padding) count for nothing. The attack at
-  position i of `attack_list` draws its random starts from `(first_position + i, example index)`
-  (so evaluating a list one attack at a time draws the same numbers). Returns
-  {name: number correct, "count": number of real examples}, this device's only: under a mapping
-  (`axis_name` given) each value has a leading axis of 1 and is not summed over devices (map with
-  `per_device_outputs=True`, sum with `DataParallel.host_sum`). Attacks do data-dependent work
-  (AutoAttack skips attacks when no point is left robust, Square stops once all are fooled), so
-  devices finish at different times; a collective here would keep the early ones waiting.
+  step: the checkpoint's step. role: the model evaluated ("target", "guide"). weights: "ema" or
+  "live". split: "test" or "val". n_examples: the first N examples of the split. epsilon,
+  step_size: the attacks' radius and PGD/C&W step. accuracy: {attack name: fraction}; AutoAttack
+  adds the robust accuracy after each of its attacks as "aa:<attack>". seconds: {attack: wall s}.
   """
-  mask = batch["mask"].astype(jnp.float32)
-  counts = {"count": mask.sum()}
-  for position, (name, attack) in enumerate(attack_list):
-    correct = _correct_under(state, batch, key, model=model, attack=attack, role=role,
-                             position=first_position + position)
-    counts[name] = (correct * mask).sum()
-  return counts if axis_name is None else jax.tree.map(lambda v: v[None], counts)
+
+  step: int
+  role: str
+  weights: str
+  split: str
+  n_examples: int
+  epsilon: float
+  step_size: float
+  accuracy: Mapping[str, float]
+  seconds: Mapping[str, float]
+
+  def covers(self, attacks: Iterable[str], *, epsilon: float, n_examples: int,
+             split: str = "test") -> bool:
+    """Whether this record holds every one of `attacks` at this radius, size and split."""
+    return (self.split == split and self.n_examples == n_examples
+            and abs(self.epsilon - epsilon) < 1e-9 and set(attacks) <= set(self.accuracy))
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, record: Mapping[str, Any]) -> "EvalRecord":
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
 
 
-def _correct_under(state, batch, key, *, model, attack, role, position) -> jax.Array:
-  """`[b]` float: 1 where `role` classifies the attacked example correctly. Each attack has its
-  own random starts: per-example keys from (its position, the example's index)."""
-  variables = state.eval_variables(role)
-  logits_fn = lambda x: model.apply(variables, x, train=False)
-  key = rng.stream(state.rng if key is None else key, rng.EVAL)
-  keys = rng.example_keys(jax.random.fold_in(key, position), batch["index"])
-  x = batch["image"].astype(jnp.float32) / 255.0
-  x_eval = x if attack is None else attack(logits_fn, x, batch["label"], keys)
-  return losses.correct(logits_fn(x_eval), batch["label"])
+def eval_json_path(workdir: str, step: int) -> str:
+  """Where the records of `workdir`'s checkpoint `step` live."""
+  return os.path.join(workdir, "checkpoints", str(step), EVAL_JSON)
 
 
-def correct_step(state, batch, key=None, *, model, attack, role: str = "target",
-                 position: int = 0, axis_name: str | None = None) -> tuple[jax.Array]:
-  """`(correct [b] bool,)` per example under one attack (keys as `eval_step` at `position`);
-  map it with `batch_outputs=(True,)`. Used to run AutoAttack's attacks on the robust points
-  only (`autoattack_flags`)."""
-  del axis_name  # per-example output: nothing to reduce
-  return (_correct_under(state, batch, key, model=model, attack=attack, role=role,
-                         position=position) > 0,)
+def read_eval_records(path: str) -> list[EvalRecord]:
+  """The records of an `eval.json` ([] when there is none yet)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [EvalRecord.from_json(r) for r in json.load(f)]
 
 
-def autoattack_flags(step_for, batches_of, clean_correct: np.ndarray, *, epsilon: float,
-                     version="standard", on_attack=None) -> np.ndarray:
-  """AutoAttack as the official `run_standard_evaluation`: each attack of `version` runs only on
-  the points still robust, gathered into full batches (so on a robust model the later attacks
-  cost a fraction of a pass over the data).
-
-  Args:
-    step_for: `attack fn -> (batch -> correct [b] bool numpy)`, e.g. a mapped `correct_step`.
-    batches_of: `indices -> iterable of (indices in the batch, batch)`.
-    clean_correct: `[N]` bool, correct on the clean inputs.
-    on_attack: optional `callback(name, robust [N])` after each attack.
-
-  Returns:
-    `[N]` bool robust flags; equal per point to `attacks.autoattack` with the same keys (attack i
-    of the list uses `fold_in(example key, i)`, as there).
-  """
-  robust = np.asarray(clean_correct, bool).copy()
-  for i, name in enumerate(attacks.autoattack_version(version)):
-    part = attacks.AUTOATTACK_ATTACKS[name]
-    fn = step_for(lambda f, x, y, k, part=part, i=i: part(f, x, y, rng.fold(k, i),
-                                                          epsilon=epsilon))
-    for index, batch in batches_of(np.nonzero(robust)[0]):
-      robust[index] &= fn(batch)[:len(index)]
-    if on_attack is not None:
-      on_attack(name, robust)
-  return robust
+def append_eval_record(path: str, record: EvalRecord) -> None:
+  """Adds `record` to `path`'s list; the file is replaced whole (written, then renamed), so a
+  kill mid-write leaves the previous list."""
+  records = [r.to_json() for r in read_eval_records(path)] + [record.to_json()]
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    json.dump(records, f, indent=2)
+  os.replace(partial, path)
 
 
-def accuracies(batches: Iterable[Mapping[str, np.ndarray]], step_fn,
-               fetch: Callable = jax.device_get) -> dict[str, float]:
-  """Runs `step_fn(batch) -> counts` over `batches`; returns accuracy per attack (fractions).
-  `fetch` brings one batch's counts to the host (for a mapped `eval_step`:
-  `DataParallel.host_sum`); every element of a fetched count is summed."""
-  total: dict[str, float] = {}
-  pending = [step_fn(b) for b in batches]  # dispatched asynchronously, then fetched
-  for counts in pending:
-    for k, v in fetch(counts).items():
-      total[k] = total.get(k, 0.0) + float(np.sum(v))
-  count = max(total.pop("count", 0.0), 1.0)
-  return {k: v / count for k, v in total.items()}
+def latest_eval_records(workdir: str) -> list[EvalRecord]:
+  """The records of `workdir`'s latest checkpoint ([] when it has none)."""
+  steps = checkpointing.saved_steps(os.path.join(workdir, "checkpoints"))
+  return read_eval_records(eval_json_path(workdir, max(steps))) if steps else []
 
 
 def _fraction(text: str, flag: str) -> float:
@@ -171,8 +111,7 @@ def restore_state(workdir: str, config, num_classes: int, image_shape, *,
                   step: int | None = None):
   """`(models by role, TrainState, step)` of a run's checkpoint (default: the latest), built from
   the run's `config` (`config.load_json`); raises CheckpointError naming what is there."""
-  from regmix_jax import checkpointing, methods, train, train_state  # pylint: disable=g-import-not-at-top
-  nets = train.build_models(config, methods.get_method(config.method.name).roles, num_classes)
+  nets = models.build_models(config, methods.get_method(config.method.name).roles, num_classes)
   state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
@@ -192,15 +131,14 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                         step_size: float | None = None, weights: str = "ema",
                         role: str = "target", split: str = "", data_dir: str = "",
                         progress: bool = True) -> dict:
-  """Evaluates a trained run's checkpoint; returns the record written to `eval.json`.
+  """Evaluates a trained run's checkpoint; returns the `EvalRecord` written to `eval.json`, as a
+  dict, with its "path".
 
   `epsilon` defaults to the run's `eval.epsilon`; `step_size` to the run's `eval.step_size`
   scaled by `epsilon / eval.epsilon` (2/255 at 8/255). `weights`: "ema" (the run's EMA weights
   when it kept them, else the live ones) or "live". `data_dir` replaces the run's `data.dir`
   (for a run trained elsewhere). Attacks run one at a time, each compiled once.
   """
-  from regmix_jax import config as config_lib, data, methods, parallel  # pylint: disable=g-import-not-at-top
-
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
     config.data.dir = data_dir
@@ -225,22 +163,24 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
     state = state.replace(ema_params=None, ema_batch_stats=None)
   used = "ema" if state.ema_params is not None else "live"
 
-  par = parallel.DataParallel(config.parallel)
-  dstate = par.put_state(state)
-  split_data = dataset.test if config.eval.split == "test" else dataset.val
+  data_parallel = parallel.DataParallel(config.parallel)
+  device_state = data_parallel.put_state(state)
+  split_data = dataset.eval_split(config.eval.split)
   n = len(split_data.y) if n_examples <= 0 else min(n_examples, len(split_data.y))
   batch_size = config.data.eval_batch_size
   accuracy, seconds = {}, {}
 
   def flags_fn(attack, position):
-    fn = par.map(functools.partial(correct_step, model=nets[role], role=role, attack=attack,
-                                   position=position), donate_state=False, batch_outputs=(True,))
-    return lambda batch: par.get_batch(fn(dstate, par.put_batch(batch)))[0]
+    fn = data_parallel.map(functools.partial(correct_step, model=nets[role], role=role,
+                                             attack=attack, position=position),
+                           donate_state=False, batch_outputs=(True,))
+    put = data_parallel.put_batch
+    return lambda batch: data_parallel.get_batch(fn(device_state, put(batch)))[0]
 
   def batches_of(indices, desc):
     # Few robust points: a smaller batch (a power of two times the device count, so at most a
     # few sizes compile) instead of padding to `eval_batch_size`.
-    size = par.num_devices
+    size = data_parallel.num_devices
     while size < min(len(indices), batch_size):
       size *= 2
     size = min(size, batch_size)
@@ -250,8 +190,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       yield indices[i * size:(i + 1) * size], batch
 
   for position, (name, attack) in enumerate(attack_list):
+    t0 = time.time()
     if name == "aa":  # attack by attack on the points still robust (official evaluation order)
-      t0 = time.time()
       clean = np.zeros(n, bool)
       clean_fn = flags_fn(None, position)
       for index, batch in batches_of(np.arange(n), "aa/clean"):
@@ -265,31 +205,23 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log).
       accuracy.update({f"aa:{k}": v for k, v in parts.items()})
       continue
-    fn = par.map(functools.partial(eval_step, model=nets[role], role=role,
-                                   attack_list=((name, attack),), first_position=position),
-                 donate_state=False, per_device_outputs=True)
-    t0 = time.time()
-    correct = count = 0.0
-    batches = data.eval_batches(split_data, batch_size=batch_size, num_examples=n)
-    for batch in tqdm.tqdm(batches, total=data.num_eval_batches(n, batch_size), desc=name,
-                           disable=not progress, leave=False):
-      counts = par.host_sum(fn(dstate, par.put_batch(batch)))
-      correct += float(counts[name])
-      count += float(counts["count"])
-    accuracy[name], seconds[name] = correct / max(count, 1.0), time.time() - t0
+    fn = data_parallel.map(functools.partial(eval_step, model=nets[role], role=role,
+                                             attack_list=((name, attack),),
+                                             first_position=position),
+                           donate_state=False, per_device_outputs=True)
+    batches = tqdm.tqdm(data.eval_batches(split_data, batch_size=batch_size, num_examples=n),
+                        total=data.num_eval_batches(n, batch_size), desc=name,
+                        disable=not progress, leave=False)
+    accuracy.update(accuracies(batches, lambda b: fn(device_state, data_parallel.put_batch(b)),
+                               fetch=data_parallel.host_sum))
+    seconds[name] = time.time() - t0
 
-  record = {"step": int(step), "role": role, "weights": used, "split": config.eval.split,
-            "n_examples": n, "epsilon": epsilon, "step_size": step_size, "accuracy": accuracy,
-            "seconds": seconds}
-  path = os.path.join(workdir, "checkpoints", str(step), "eval.json")
-  previous = []
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-  with open(path, "w") as f:
-    json.dump(previous + [record], f, indent=2)
-  record["path"] = path
-  return record
+  record = EvalRecord(step=int(step), role=role, weights=used, split=config.eval.split,
+                      n_examples=n, epsilon=epsilon, step_size=step_size, accuracy=accuracy,
+                      seconds=seconds)
+  path = eval_json_path(workdir, step)
+  append_eval_record(path, record)
+  return {**record.to_json(), "path": path}
 
 
 def format_table(record: Mapping) -> str:
@@ -304,14 +236,12 @@ def format_table(record: Mapping) -> str:
 
 
 def main(argv) -> None:
-  """The `python -m regmix_jax.evaluate` command (flags defined in `_define_flags`)."""
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from regmix_jax import config as config_lib, runtime  # pylint: disable=g-import-not-at-top
+  """The `python -m regmix_jax.evaluate` command (flags defined in `define_flags`)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
-  runtime.configure_cpu_devices(runtime.cpu_device_count(config), config.cpu_ynn_fusion_type)
+  runtime.configure_cpu_for(config)
   record = evaluate_checkpoint(
       f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
       epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
@@ -323,8 +253,8 @@ def main(argv) -> None:
   print(f"written to {record['path']}")
 
 
-def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def define_flags() -> None:
+  """The command's flags (defined only when it runs as a program, not on import)."""
   flags.DEFINE_string("workdir", None, "A training run's workdir (holds config.json, checkpoints).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
   flags.DEFINE_string("attacks", "clean,pgd20,pgd50,cw20,aa", "Comma-separated attack names.")
@@ -339,6 +269,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  _app.run(main)
+  define_flags()
+  app.run(main)

@@ -7,6 +7,8 @@ they stay finite for logits as large as 1e4. KL divergences name their direction
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -116,7 +118,7 @@ def mart_loss(clean_logits: jax.Array, adv_logits: jax.Array, labels: jax.Array,
   return boosted_ce + beta * kl_div(clean_logits, adv_logits) * (1.0000001 - p_true_clean)
 
 
-# RegMix (Liu & Ojha 2025): REFERENCE.md, "RegMix". Three outputs of one model: clean `f(x)`
+# RegMix (Liu & Ojha 2025): docs/methods.md, "RegMix". Three outputs of one model: clean `f(x)`
 # (CLN), initial `f(x + d_init)` (Iadv, FGSM-PGK's z0) and final `f(x + d_final)` (Fadv, z_adv).
 
 
@@ -146,47 +148,65 @@ def agr_targets(smoothed_labels: jax.Array, clean_logits: jax.Array, *, gamma: f
   return (1.0 - gamma) * smoothed_labels + gamma * p_clean
 
 
+# RegMix's weights, the one set of defaults: `regmix_loss`, the fgsm_amr / fgsm_agr methods and
+# the README use these. The paper's values are not in what could be read of it; these were
+# chosen on a validation split of the CIFAR-10 subset (experiments/regmix_hparams/results.md,
+# docs/methods.md "RegMix"): alpha on KL(P(init) || P(final)), beta = alpha / 2 on the reverse
+# KL, gamma the clean distribution's share of the AGR target.
+AMR_ALPHA, AMR_BETA, AGR_GAMMA = 4.0, 2.0, 0.05
+
+# What `regmix_loss` regularises with, and which distribution its cross-entropy aims at.
 REGULARIZERS = ("mse", "amr")
-TARGETS = ("smoothed", "agr")
+CE_TARGETS = ("smoothed", "agr")
 
 
 def regmix_loss(clean_logits: jax.Array | None, init_logits: jax.Array, final_logits: jax.Array,
                 labels: jax.Array, *, label_smoothing: float = 0.5, regularizer: str = "amr",
-                target: str = "agr", lam: float = 5.6, alpha: float = 1.0, beta: float = 0.5,
-                gamma: float = 0.1, stop_gradient_clean: bool = False
+                ce_target: str = "agr", lam: float = 5.6, alpha: float = AMR_ALPHA,
+                beta: float = AMR_BETA, gamma: float = AGR_GAMMA,
+                stop_gradient_clean: bool = False, target: str | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The FGSM-PGK / FGSM-AMR / FGSM-AGR objective per example, and its terms.
 
   `CE(final, t) + R(init, final)` with
-    t = y~ (`target="smoothed"`) or `agr_targets(y~, clean, gamma, stop_gradient_clean)`
+    t = y~ (`ce_target="smoothed"`) or `agr_targets(y~, clean, gamma, stop_gradient_clean)`
         (`"agr"`), y~ the labels smoothed FGSM-PGK's way (`smooth_labels`, true class gets
         `label_smoothing`);
     R = `lam * logit_mse(final, init)` (`regularizer="mse"`, FGSM-PGK) or
         `amr_loss(init, final, alpha, beta)` (`"amr"`: alpha on KL(P(init) || P(final)), beta on
         KL(P(final) || P(init))).
   FGSM-PGK is ("mse", "smoothed"), FGSM-AMR ("amr", "smoothed"), FGSM-AGR ("amr", "agr").
+  The weights default to RegMix's (`AMR_ALPHA`, `AMR_BETA`, `AGR_GAMMA`), `lam` to FGSM-PGK's
+  CIFAR-10 value.
 
   Args:
-    clean_logits: `[B, C]` `f(x)`; only read when `target="agr"` (may be None otherwise).
+    clean_logits: `[B, C]` `f(x)`; only read when `ce_target="agr"` (may be None otherwise).
     init_logits: `[B, C]` `f(x + d_init)`, the initial (prior) perturbation's output.
     final_logits: `[B, C]` `f(x + d_final)`, after the gradient step.
     labels: integer `[B]`, or already smoothed targets `[B, C]` (then `label_smoothing` is unused).
 
   Returns:
-    `(loss [B], terms)`: terms `{"target_ce": [B], "regularizer": [B]}` (the weighted
-    regulariser), whose sum is the loss. No stop-gradient inside except the optional one on the
-    clean branch.
+    target: the old name of `ce_target` (accepted, with a DeprecationWarning).
+
+  Returns:
+    `(loss [B], terms)`: terms `{"target_ce": [B], "regularizer": [B]}` (the cross-entropy to the
+    CE target, and the weighted regulariser), whose sum is the loss. No stop-gradient inside
+    except the optional one on the clean branch.
   """
+  if target is not None:
+    warnings.warn("regmix_loss(target=...) is now regmix_loss(ce_target=...).", DeprecationWarning,
+                  stacklevel=2)
+    ce_target = target
   if regularizer not in REGULARIZERS:
     raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
-  if target not in TARGETS:
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+  if ce_target not in CE_TARGETS:
+    raise ValueError(f"ce_target must be one of {CE_TARGETS}, got {ce_target!r}.")
   num_classes = final_logits.shape[-1]
   smoothed = (labels if labels.ndim == final_logits.ndim
               else smooth_labels(labels, num_classes, label_smoothing))
-  if target == "agr":
+  if ce_target == "agr":
     if clean_logits is None:
-      raise ValueError("target='agr' needs clean_logits.")
+      raise ValueError("ce_target='agr' needs clean_logits.")
     smoothed = agr_targets(smoothed, clean_logits, gamma=gamma,
                            stop_gradient_clean=stop_gradient_clean)
   if regularizer == "mse":
@@ -197,7 +217,7 @@ def regmix_loss(clean_logits: jax.Array | None, init_logits: jax.Array, final_lo
   return terms["target_ce"] + terms["regularizer"], terms
 
 
-# D2R (Liu et al. 2025): REFERENCE.md, "D2R + CAG" (released code). A guide g and a target t.
+# D2R (Liu et al. 2025): docs/methods.md, "D2R + CAG" (released code). A guide g and a target t.
 
 D2R_CLEAN_TERMS = ("abs_diff", "sum")
 

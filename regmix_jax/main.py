@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from regmix_jax import runtime
+from regmix_jax import checkpointing, config as config_lib, runtime, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
@@ -27,10 +27,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO: keep the console for progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  # Importing these starts no JAX backend, so the CPU set-up below still applies.
-  from regmix_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
   try:
-    runtime.configure_cpu_devices(runtime.cpu_device_count(config), config.cpu_ynn_fusion_type)
+    runtime.configure_cpu_for(config)
     runtime.initialize_distributed(config)
     train.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, TypeError, FileNotFoundError, FloatingPointError,
@@ -41,7 +39,9 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point."""
+  """Console-script entry point. Renamed config fields on the command line are given their new
+  names first (`config.RENAMED_FIELDS`)."""
+  sys.argv = config_lib.renamed_arguments(sys.argv)
   app.run(main)
 
 

@@ -16,17 +16,20 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "batch"
+# How the per-device step is mapped (`config.parallel`).
+KINDS = ("pmap", "shard_map")
 
 
 class DataParallel:
   """Places data and maps per-device functions for one parallel `kind` ("pmap" | "shard_map")."""
 
   def __init__(self, kind: str = "pmap", devices=None):
-    if kind not in ("pmap", "shard_map"):
-      raise ValueError(f"Config field `parallel` = {kind!r} is not one of: pmap, shard_map.")
+    if kind not in KINDS:
+      raise ValueError(f"Config field `parallel` = {kind!r} is not one of: {', '.join(KINDS)}.")
     self.kind = kind
     self.devices = list(devices or jax.devices())
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -117,7 +120,6 @@ class DataParallel:
       return np.asarray(array, np.float64).sum()
     sums = jax.tree.map(local, jax.block_until_ready(tree))
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       sums = jax.tree.map(lambda v: np.asarray(v).sum(), multihost_utils.process_allgather(sums))
     return sums
 

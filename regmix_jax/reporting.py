@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Mapping
 
+from tensorboardX import SummaryWriter
+
 
 class MetricsLog:
   """Append-only JSON-lines log of per-epoch records (`{"epoch": e, ...}`)."""
@@ -51,7 +53,6 @@ class TensorBoard:
   def __init__(self, logdir: str | None):
     self._writer = None
     if logdir:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:

@@ -1,12 +1,14 @@
 """Process set-up before JAX starts a backend: host CPU devices and the distributed runtime.
 
-Used by the training and evaluation commands; call these before any JAX computation.
+Used by the training and evaluation commands; call these before any JAX computation. Importing
+JAX starts no backend, so importing this module (or any other of the package) is safe before.
 """
 
 from __future__ import annotations
 
 import os
 
+import jax
 from absl import logging
 
 
@@ -41,7 +43,6 @@ def configure_cpu_devices(count: int, ynn_fusion_type: str) -> None:
   on a CPU-only machine uses every core, and which operations XLA:CPU hands to YNNPACK
   (`ynn_fusion_type`, see `config.cpu_ynn_fusion_type`; "default" leaves XLA's choice). An
   `--xla_cpu_experimental_ynn_fusion_type` already in XLA_FLAGS wins. No effect on GPU/TPU."""
-  import jax  # pylint: disable=g-import-not-at-top
   check_ynn_fusion_type(ynn_fusion_type)
   try:
     jax.config.update("jax_num_cpu_devices", count)
@@ -49,6 +50,12 @@ def configure_cpu_devices(count: int, ynn_fusion_type: str) -> None:
     logging.warning("Could not set %d CPU devices or XLA:CPU flags: %s", count, e)
     return
   os.environ["XLA_FLAGS"] = with_ynn_fusion_type(os.environ.get("XLA_FLAGS", ""), ynn_fusion_type)
+
+
+def configure_cpu_for(config) -> None:
+  """`configure_cpu_devices` as `config` asks (`cpu_devices`, `cpu_ynn_fusion_type`): what the
+  training and evaluation commands run first."""
+  configure_cpu_devices(cpu_device_count(config), config.cpu_ynn_fusion_type)
 
 
 def with_ynn_fusion_type(xla_flags: str, ynn_fusion_type: str) -> str:
@@ -67,7 +74,6 @@ def initialize_distributed(config) -> bool:
   address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if not (dist.enabled or address):
     return False
-  import jax  # pylint: disable=g-import-not-at-top
   num = dist.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
   pid = dist.process_id if dist.process_id >= 0 else os.environ.get("JAX_PROCESS_ID")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -11,16 +11,17 @@ checkpoint is written after it.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import math
 import os
 import signal
 import threading
-import types
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,23 +29,10 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from regmix_jax import checkpointing, config as config_lib, data, evaluate, methods, models
+from regmix_jax import checkpointing, config as config_lib, data, evaluation, methods, models
 from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
+from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
-
-
-def build_models(config: ml_collections.ConfigDict, roles, num_classes: int) -> dict[str, Any]:
-  """Role -> Flax module. BatchNorm is synchronised over the data-parallel axis when
-  `model.sync_batch_norm` (the statistics of the global batch, as on one GPU)."""
-  axis_name = parallel.AXIS if config.model.sync_batch_norm else None
-  dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-  built = {}
-  for role in roles:
-    model_cfg = config.model if role == "target" else config[f"{role}_model"]
-    sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
-    built[role] = models.get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
-                                   **sizes)
-  return built
 
 
 def _prefetch(batches: Iterator[dict], put, size: int = 2) -> Iterator[tuple[np.ndarray, Any]]:
@@ -59,7 +47,7 @@ def _prefetch(batches: Iterator[dict], put, size: int = 2) -> Iterator[tuple[np.
     yield queue.popleft()
 
 
-class _SampleSync:
+class SampleSync:
   """Moves a method's per-example state between the host buffers and the steps.
 
   `gather` adds the buffers of a host batch's examples as `batch["sample"]`. `push` queues a
@@ -67,8 +55,9 @@ class _SampleSync:
   s + 1 runs), which is safe because an epoch visits every example at most once. `flush` writes
   everything back; it runs before each checkpoint and at the end of each epoch."""
 
-  def __init__(self, samples: sample_state.SampleState | None, par: parallel.DataParallel):
-    self.samples, self.par = samples, par
+  def __init__(self, samples: sample_state.SampleState | None,
+               data_parallel: parallel.DataParallel):
+    self.samples, self.data_parallel = samples, data_parallel
     self._pending: collections.deque = collections.deque()
 
   def gather(self, batch: dict) -> dict:
@@ -88,7 +77,7 @@ class _SampleSync:
       self._write(*self._pending.popleft())
 
   def _write(self, index, values) -> None:
-    self.samples.scatter(index, self.par.get_batch(values))
+    self.samples.scatter(index, self.data_parallel.get_batch(values))
 
 
 @jax.jit
@@ -100,8 +89,8 @@ class _EpochMetrics:
   """Per-step training metrics of one epoch: kept on device until `flush`, then summed on the
   host after checking that every step's loss is finite."""
 
-  def __init__(self, sums=None, steps: int = 0):
-    self.sums: dict[str, float] = dict(sums or {})
+  def __init__(self, totals=None, steps: int = 0):
+    self.totals: dict[str, float] = dict(totals or {})
     self.steps = steps
     self.last: dict[str, float] = {}
     self._pending: list[tuple[int, Any]] = []
@@ -109,8 +98,8 @@ class _EpochMetrics:
   def push(self, step: int, metrics) -> None:
     self._pending.append((step, metrics))
 
-  def flush(self, par: parallel.DataParallel) -> None:
-    fetched = jax.device_get([par.unreplicate(m) for _, m in self._pending])
+  def flush(self, data_parallel: parallel.DataParallel) -> None:
+    fetched = jax.device_get([data_parallel.unreplicate(m) for _, m in self._pending])
     for (step, _), metrics in zip(self._pending, fetched):
       metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
       if not math.isfinite(metrics["loss"]):
@@ -119,13 +108,13 @@ class _EpochMetrics:
             "Training stopped; no checkpoint was written after this step, so the latest "
             "checkpoint holds the last good state. Lower the learning rate or check the data.")
       for k, v in metrics.items():
-        self.sums[k] = self.sums.get(k, 0.0) + v
+        self.totals[k] = self.totals.get(k, 0.0) + v
       self.steps += 1
       self.last = metrics
     self._pending = []
 
   def means(self) -> dict[str, float]:
-    return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+    return {k: v / max(self.steps, 1) for k, v in self.totals.items()}
 
 
 class _StopRequest:
@@ -159,51 +148,127 @@ class _StopRequest:
     return bool(np.any(multihost_utils.process_allgather(np.array(local))))
 
 
-def _layout(config, par, spe) -> dict[str, int]:
-  """What fixes the data order and the step count: a resumed run must have the same."""
-  return {"num_devices": par.num_devices, "batch_size": config.data.batch_size,
-          "steps_per_epoch": spe, "seed": config.seed}
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a training run is made of, without a workdir: built once by `build_trainer`.
+
+  config: the validated config.
+  data_parallel: how devices are used (`parallel.DataParallel`).
+  dataset: the loaded dataset; `eval_split` the split evaluations read (`config.eval.split`).
+  method: the registered method; `models` its Flax module per role.
+  loader: the training batches (`data.TrainLoader`), sharded over the devices.
+  samples: the method's per-example host state (FGSM-PGK's buffers), or None; `sample_sync`
+    moves it between the host and the steps.
+  train_step: the mapped per-device `train_step(state, batch) -> (state, metrics, sample
+    values)`.
+  eval_steps: role -> the mapped `evaluation.eval_step(state, batch) -> per-device counts` over
+    `config.eval.attacks`, for every role in `config.eval.roles`.
+  """
+
+  config: ml_collections.ConfigDict
+  data_parallel: parallel.DataParallel
+  dataset: data.Dataset
+  eval_split: data.Split
+  method: methods.Method
+  models: Mapping[str, nn.Module]
+  loader: data.TrainLoader
+  samples: sample_state.SampleState | None
+  sample_sync: SampleSync
+  train_step: Callable[..., Any]
+  eval_steps: Mapping[str, Callable[..., Any]]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.loader.steps_per_epoch
+
+  def layout(self) -> dict[str, int]:
+    """What fixes the data order and the step count: a resumed run must have the same."""
+    return {"num_devices": self.data_parallel.num_devices,
+            "batch_size": self.config.data.batch_size,
+            "steps_per_epoch": self.steps_per_epoch, "seed": self.config.seed}
+
+  def create_state(self) -> ts_lib.TrainState:
+    """A freshly initialised TrainState on the host (every role, from `config.seed`)."""
+    return ts_lib.create_train_state(self.config, self.models, self.dataset.image_shape,
+                                     self.steps_per_epoch)
+
+  def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, Any]]:
+    """The batches of `epoch` from step `start` for `train_step`: `(host index [B], device
+    batch)`, with the method's per-example state gathered and two batches put on the devices
+    ahead."""
+    return _prefetch(map(self.sample_sync.gather, self.loader.epoch(epoch, start)),
+                     self.data_parallel.put_batch)
 
 
-def build_trainer(config: ml_collections.ConfigDict) -> types.SimpleNamespace:
-  """What a training run is made of, without a workdir: validates `config` and returns
-  `par` (DataParallel), `dataset`, `method`, `nets`, `loader`, `spe` (steps per epoch), `state`
-  (a freshly initialised host TrainState), `samples` (the method's per-example state or None),
-  `sync` and `p_train` (the mapped train step). `train_and_evaluate` adds checkpoints, evaluation
-  and logs; `experiments/benchmark.py` times `p_train` on `feed`'s batches."""
+def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
+  """Validates `config` and builds its `Trainer` (no workdir is touched). The CLI's
+  `train_and_evaluate` runs it; `experiments/benchmark.py` times its `train_step`."""
   config_lib.validate(config)
-  par = parallel.DataParallel(config.parallel)
-  config_lib.validate(config, par.num_devices)
+  data_parallel = parallel.DataParallel(config.parallel)
+  config_lib.validate(config, data_parallel.num_devices)
   dataset = data.load_dataset(config.data)
   method = methods.get_method(config.method.name)
-  nets = build_models(config, method.roles, dataset.num_classes)
+  nets = models.build_models(config, method.roles, dataset.num_classes)
   loader = data.TrainLoader(dataset.train, batch_size=config.data.batch_size,
-                            num_shards=par.num_devices, shard_ids=par.shard_ids, seed=config.seed)
-  spe = loader.steps_per_epoch
-  if spe == 0:
+                            num_shards=data_parallel.num_devices,
+                            shard_ids=data_parallel.shard_ids, seed=config.seed)
+  if loader.steps_per_epoch == 0:
     raise ValueError(f"Config field `data.batch_size` = {config.data.batch_size} is larger than "
                      f"the training set ({len(dataset.train.y)} examples).")
   samples = None
   if method.sample_state is not None:
     samples = sample_state.SampleState(
         method.sample_state, num_examples=len(dataset.train.y), image_shape=dataset.image_shape,
-        num_shards=par.num_devices, shard_ids=par.shard_ids)
-  p_train = par.map(functools.partial(train_step,
-                                      method=bind_method(method.loss, nets, config.method),
-                                      augment=config.data.augment, ema_decay=config.ema.decay),
-                    donate_state=jax.default_backend() != "cpu",
-                    batch_outputs=(False, False, True))
-  return types.SimpleNamespace(
-      config=config, par=par, dataset=dataset, method=method, nets=nets, loader=loader, spe=spe,
-      state=ts_lib.create_train_state(config, nets, dataset.image_shape, spe), samples=samples,
-      sync=_SampleSync(samples, par), p_train=p_train)
+        num_shards=data_parallel.num_devices, shard_ids=data_parallel.shard_ids)
+  step = data_parallel.map(
+      functools.partial(train_step, method=bind_method(method.loss, nets, config.method),
+                        augment=config.data.augment, ema_decay=config.ema.decay),
+      donate_state=jax.default_backend() != "cpu", batch_outputs=(False, False, True))
+  attack_list = parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
+                              step_size=config.eval.step_size)
+  eval_steps = {
+      role: data_parallel.map(functools.partial(evaluation.eval_step, model=nets[role],
+                                                role=role, attack_list=attack_list),
+                              donate_state=False, per_device_outputs=True)
+      for role in config_lib.eval_roles(config)}
+  return Trainer(config=config, data_parallel=data_parallel, dataset=dataset,
+                 eval_split=dataset.eval_split(config.eval.split), method=method, models=nets,
+                 loader=loader, samples=samples, sample_sync=SampleSync(samples, data_parallel),
+                 train_step=step, eval_steps=eval_steps)
 
 
-def feed(run: types.SimpleNamespace, epoch: int,
-         start: int = 0) -> Iterator[tuple[np.ndarray, Any]]:
-  """The batches of `epoch` from step `start` for `run.p_train`: `(host index [B], device batch)`,
-  with the method's per-example state gathered and two batches put on device ahead."""
-  return _prefetch(map(run.sync.gather, run.loader.epoch(epoch, start)), run.par.put_batch)
+@dataclasses.dataclass(frozen=True)
+class RunOutputs:
+  """What a run writes in its workdir: checkpoints, and on the main process (`is_main`) the
+  per-epoch `metrics.jsonl` and TensorBoard scalars (None / a no-op writer elsewhere)."""
+
+  workdir: str
+  checkpointer: checkpointing.Checkpointer
+  metrics_log: reporting.MetricsLog | None
+  board: reporting.TensorBoard
+  is_main: bool
+
+  @classmethod
+  def open(cls, workdir: str, config: ml_collections.ConfigDict) -> "RunOutputs":
+    """Creates `workdir` and writes `config.json` (main process), then opens the writers."""
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save)
+    return cls(workdir=workdir, checkpointer=checkpointer,
+               metrics_log=(reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+                            if is_main else None),
+               board=reporting.TensorBoard(os.path.join(workdir, "tensorboard")
+                                           if is_main else None),
+               is_main=is_main)
+
+  def close(self) -> None:
+    self.checkpointer.close()
+    self.board.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -213,67 +278,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   or {} when it was stopped by a signal. On a CPU-only machine, call
   `runtime.configure_cpu_devices` before JAX starts to use every core.
   """
-  run = build_trainer(config)
-  par, spe, samples, state = run.par, run.spe, run.samples, run.state
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.checkpoint.max_to_keep,
-                                    async_save=config.checkpoint.async_save)
-  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **_layout(config, par, spe)}
-  if ckpt.latest_step() is not None:
-    if samples is None:
-      state, meta = ckpt.restore(state)
+  trainer = build_trainer(config)
+  outputs = RunOutputs.open(workdir, config)
+  state = trainer.create_state()
+  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **trainer.layout()}
+  checkpointer = outputs.checkpointer
+  if checkpointer.latest_step() is not None:
+    if trainer.samples is None:
+      state, meta = checkpointer.restore(state)
     else:
-      state, meta, restored = ckpt.restore(state,
-                                           sample_target=samples.abstract_global(par.mesh))
-      samples.load_global(restored)
-    checkpointing.check_layout(meta, _layout(config, par, spe), ckpt.directory)
-    if is_main:
-      print(f"Resuming from {ckpt.directory}/{int(state.step)} "
+      state, meta, restored = checkpointer.restore(
+          state, sample_target=trainer.samples.abstract_global(trainer.data_parallel.mesh))
+      trainer.samples.load_global(restored)
+    checkpointing.check_layout(meta, trainer.layout(), checkpointer.directory)
+    if outputs.is_main:
+      print(f"Resuming from {checkpointer.directory}/{int(state.step)} "
             f"(epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}).", flush=True)
 
-  run.state = None  # the live state is `dstate` below
-  vars(run).update(
-      ckpt=ckpt, is_main=is_main,
-      eval_split=run.dataset.test if config.eval.split == "test" else run.dataset.val,
-      p_eval={role: par.map(functools.partial(
-          evaluate.eval_step, model=run.nets[role], role=role,
-          attack_list=evaluate.parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
-                                             step_size=config.eval.step_size)),
-                            donate_state=False, per_device_outputs=True)
-              for role in config_lib.eval_roles(config)},
-      log=reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl")) if is_main else None,
-      board=reporting.TensorBoard(os.path.join(workdir, "tensorboard") if is_main else None))
-  dstate = par.put_state(state)
-  del state
+  device_state = trainer.data_parallel.put_state(state)
+  del state  # the live state is `device_state`
   final: dict[str, float] = {}
   try:
     with _StopRequest() as stop:
       for epoch in range(meta["epoch"], config.num_epochs):
         resuming = epoch == meta["epoch"] and meta["step_in_epoch"] > 0
         start = meta["step_in_epoch"] if resuming else 0
-        sums = _EpochMetrics(meta["sums"], meta["steps"]) if resuming else _EpochMetrics()
-        dstate, stopped, rate = _train_epoch(run, dstate, epoch, start, sums, stop)
+        # Checkpoint metadata keeps the epoch's running totals under "sums" and "steps".
+        metrics = _EpochMetrics(meta["sums"], meta["steps"]) if resuming else _EpochMetrics()
+        device_state, stopped, rate = _train_epoch(trainer, outputs, device_state, epoch, start,
+                                                   metrics, stop)
         if stopped:
-          if is_main:
-            print(f"Stopped by a signal at step {epoch * spe + stopped}; the checkpoint is "
-                  "saved. Run the same command to resume.", flush=True)
+          if outputs.is_main:
+            print(f"Stopped by a signal at step {epoch * trainer.steps_per_epoch + stopped}; the "
+                  "checkpoint is saved. Run the same command to resume.", flush=True)
           break
-        evaluation = _end_epoch(run, dstate, epoch, sums, rate)
+        epoch_result = _end_epoch(trainer, outputs, device_state, epoch, metrics, rate)
         if epoch + 1 == config.num_epochs:
-          final = evaluation
+          final = epoch_result
       else:
         if not final:  # nothing left to train (a finished run started again): evaluate only
-          final = _evaluate(run, dstate, num_examples=0)
+          final = _evaluate(trainer, device_state, num_examples=0)
   finally:
-    ckpt.close()
-    run.board.close()
-  if is_main and final:
-    print("\n" + reporting.summary_table(run.log.records), flush=True)
+    outputs.close()
+  if outputs.is_main and final:
+    print("\n" + reporting.summary_table(outputs.metrics_log.records), flush=True)
     print(f"final ({config.eval.split}): " +
           ", ".join(f"{k} {100 * v:.2f}%" for k, v in final.items()), flush=True)
     with open(os.path.join(workdir, "final_eval.json"), "w") as f:
@@ -281,94 +329,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return final
 
 
-def _save(run, dstate, epoch: int, step_in_epoch: int, sums: _EpochMetrics) -> None:
-  """Checkpoints the state at data position (epoch, step_in_epoch) after checking it is finite."""
-  step = int(jax.device_get(run.par.unreplicate(dstate.step)))
-  if not bool(_all_finite(dstate.params)):
+def _current_step(trainer: Trainer, device_state) -> int:
+  return int(jax.device_get(trainer.data_parallel.unreplicate(device_state.step)))
+
+
+def _check_finite(trainer: Trainer, device_state, before: str) -> None:
+  """Raises FloatingPointError when a parameter is not finite, naming the step and that nothing
+  was saved after it."""
+  if not bool(_all_finite(device_state.params)):
     raise FloatingPointError(
-        f"Non-finite parameters after step {step}. Training stopped without saving them; the "
-        "latest checkpoint holds the last good state. Lower the learning rate or check the data.")
-  run.sync.flush()
-  run.ckpt.save(step, run.par.unreplicate(dstate),
-                {"epoch": epoch, "step_in_epoch": step_in_epoch, "sums": sums.sums,
-                 "steps": sums.steps, **_layout(run.config, run.par, run.spe)},
-                sample=None if run.samples is None else run.samples.to_global(run.par.mesh))
+        f"Non-finite parameters after step {_current_step(trainer, device_state)}. Training "
+        f"stopped before {before}; the latest checkpoint holds the last good state. Lower the "
+        "learning rate or check the data.")
 
 
-def _train_epoch(run, dstate, epoch: int, start: int, sums: _EpochMetrics, stop: _StopRequest):
+def _save(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int, step_in_epoch: int,
+          metrics: _EpochMetrics) -> None:
+  """Checkpoints the state at data position (epoch, step_in_epoch) after checking it is finite."""
+  step = _current_step(trainer, device_state)
+  _check_finite(trainer, device_state, "saving them")
+  trainer.sample_sync.flush()
+  samples = trainer.samples
+  outputs.checkpointer.save(
+      step, trainer.data_parallel.unreplicate(device_state),
+      {"epoch": epoch, "step_in_epoch": step_in_epoch, "sums": metrics.totals,
+       "steps": metrics.steps, **trainer.layout()},
+      sample=None if samples is None else samples.to_global(trainer.data_parallel.mesh))
+
+
+def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int, start: int,
+                 metrics: _EpochMetrics, stop: _StopRequest):
   """Runs the steps of `epoch` from `start`. Returns `(state, stopped, images/s)`, where `stopped`
   is the step within the epoch at which a signal stopped it (checkpoint saved), or 0."""
-  config, spe = run.config, run.spe
+  config, steps_per_epoch = trainer.config, trainer.steps_per_epoch
   t0, done = time.time(), 0
-  bar = tqdm.tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                  disable=not run.is_main, dynamic_ncols=True, mininterval=1.0)
+  bar = tqdm.tqdm(total=steps_per_epoch, initial=start,
+                  desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not outputs.is_main,
+                  dynamic_ncols=True, mininterval=1.0)
   single_process = jax.process_count() == 1
-  if run.samples is not None and start == 0:
-    run.samples.maybe_reset(config.method, epoch, config.seed)
-  for step_in_epoch, (index, batch) in enumerate(feed(run, epoch, start), start):
-    global_step = epoch * spe + step_in_epoch + 1
-    dstate, metrics, sample_values = run.p_train(dstate, batch)
-    run.sync.push(index, sample_values)
-    sums.push(global_step, metrics)
+  if trainer.samples is not None and start == 0:
+    trainer.samples.maybe_reset(config.method, epoch, config.seed)
+  for step_in_epoch, (index, batch) in enumerate(trainer.batches(epoch, start), start):
+    global_step = epoch * steps_per_epoch + step_in_epoch + 1
+    device_state, step_metrics, sample_values = trainer.train_step(device_state, batch)
+    trainer.sample_sync.push(index, sample_values)
+    metrics.push(global_step, step_metrics)
     done += 1
     bar.update(1)
     every = config.checkpoint.every_steps
-    want_ckpt = every > 0 and global_step % every == 0 and step_in_epoch + 1 < spe
-    sync = want_ckpt or global_step % config.log_every_steps == 0
+    want_checkpoint = every > 0 and global_step % every == 0 and step_in_epoch + 1 < steps_per_epoch
+    sync = want_checkpoint or global_step % config.log_every_steps == 0
     stopping = (sync or single_process) and stop.requested()
     if sync or stopping:
-      sums.flush(run.par)
-      bar.set_postfix(loss=f"{sums.last['loss']:.3f}",
-                      acc=f"{sums.last.get('accuracy', float('nan')):.3f}",
+      metrics.flush(trainer.data_parallel)
+      bar.set_postfix(loss=f"{metrics.last['loss']:.3f}",
+                      acc=f"{metrics.last.get('accuracy', float('nan')):.3f}",
                       img_s=f"{done * config.data.batch_size / (time.time() - t0):.0f}")
-      run.board.scalars(global_step, sums.last, "train/")
-    if want_ckpt or stopping:
-      _save(run, dstate, epoch, step_in_epoch + 1, sums)
+      outputs.board.scalars(global_step, metrics.last, "train/")
+    if want_checkpoint or stopping:
+      _save(trainer, outputs, device_state, epoch, step_in_epoch + 1, metrics)
     if stopping:
       bar.close()
-      run.ckpt.wait()
-      return dstate, step_in_epoch + 1, 0.0
+      outputs.checkpointer.wait()
+      return device_state, step_in_epoch + 1, 0.0
   bar.close()
-  run.sync.flush()
-  sums.flush(run.par)
-  return dstate, 0, done * config.data.batch_size / max(time.time() - t0, 1e-9)
+  trainer.sample_sync.flush()
+  metrics.flush(trainer.data_parallel)
+  return device_state, 0, done * config.data.batch_size / max(time.time() - t0, 1e-9)
 
 
-def _evaluate(run, dstate, num_examples: int) -> dict[str, float]:
+def _evaluate(trainer: Trainer, device_state, num_examples: int) -> dict[str, float]:
   """Accuracies of every evaluated role; names of roles other than the target are prefixed."""
   out = {}
-  for role, p_eval in run.p_eval.items():
-    batches = data.eval_batches(run.eval_split, batch_size=run.config.data.eval_batch_size,
+  for role, eval_step in trainer.eval_steps.items():
+    batches = data.eval_batches(trainer.eval_split,
+                                batch_size=trainer.config.data.eval_batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(), num_examples=num_examples)
-    acc = evaluate.accuracies(batches, lambda b, f=p_eval: f(dstate, run.par.put_batch(b)),
-                              fetch=run.par.host_sum)
+    put = trainer.data_parallel.put_batch
+    acc = evaluation.accuracies(batches, lambda b, f=eval_step: f(device_state, put(b)),
+                                fetch=trainer.data_parallel.host_sum)
     out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})
   return out
 
 
-def _end_epoch(run, dstate, epoch: int, sums: _EpochMetrics, rate: float) -> dict[str, float]:
+def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
+               metrics: _EpochMetrics, rate: float) -> dict[str, float]:
   """Evaluates when due, appends the epoch record, checkpoints the next epoch's start. Returns
   the evaluation ({} when none was due). The last epoch evaluates the whole split."""
-  config = run.config
-  if not bool(_all_finite(dstate.params)):
-    step = int(jax.device_get(run.par.unreplicate(dstate.step)))
-    raise FloatingPointError(
-        f"Non-finite parameters after step {step}. Training stopped before evaluating or "
-        "saving them; the latest checkpoint holds the last good state.")
-  record = {"epoch": epoch, "step": (epoch + 1) * run.spe,
-            **{f"train_{k}": v for k, v in sums.means().items()}, "images_per_sec": rate}
+  config = trainer.config
+  _check_finite(trainer, device_state, "evaluating or saving them")
+  record = {"epoch": epoch, "step": (epoch + 1) * trainer.steps_per_epoch,
+            **{f"train_{k}": v for k, v in metrics.means().items()}, "images_per_sec": rate}
   last = epoch + 1 == config.num_epochs
-  evaluation = {}
+  result = {}
   if last or (epoch + 1) % config.eval.every_epochs == 0:
-    evaluation = _evaluate(run, dstate, 0 if last else config.eval.num_examples)
-    record.update({f"eval_{k}": v for k, v in evaluation.items()})
-    run.board.scalars(epoch + 1, evaluation, "eval/")
-  if run.is_main:
+    result = _evaluate(trainer, device_state, 0 if last else config.eval.num_examples)
+    record.update({f"eval_{k}": v for k, v in result.items()})
+    outputs.board.scalars(epoch + 1, result, "eval/")
+  if outputs.is_main:
     # Logged before the checkpoint so that a kill in between cannot lose the record; the epoch
     # is then re-run on resume and MetricsLog skips the record it already has.
-    run.log.append(record)
+    outputs.metrics_log.append(record)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in record.items()), flush=True)
-  _save(run, dstate, epoch + 1, 0, _EpochMetrics())
-  return evaluation
+  _save(trainer, outputs, device_state, epoch + 1, 0, _EpochMetrics())
+  return result

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+# Learning-rate schedules (`config.optim.schedule`), see `learning_rate_schedule`.
+SCHEDULES = ("constant", "multistep", "piecewise", "cyclic")
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -54,8 +57,11 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
   elif optim.schedule == "multistep":
     boundaries = tuple(sorted(optim.milestones))
     values = tuple(optim.learning_rate * optim.gamma**k for k in range(len(boundaries) + 1))
-  else:  # piecewise
+  elif optim.schedule == "piecewise":
     boundaries, values = tuple(optim.boundaries), tuple(optim.rates)
+  else:
+    raise ValueError(f"Config field `optim.schedule` = {optim.schedule!r} is not one of: "
+                     f"{', '.join(SCHEDULES)}.")
   bounds = jnp.array([b * steps_per_epoch for b in boundaries], jnp.int32)
   rates = jnp.array(values, jnp.float32)
   return lambda step: rates[jnp.searchsorted(bounds, step, side="right")]

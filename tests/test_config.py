@@ -2,6 +2,7 @@
 
 import glob
 import importlib.util
+import json
 import os
 
 import pytest
@@ -173,3 +174,40 @@ def test_eval_roles_and_guide_model_checked():
   c.guide_model.name = "resnet19"
   with pytest.raises(ValueError, match=r"guide_model\.name"):
     config_lib.validate(c)
+
+
+FGSM_AGR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "cifar10", "fgsm_agr.py")
+
+
+def test_old_field_name_target_is_read_as_ce_target(tmp_path):
+  # On the command line (what `main.run` applies to sys.argv) ...
+  assert config_lib.renamed_arguments(["prog", "--config.method.target=smoothed"]) == [
+      "prog", "--config.method.ce_target=smoothed"]
+  built = config_lib.from_command_line(FGSM_AGR, ["--config.method.target=smoothed"])
+  assert built.method.ce_target == "smoothed" and "target" not in built.method
+  # ... in a saved run's config.json ...
+  saved = config_lib.from_command_line(FGSM_AGR).to_dict()
+  del saved["method"]["ce_target"]
+  saved["method"]["target"] = "smoothed"
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(saved))
+  assert config_lib.load_json(str(path)).method.ce_target == "smoothed"
+  # ... and through `methods.method_config`, with a DeprecationWarning.
+  with pytest.warns(DeprecationWarning, match="ce_target"):
+    assert methods.method_config("fgsm_agr", target="smoothed").ce_target == "smoothed"
+  # A config built in Python with the old name gets an error saying what it became.
+  c = config_lib.from_command_line(FGSM_AGR)
+  with c.unlocked():
+    c.method.target = "agr"
+  with pytest.raises(ValueError, match=r"`method.target` was renamed to `method.ce_target`"):
+    config_lib.validate(c)
+
+
+def test_from_command_line_parses_overrides_as_the_cli():
+  built = config_lib.from_command_line(FGSM_AGR, [
+      "--config.num_epochs=3", "--config.optim.milestones=(1,2)", "--config.method.agr_gamma=0.2"])
+  assert built.num_epochs == 3 and tuple(built.optim.milestones) == (1, 2)
+  assert built.method.agr_gamma == 0.2 and built.method.name == "fgsm_agr"
+  with pytest.raises(Exception, match="optimizer"):  # a mistyped group is not silently added
+    config_lib.from_command_line(FGSM_AGR, ["--config.optimizer.lr=0.1"])

@@ -33,3 +33,119 @@ def test_collapse_rule():
   assert study.collapsed([0.20, 0.25, 0.03])  # below half the best and under 5%
   assert not study.collapsed([0.20, 0.25, 0.12])  # a drop, not a collapse
   assert not study.collapsed([0.02, 0.03, 0.03])  # never robust: nothing collapsed
+
+
+# Runs an experiment script up to its first training or evaluation call, in a fresh interpreter,
+# with that call replaced by a check: a training run's config file and overrides must build and
+# validate exactly as the command line would (`config.from_command_line`), an evaluation's
+# attacks must parse and its run's saved config must load. The script stops there (exit 0,
+# "REACHED ..."); a script that breaks before (a stale call, a renamed field) fails the test.
+_DRIVER = r"""
+import json, os, runpy, sys
+script, *argv = sys.argv[1:]
+sys.path[:0] = [os.path.dirname(script), os.path.join(os.getcwd(), "experiments")]
+import common
+from regmix_jax import attacks, config as config_lib, evaluate
+
+def reached(what, **info):
+  print("REACHED", what, json.dumps(info, default=str), flush=True)
+  os._exit(0)
+
+def run_cli(workdir_root, name, config, overrides):
+  built = config_lib.from_command_line(os.path.join(common.ROOT, "configs", f"{config}.py"),
+                                       overrides)
+  config_lib.validate(built)
+  reached("training", name=name, method=built.method.name, epochs=built.num_epochs)
+
+def evaluate_checkpoint(workdir, *, attacks_spec, epsilon=None, **kwargs):
+  run_config = config_lib.load_json(os.path.join(workdir, "config.json"))
+  attacks.parse_attacks(attacks_spec, epsilon=epsilon or run_config.eval.epsilon)
+  reached("evaluation", workdir=workdir, attacks=attacks_spec, **kwargs)
+
+def restore_state(workdir, config, num_classes, image_shape, *, step=None):
+  config_lib.validate(config)
+  reached("restore", workdir=workdir, method=config.method.name)
+
+common.run_cli = run_cli
+evaluate.evaluate_checkpoint = evaluate_checkpoint
+evaluate.restore_state = restore_state
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+print("finished without training or evaluating", flush=True)
+sys.exit(3)
+"""
+
+SUBSET = os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz")
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+  """The real CIFAR-10 subset when it is beside the project, else a small stand-in .npz."""
+  if os.path.exists(SUBSET):
+    return SUBSET
+  import numpy as np  # pylint: disable=g-import-not-at-top  (only this fixture's fallback)
+  path = tmp_path_factory.mktemp("data") / "subset.npz"
+  r = np.random.default_rng(0)
+  np.savez(path, x_train=r.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+           y_train=np.arange(64) % 10, x_test=r.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           y_test=np.arange(16) % 10)
+  return str(path)
+
+
+def _finished_run(workdir, config_name, data):
+  """A stand-in for a finished stage-2 run: its real config.json, final_eval.json and a
+  checkpoint directory (the drivers stop before reading the checkpoint)."""
+  sys.path.insert(0, STUDY)
+  try:
+    import study  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(STUDY)
+  from regmix_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_command_line(os.path.join(ROOT, "configs", "cifar10",
+                                                     f"{config_name}.py"),
+                                        study.budget(data, config_name))
+  os.makedirs(os.path.join(workdir, "checkpoints", "160"))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort())
+  with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+    f.write('{"clean": 0.3, "pgd10": 0.2}')
+
+
+@pytest.mark.parametrize("script, reaches", [
+    ("cifar10_subset/stage1_tune.py", "training"),
+    ("cifar10_subset/stage2_train.py", "training"),
+    ("cifar10_subset/stage3_evaluate.py", "evaluation"),
+    ("cifar10_subset/stage4_overfit.py", "training"),
+    ("cifar10_subset/stage5_landscape.py", "restore"),
+    ("method_comparison/run.py", "training"),
+    ("regmix_hparams/search.py", "training"),
+])
+def test_experiment_script_starts(script, reaches, data_path, tmp_path):
+  root = tmp_path / "runs"
+  for config_name in ("fgsm_rs", "fgsm_pgk"):  # stage 3's first method, stage 5's
+    _finished_run(str(root / "eps8" / f"{config_name}_s0"), config_name, data_path)
+  result = subprocess.run(
+      [sys.executable, "-c", _DRIVER, os.path.join(ROOT, "experiments", script),
+       f"--data={data_path}", f"--workdir_root={root}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and f"REACHED {reaches}" in result.stdout, (
+      result.stdout[-2000:] + result.stderr[-3000:])
+
+
+@pytest.mark.parametrize("eps", [8, 16])
+def test_every_final_run_of_the_study_builds_a_valid_config(eps):
+  """Stages 2 and 4 train every method with `study.train_overrides`: each must build and pass
+  validation as the command line would (stage 4 trains a subset of them at eps 16)."""
+  sys.path.insert(0, STUDY)
+  try:
+    import study  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(STUDY)
+  from regmix_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for name in study.METHODS.values():
+    overrides = study.train_overrides("data.npz", name, 1, eps=eps)
+    config = config_lib.from_command_line(os.path.join(ROOT, "configs", "cifar10", f"{name}.py"),
+                                          overrides)
+    config_lib.validate(config)
+    assert config.seed == 1 and config.num_epochs == study.EPOCHS
+    assert abs(config.eval.epsilon - eps / 255) < 1e-12

@@ -42,7 +42,8 @@ def _softmax(z):
 
 
 def hand_step(tau):
-  """The FGSM-PGK step in closed form (no autodiff): REFERENCE.md steps 1-7 for `Linear`."""
+  """The FGSM-PGK step in closed form (no autodiff): docs/methods.md ("FGSM-PGK") steps 1-7
+  for `Linear`."""
   n, c = X.shape[0], 3
   y_s = np.full((n, c), 0.25)
   y_s[np.arange(n), Y] = 0.5

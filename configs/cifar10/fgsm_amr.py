@@ -1,7 +1,7 @@
 """CIFAR-10, ResNet-18, RegMix FGSM-AMR (Liu & Ojha 2025): the FGSM-PGK recipe (configs/cifar10/
 fgsm_pgk.py) with RegMix's regulariser.
 
-Our choices (the paper's values could not be read; REFERENCE.md): the weights amr_alpha,
+Our choices (the paper's values could not be read; docs/methods.md, "RegMix"): the weights amr_alpha,
 amr_beta are the registry defaults picked on a validation split of the CIFAR-10
 subset (experiments/regmix_hparams/results.md); 95 epochs as the paper reports for RegMix (110 for
 FGSM-PGK), with the rate x0.1 at epochs 85 and 90 (FGSM-PGK's last 10 and 5 epochs).

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+from regmix_jax import evaluate  # pylint: disable=wrong-import-position
 
 import stage3_evaluate  # pylint: disable=wrong-import-position
 import stage4_overfit  # pylint: disable=wrong-import-position
@@ -35,22 +36,17 @@ def epochs(workdir: str) -> list[dict]:
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def test_records(workdir: str) -> list[dict]:
+def test_records(workdir: str) -> list[evaluate.EvalRecord]:
   """Stage 3's records of the run's final checkpoint (test split)."""
-  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-  path = os.path.join(workdir, "checkpoints", str(max(steps)), "eval.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [r for r in json.load(f) if r["split"] == "test"]
+  return [r for r in evaluate.latest_eval_records(workdir) if r.split == "test"]
 
 
 def lookup(records, attack: str, eps: int, n: int | None = None):
   """Accuracy of `attack` at eps/255 (on all test images, or the first `n`); None if not run."""
   n = stage3_evaluate.N_TEST if n is None else n
   for r in records:
-    if abs(r["epsilon"] - eps / 255) < 1e-9 and r["n_examples"] == n and attack in r["accuracy"]:
-      return r["accuracy"][attack]
+    if r.covers([attack], epsilon=eps / 255, n_examples=n):
+      return r.accuracy[attack]
   return None
 
 
@@ -80,7 +76,7 @@ def gather(args) -> dict:
 
 def aa_size(runs) -> int | None:
   """The number of test images AutoAttack ran on (the largest any run has)."""
-  sizes = [r["n_examples"] for run in runs.values() for r in run["test"] if "aa" in r["accuracy"]]
+  sizes = [r.n_examples for run in runs.values() for r in run["test"] if "aa" in r.accuracy]
   return max(sizes) if sizes else None
 
 
@@ -230,7 +226,7 @@ def main():
   prefix = os.path.join(study.RESULTS, "cifar10_subset")
   pngs = plots(g, prefix)
   all_runs = list(g["runs"].values()) + list(g["overfit"].values())
-  evals = sum(sec for r in g["runs"].values() for rec in r["test"] for sec in rec["seconds"].values())
+  evals = sum(sec for r in g["runs"].values() for rec in r["test"] for sec in rec.seconds.values())
   with open(prefix + ".notes.md") as f:
     notes = f.read().strip()
   lines = ["# The papers' comparison at CPU scale, on the real CIFAR-10 subset", "",

@@ -4,7 +4,7 @@ amr_alpha (with amr_beta = alpha / 2, the paper's summary) for FGSM-AMR, then ag
 alpha for FGSM-AGR; FGSM-PGK under the same budget for reference. Seed 0, validation split only
 (1000 held-out training images; the test images are not read). Criterion: validation PGD-10
 accuracy at the end of training, then clean accuracy. Every other field keeps the recipe of its
-config (REFERENCE.md); the schedules are the study's (study.py).
+config (docs/methods.md); the schedules are the study's (study.py).
 
   python experiments/cifar10_subset/stage1_tune.py --data=../shared/data/cifar10_subset.npz
 

@@ -16,10 +16,11 @@ of images is skipped, so a stopped stage resumes.
 
 from __future__ import annotations
 
-import json
 import os
 
-import study
+from regmix_jax import config as config_lib, evaluate, runtime
+
+import study  # pylint: disable=wrong-import-order
 
 SWEEP = (2, 4, 12, 16)  # eps/255 besides 8, PGD-20
 N_TEST = 1017
@@ -27,13 +28,8 @@ N_TEST = 1017
 
 def done(workdir: str, attacks: str, epsilon: float, n: int) -> bool:
   """Whether the latest checkpoint of `workdir` has a test record covering this evaluation."""
-  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-  path = os.path.join(workdir, "checkpoints", str(max(steps)), "eval.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return any(r["split"] == "test" and r["n_examples"] == n and abs(r["epsilon"] - epsilon) < 1e-9
-               and set(attacks.split(",")) <= set(r["accuracy"]) for r in json.load(f))
+  return any(r.covers(attacks.split(","), epsilon=epsilon, n_examples=n)
+             for r in evaluate.latest_eval_records(workdir))
 
 
 def main():
@@ -47,9 +43,7 @@ def main():
                    help="the seeds' runs to evaluate, comma-separated")
   args = study.parse_args(__doc__, add)
   os.chdir(study.common.ROOT)  # the runs' relative data paths start here
-  from regmix_jax import config as config_lib, runtime  # pylint: disable=g-import-not-at-top
-  runtime.configure_cpu_devices(runtime.cpu_device_count(config_lib.base_config()))
-  from regmix_jax import evaluate  # pylint: disable=g-import-not-at-top
+  runtime.configure_cpu_for(config_lib.base_config())
 
   runs = [(config, int(seed)) for seed in args.seeds.split(",") for config in study.METHODS.values()]
   parts = args.parts.split(",")

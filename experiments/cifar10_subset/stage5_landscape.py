@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-import study
+from regmix_jax import config as config_lib, data, evaluate, losses
+
+import study  # pylint: disable=wrong-import-order
 
 CONFIGS = ("fgsm_pgk", "fgsm_agr")
 N_IMAGES, GRID, RADIUS = 256, 21, 16 / 255
@@ -27,9 +31,6 @@ OUT = os.path.join(study.RESULTS, "cifar10_subset_landscape.json")
 
 def surface(workdir: str, data_path: str) -> np.ndarray:
   """`[GRID, GRID]` mean cross-entropy; axis 0 the adversarial direction, axis 1 the random one."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from regmix_jax import config as config_lib, data, evaluate, losses  # pylint: disable=g-import-not-at-top
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   config.data.dir = data_path
   dataset = data.load_dataset(config.data)

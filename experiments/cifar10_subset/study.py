@@ -80,15 +80,22 @@ def run_name(config: str, seed: int, eps: int = 8) -> str:
   return f"eps{eps}/{config}_s{seed}"
 
 
-def train(args, config: str, seed: int, *, eps: int = 8, epochs: int = EPOCHS) -> dict:
-  """Trains one final run (stage 2 at eps 8, stage 4 at eps 16) with the chosen weights, unless
-  it has finished; returns `common.run_cli`'s record (final validation accuracies, command)."""
-  overrides = budget(args.data, config, epochs=epochs, eval_eps=eps)
+def train_overrides(data: str, config: str, seed: int, *, eps: int = 8,
+                    epochs: int = EPOCHS) -> list[str]:
+  """The CLI overrides of one final run of `configs/cifar10/<config>.py` (stage 2 at eps 8,
+  stage 4 at eps 16): the budget, the seed, stage 1's weights and the scaled radius."""
+  overrides = budget(data, config, epochs=epochs, eval_eps=eps)
   overrides += [f"--config.seed={seed}", *chosen().get(config, [])]
   if eps != 8:  # the method's radius and steps, scaled from its 8/255 recipe
     overrides += epsilon_overrides(config, eps)
+  return overrides
+
+
+def train(args, config: str, seed: int, *, eps: int = 8, epochs: int = EPOCHS) -> dict:
+  """Trains one final run (`train_overrides`) unless it has finished; returns
+  `common.run_cli`'s record (final validation accuracies, command)."""
   return common.run_cli(args.workdir_root, run_name(config, seed, eps), f"cifar10/{config}",
-                        overrides)
+                        train_overrides(args.data, config, seed, eps=eps, epochs=epochs))
 
 
 def epsilon_overrides(config: str, eps: int) -> list[str]:

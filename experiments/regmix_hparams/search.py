@@ -1,7 +1,7 @@
 """Chooses RegMix's untuned weights (amr_alpha, amr_beta, agr_gamma) on a validation split.
 
-The paper's values could not be read (REFERENCE.md), so the defaults of `fgsm_amr` / `fgsm_agr`
-come from this search on the real CIFAR-10 subset: 1000 of its 5085 training images are held out
+The paper's values could not be read (docs/methods.md, "RegMix"), so the defaults of
+`fgsm_amr` / `fgsm_agr` come from this search on the real CIFAR-10 subset: 1000 of its 5085 training images are held out
 as validation (`data.val_size=1000`, `eval.split=val`); the test images are never read. Each
 setting is one CLI run in its own workdir, so a stopped search resumes where it was (finished runs
 are skipped). Stage 1 scans amr_alpha with amr_beta = 0.5 amr_alpha (the paper's summary) and

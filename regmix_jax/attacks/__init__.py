@@ -7,7 +7,9 @@ from regmix_jax.attacks.autoattack import resolve_version as autoattack_version
 from regmix_jax.attacks.cag import cag
 from regmix_jax.attacks.fab import fab_targeted
 from regmix_jax.attacks.pgd import ATTACK_LOSSES, cw_linf, fgsm, pgd, project
+from regmix_jax.attacks.spec import AUTOATTACK_PARTS, parse_attacks
 from regmix_jax.attacks.square import square
 
-__all__ = ["ATTACK_LOSSES", "AUTOATTACK_ATTACKS", "apgd", "apgd_targeted", "autoattack", "autoattack_version", "cag",
-           "cw_linf", "fab_targeted", "fgsm", "pgd", "project", "square"]
+__all__ = ["ATTACK_LOSSES", "AUTOATTACK_ATTACKS", "AUTOATTACK_PARTS", "apgd", "apgd_targeted",
+           "autoattack", "autoattack_version", "cag", "cw_linf", "fab_targeted", "fgsm",
+           "parse_attacks", "pgd", "project", "square"]

@@ -32,8 +32,8 @@ import numpy as np
 from regmix_jax import losses, rng
 from regmix_jax.attacks.pgd import LogitsFn, project
 
-APGD_LOSSES = {"ce": lambda logits, labels, target: losses.cross_entropy(logits, labels),
-               "dlr": lambda logits, labels, target: losses.dlr(logits, labels),
+APGD_LOSSES = {"ce": lambda logits, labels, target_class: losses.cross_entropy(logits, labels),
+               "dlr": lambda logits, labels, target_class: losses.dlr(logits, labels),
                "dlr-targeted": losses.dlr_targeted}
 
 
@@ -52,7 +52,8 @@ def checkpoints(num_steps: int) -> list[tuple[int, int]]:
   return out
 
 
-def _single_run(logits_fn: LogitsFn, x, labels, target, key, *, epsilon, num_steps, loss, rho):
+def _single_run(logits_fn: LogitsFn, x, labels, target_class, key, *, epsilon, num_steps, loss,
+                rho):
   """One APGD run on every example: returns `(x_best_adv, fooled [B] bool)`."""
   objective = APGD_LOSSES[loss]
   expand = lambda v: v[:, None, None, None]
@@ -60,7 +61,7 @@ def _single_run(logits_fn: LogitsFn, x, labels, target, key, *, epsilon, num_ste
   def loss_grad(x_adv):
     def total(z):
       logits = logits_fn(z)
-      per_example = objective(logits, labels, target)
+      per_example = objective(logits, labels, target_class)
       return jnp.sum(per_example), (per_example, logits)
     grad, (per_example, logits) = jax.grad(total, has_aux=True)(x_adv)
     return per_example, jnp.argmax(logits, axis=-1) == labels, grad
@@ -130,12 +131,13 @@ def _attack(logits_fn, x, labels, key, *, epsilon, num_steps, loss, rho, num_res
 
   def one_pass(p, carry):
     x_out, robust = carry
-    target = order[:, 1 + p // num_restarts]  # the (rank+2)-th most likely class; unused for ce/dlr
+    # The attacked class, the (rank+2)-th most likely one; unused for ce/dlr.
+    target_class = order[:, 1 + p // num_restarts]
 
     def run(carry):
       x_out, robust = carry
-      adv, fooled = _single_run(logits_fn, x, labels, target, rng.fold(key, p), epsilon=epsilon,
-                                num_steps=num_steps, loss=loss, rho=rho)
+      adv, fooled = _single_run(logits_fn, x, labels, target_class, rng.fold(key, p),
+                                epsilon=epsilon, num_steps=num_steps, loss=loss, rho=rho)
       newly = robust & fooled
       return jnp.where(newly[:, None, None, None], adv, x_out), robust & ~fooled
 

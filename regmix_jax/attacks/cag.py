@@ -1,4 +1,5 @@
-"""CAG: collaborative adversarial generation (D2R, Liu et al. 2025; REFERENCE.md)."""
+"""CAG: collaborative adversarial generation (D2R, Liu et al. 2025; docs/methods.md,
+"D2R + CAG")."""
 
 from __future__ import annotations
 

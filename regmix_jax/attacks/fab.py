@@ -199,14 +199,14 @@ def fab_targeted(
   def misclassified(z):
     return jnp.argmax(logits_fn(z), axis=-1) != labels
 
-  def single_run(target, x_start):
+  def single_run(target_class, x_start):
     """One official `attack_single_run` (targeted) on the whole batch -> (best `[B, D]`, found)."""
-    cotangent = jax.nn.one_hot(target, num_classes, dtype=clean_logits.dtype) - label_onehot
+    cotangent = jax.nn.one_hot(target_class, num_classes, dtype=clean_logits.dtype) - label_onehot
 
     def step(_, carry):
       x1, best, best_norm = carry
       logits, vjp_fn = jax.vjp(logits_fn, x1.reshape(x.shape))
-      diff = (jnp.take_along_axis(logits, target[:, None], axis=1)
+      diff = (jnp.take_along_axis(logits, target_class[:, None], axis=1)
               - jnp.take_along_axis(logits, labels[:, None], axis=1))[:, 0]  # z_t - z_y
       w = vjp_fn(cotangent)[0].reshape(batch, -1)
       b = jnp.sum(w * x1, axis=1) - diff.astype(w.dtype)  # <w, z> = b linearises z_t = z_y
@@ -231,7 +231,8 @@ def fab_targeted(
 
   def attack_round(j, carry):
     """Round j: target rank j // num_restarts + 2, restart j % num_restarts."""
-    target = jax.lax.dynamic_index_in_dim(ranked, j // num_restarts + 1, axis=1, keepdims=False)
+    target_class = jax.lax.dynamic_index_in_dim(ranked, j // num_restarts + 1, axis=1,
+                                                keepdims=False)
 
     def run(carry):
       robust, x_adv = carry
@@ -241,7 +242,7 @@ def fab_targeted(
         scale = 0.5 * epsilon / jnp.maximum(_linf(noise), 1e-12)
         random_start = jnp.clip(x + scale.reshape((-1,) + (1,) * (x.ndim - 1)) * noise, 0.0, 1.0)
         x_start = jnp.where(j % num_restarts > 0, random_start, x)
-      best, found = single_run(target, x_start)
+      best, found = single_run(target_class, x_start)
       candidate = jnp.where(found[:, None], best, x0).reshape(x.shape)
       fooled = robust & misclassified(candidate) & (_linf(candidate - x) <= epsilon)
       return robust & ~fooled, jnp.where(fooled.reshape((-1,) + (1,) * (x.ndim - 1)),

@@ -12,12 +12,15 @@ from regmix_jax.data import cifar_files, tiny_imagenet
 from regmix_jax.data.dataset import Dataset, Split
 from regmix_jax.data.synthetic_set import synthetic
 
+# Where a dataset comes from (`config.data.source`).
 SOURCES = ("tfds", "files", "synthetic")
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
 
 
 def _load_tfds(name: str, data_dir: str, download: bool) -> dict[str, np.ndarray]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  # Imported here, not at the top: tensorflow_datasets takes seconds to import, and only the
+  # "tfds" source needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   out = {}
   try:
     for split in ("train", "test"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 IMAGE_SIZE = 64
 
@@ -28,7 +29,6 @@ def _root(path: str) -> str:
 
 
 def _read_image(path: str) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as image:
     array = np.asarray(image.convert("RGB"), np.uint8)
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):

@@ -18,6 +18,7 @@ and a config; `train.py` and `train_step.py` do not change.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -34,12 +35,14 @@ class Method:
 
   name: the registry name (`config.method.name`).
   loss: the pure loss function described in this module's docstring.
-  defaults: every field of `config.method` the method reads, with its default (REFERENCE.md).
+  defaults: every field of `config.method` the method reads, with its default (docs/methods.md).
   roles: the model roles the method trains ("target" always first).
   choices: allowed values of the method's string fields, checked when the config is validated.
   sample_state: what the method keeps per example between visits (None: nothing).
   ranges: `{field: (low, high)}` inclusive bounds of numeric fields (None = unbounded), checked
     when the config is validated.
+  metrics: the names of the scalars the loss reports in `LossOutput.metrics` (the train step
+    adds "learning_rate", and "ema_decay" when EMA is on).
   """
 
   name: str
@@ -49,15 +52,21 @@ class Method:
   choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
   sample_state: SampleStateSpec | None = None
   ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  metrics: tuple[str, ...] = ("loss", "accuracy")
 
 
 METHODS: dict[str, Method] = {
     m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
                    getattr(m, "CHOICES", {}), getattr(m, "SAMPLE_STATE", None),
-                   getattr(m, "RANGES", {}))
+                   getattr(m, "RANGES", {}), m.METRICS)
     for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm, fgsm_pgk, fgsm_amr, fgsm_agr,
               d2r)
 }
+
+
+# Method config fields renamed since earlier releases: old name -> new name. `method_config`,
+# the command line and saved runs' config.json accept the old name, with a warning.
+RENAMED_FIELDS = {"target": "ce_target"}  # FGSM-PGK's CE target, not the trained model's role
 
 
 def get_method(name: str) -> Method:
@@ -68,8 +77,13 @@ def get_method(name: str) -> Method:
 
 
 def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  """`config.method` for `name`: every field the method reads, at its default, then `overrides`."""
+  """`config.method` for `name`: every field the method reads, at its default, then `overrides`
+  (renamed fields, `RENAMED_FIELDS`, under their new names, with a warning)."""
   method = get_method(name)
+  for old, new in RENAMED_FIELDS.items():
+    if old in overrides:
+      warnings.warn(f"method field `{old}` is now `{new}`.", DeprecationWarning, stacklevel=2)
+      overrides[new] = overrides.pop(old)
   cfg = ml_collections.ConfigDict({"name": name, **method.defaults})
   cfg.update(overrides)
   return cfg

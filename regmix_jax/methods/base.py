@@ -10,6 +10,12 @@ import jax
 from regmix_jax import losses
 
 
+# The metrics of the two shapes of loss below: `supervised_ce` / `adversarial_ce`, and
+# `robust_output` (clean + adversarial methods).
+SUPERVISED_METRICS = ("loss", "accuracy")
+ROBUST_METRICS = ("loss", "accuracy", "clean_accuracy")
+
+
 @flax.struct.dataclass
 class LossOutput:
   """What a method's loss returns.

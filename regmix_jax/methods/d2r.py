@@ -1,5 +1,5 @@
 """`d2r`: D2R + CAG (Liu et al. 2025): a small guide and a large target trained together from
-scratch by one optimiser (REFERENCE.md, "D2R + CAG", from the released code).
+scratch by one optimiser (docs/methods.md, "D2R + CAG", from the released code).
 
 Per step: CAG makes x' for the target from the guide's clean output (both models in inference mode,
 `attacks.cag`); then, in train mode, the target runs on x' and then on x (its BatchNorm statistics
@@ -21,6 +21,9 @@ DEFAULTS = {"epsilon": 0.031, "step_size": 0.007, "num_steps": 10, "clean_term":
             # 30 / C (C classes).
             "w_sym": 0.0, "w_adv": 0.0}
 CHOICES = {"clean_term": losses.D2R_CLEAN_TERMS}
+# Accuracies of the target on x' and x and of the guide on x; the four terms of `losses.d2r_loss`.
+METRICS = ("loss", "accuracy", "clean_accuracy", "guide_accuracy", "guide_ce", "mse", "clean",
+           "adv_kl")
 RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "num_steps": (1, None),
           "w_sym": (0.0, None), "w_adv": (0.0, None)}
 

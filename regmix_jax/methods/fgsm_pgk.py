@@ -1,6 +1,6 @@
 """`fgsm_pgk`: fast adversarial training with prior-guided knowledge (Jia et al., TPAMI 2024).
 
-The loop of the authors' released code (REFERENCE.md, "FGSM-PGK"), step for step. Every training
+The loop of the authors' released code (docs/methods.md, "FGSM-PGK"), step for step. Every training
 example `i` has a prior perturbation `D[i]` and a momentum `M[i]` (host buffers, see
 `regmix_jax.sample_state`), reset every `reset_every` epochs to `D = clip_eps(alpha * sign(U(-eps,
 eps)))`, `M = 0`. On a batch with smoothed labels `y~` (`losses.smooth_labels`):
@@ -50,17 +50,24 @@ DEFAULTS = {
     "ratio_offset": 0,  # r = na / (n0 + ratio_offset)
     # RegMix's two changes (fgsm_amr, fgsm_agr); FGSM-PGK is ("mse", "smoothed").
     "regularizer": "mse",  # "mse": lam * MSE(z_adv, z0); "amr": losses.amr_loss
-    "target": "smoothed",  # "smoothed": y~; "agr": (1 - gamma) y~ + gamma P(f(x))
-    "amr_alpha": 1.0,  # weight of KL(P(z0) || P(z_adv))
-    "amr_beta": 0.5,  # weight of KL(P(z_adv) || P(z0))
-    "agr_gamma": 0.0,  # weight of the clean distribution in the target
+    # The distribution the adversarial output's cross-entropy aims at: "smoothed": y~; "agr":
+    # (1 - gamma) y~ + gamma P(f(x)). (Called `target` before; that name still works.)
+    "ce_target": "smoothed",
+    # RegMix's weights (losses.AMR_ALPHA, AMR_BETA, AGR_GAMMA); read only by the "amr"
+    # regulariser and the "agr" CE target.
+    "amr_alpha": losses.AMR_ALPHA,  # weight of KL(P(z0) || P(z_adv))
+    "amr_beta": losses.AMR_BETA,  # weight of KL(P(z_adv) || P(z0))
+    "agr_gamma": losses.AGR_GAMMA,  # weight of the clean distribution in the CE target
     "stop_gradient_clean": False,  # detach P(f(x)) in the AGR target
     "clean_bn": "train",  # BatchNorm mode of AGR's clean pass: "train" | "eval"
 }
+# "accuracy" on x + d_adv, "prior_accuracy" on x + d0, "ratio" r, and the two terms of
+# `losses.regmix_loss`; FGSM-AGR adds "clean_accuracy" (on x).
+METRICS = ("loss", "accuracy", "prior_accuracy", "ratio", "target_ce", "regularizer")
 # The released CIFAR-100 and Tiny ImageNet scripts' values (what differs from DEFAULTS).
 MANY_CLASSES = {"label_smoothing": 0.8, "lam": 1.0, "momentum_decay": 0.1, "ema_threshold": 0.9,
                 "reset_every": 40, "ratio_offset": 1}
-CHOICES = {"regularizer": losses.REGULARIZERS, "target": losses.TARGETS,
+CHOICES = {"regularizer": losses.REGULARIZERS, "ce_target": losses.CE_TARGETS,
            "clean_bn": ("train", "eval")}
 RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "label_smoothing": (0.0, 1.0),
           "lam": (0.0, None), "momentum_decay": (0.0, None), "ema_threshold": (1e-6, None),
@@ -136,7 +143,7 @@ def ema_base_decay(r, tau):
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
-  """FGSM-PGK, FGSM-AMR or FGSM-AGR by `cfg["regularizer"]` and `cfg["target"]`
+  """FGSM-PGK, FGSM-AMR or FGSM-AGR by `cfg["regularizer"]` and `cfg["ce_target"]`
   (`losses.regmix_loss`); the perturbation loop is the same for all three.
 
   The AGR target needs the clean output `f(x)`: one extra forward pass, made first (before the
@@ -148,14 +155,14 @@ def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
   """
   del keys  # the randomness of FGSM-PGK is in the buffers' resets
   clean = None
-  if cfg["target"] == "agr":
+  if cfg["ce_target"] == "agr":
     clean, stats = base.apply_model(models, "target", params, batch_stats, batch["image"],
                                     train=cfg["clean_bn"] == "train")
     batch_stats = {**batch_stats, "target": stats}
   z0, z_adv, targets, r, sample, stats = perturbation_step(
       params, batch_stats, batch, models=models, cfg=cfg, axis_name=axis_name)
   per_example, terms = losses.regmix_loss(
-      clean, z0, z_adv, targets, regularizer=cfg["regularizer"], target=cfg["target"],
+      clean, z0, z_adv, targets, regularizer=cfg["regularizer"], ce_target=cfg["ce_target"],
       lam=cfg["lam"], alpha=cfg["amr_alpha"], beta=cfg["amr_beta"], gamma=cfg["agr_gamma"],
       stop_gradient_clean=cfg["stop_gradient_clean"])
   y = batch["label"]

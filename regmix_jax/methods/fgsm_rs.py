@@ -13,6 +13,7 @@ from regmix_jax.methods import base
 
 NAME = "fgsm_rs"
 DEFAULTS = {"epsilon": 8 / 255, "step_size": 10 / 255, "attack_bn": "train"}
+METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
 
 

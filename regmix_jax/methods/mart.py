@@ -11,6 +11,7 @@ from regmix_jax.methods import base
 NAME = "mart"
 DEFAULTS = {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10, "init_std": 0.001,
             "beta": 6.0}
+METRICS = base.ROBUST_METRICS
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

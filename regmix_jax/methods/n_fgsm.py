@@ -11,6 +11,7 @@ from regmix_jax.methods import base
 NAME = "n_fgsm"
 DEFAULTS = {"epsilon": 8 / 255, "step_size": 8 / 255, "noise_radius": 16 / 255,
             "attack_bn": "train"}
+METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
 
 

@@ -1,6 +1,6 @@
 """`pgd_at`: PGD adversarial training (Madry et al. 2018): CE on PGD-10 examples.
 
-PGD-10, eps 8/255, step 2/255, uniform random start (REFERENCE.md). The attack runs with batch
+PGD-10, eps 8/255, step 2/255, uniform random start (docs/methods.md). The attack runs with batch
 statistics (`attack_bn = "train"`, as the widely used Rice et al. code with `model.train()`), but
 its passes do not update the BatchNorm running averages (PyTorch updates them on every attack
 pass); `attack_bn = "eval"` uses the running averages instead.
@@ -13,6 +13,7 @@ from regmix_jax.methods import base
 
 NAME = "pgd_at"
 DEFAULTS = {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10, "attack_bn": "train"}
+METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
 
 

@@ -4,6 +4,7 @@ from regmix_jax.methods import base
 
 NAME = "standard"
 DEFAULTS = {}
+METRICS = base.SUPERVISED_METRICS
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

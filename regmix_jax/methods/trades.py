@@ -14,6 +14,7 @@ from regmix_jax.methods import base
 NAME = "trades"
 DEFAULTS = {"epsilon": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0.001,
             "beta": 6.0}
+METRICS = base.ROBUST_METRICS
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

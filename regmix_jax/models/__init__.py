@@ -1,4 +1,5 @@
-"""Model registry: `get_model(name, num_classes, axis_name=..., dtype=..., **kwargs)`.
+"""Model registry: `get_model(name, num_classes, axis_name=..., dtype=..., **kwargs)`, and
+`build_models(config, roles, num_classes)`, every model of a run from its config.
 
 Every model is a Flax Linen module called as `model.apply(variables, x, train=...)` with x float
 images in [0, 1], NHWC [B, H, W, 3], no mean/std normalisation, and returns float32 logits
@@ -8,11 +9,13 @@ computation dtype; parameters stay float32.
 """
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
+from regmix_jax.parallel import AXIS
 from regmix_jax.models.common import PreActBlock, check_images
 from regmix_jax.models.resnet import BasicBlock, PreActResNet18, ResNet18
 from regmix_jax.models.small_cnn import SmallCNN
@@ -54,6 +57,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# `config.model.dtype` -> the computation dtype.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def model_kwargs(name: str) -> tuple[str, ...]:
   """The model-specific keyword arguments `name` accepts (config `model.width`, `model.depth`)."""
   params = inspect.signature(MODELS[name]).parameters.values()
@@ -77,5 +84,22 @@ def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
   return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, **kwargs)
 
 
-__all__ = ["MODELS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18", "SmallCNN",
-           "WideResNet", "check_images", "get_model", "model_kwargs"]
+def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
+                 num_classes: int) -> dict[str, nn.Module]:
+  """Role -> Flax module, from `config.model` (the target) and `config.<role>_model` (others,
+  e.g. D2R's `guide_model`). BatchNorm is synchronised over the data-parallel axis
+  (`parallel.AXIS`) when `model.sync_batch_norm` (the statistics of the global batch, as on one
+  GPU); every model computes in `model.dtype`."""
+  axis_name = AXIS if config.model.sync_batch_norm else None
+  dtype = DTYPES[config.model.dtype]
+  built = {}
+  for role in roles:
+    model_cfg = config.model if role == "target" else config[f"{role}_model"]
+    sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
+    built[role] = get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
+                            **sizes)
+  return built
+
+
+__all__ = ["DTYPES", "MODELS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18",
+           "SmallCNN", "WideResNet", "build_models", "check_images", "get_model", "model_kwargs"]
