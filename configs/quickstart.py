@@ -21,7 +21,8 @@ def get_config():
   config.model.name = "small_cnn"
   config.model.width = 16
   config.method = methods.method_config("fgsm_rs")
-  config.optim.schedule = "cyclic"  # Wong et al.'s one-cycle schedule
+  config.optim.schedule = "cyclic"  # Wong et al.'s one-cycle schedule, as configs/cifar10/fgsm_rs.py
+  config.optim.cycle_momentum = True  # torch CyclicLR's default (fast_adversarial train_fgsm.py:86-88)
   config.optim.learning_rate = 0.2
   config.eval.attacks = "clean,pgd10"
   config.eval.num_examples = 0

@@ -86,7 +86,19 @@ VARIANTS = {
     "2dev-xladefault": dict(devices=2, ynn="default"),
     # BatchNorm statistics per device (no collective per BN layer); changes the results.
     "2dev-localbn": dict(devices=2, local_bn=True),
+    # Mixed precision and the CPU back-ends that might run its bf16 convolutions natively
+    # (2026-11-27): YNNPACK for convolutions too, oneDNN, XNNPACK.
+    "1dev-bf16": dict(devices=1, dtype="bfloat16"),
+    "1dev-ynnconv": dict(devices=1, ynn="reduce,individual_convolution"),
+    "2dev-ynnconv": dict(devices=2, ynn="reduce,individual_convolution"),
+    "2dev-bf16-ynnconv": dict(devices=2, dtype="bfloat16", ynn="reduce,individual_convolution"),
+    "1dev-onednn": dict(devices=1, xla="--xla_cpu_use_onednn=true"),
+    "2dev-bf16-onednn": dict(devices=2, dtype="bfloat16", xla="--xla_cpu_use_onednn=true"),
+    "1dev-xnn": dict(devices=1, xla="--xla_cpu_use_xnnpack=true"),
 }
+# The CPU features that decide how bf16 can run: AVX512-BF16 (bf16 dot products in vector
+# registers) and AMX (bf16 matrix tiles).
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 # Attempts recorded in results/benchmark_cpu.json whose code is no longer here (not kept): kernel
 # gradients as patch GEMMs (`*-gemmgrad`) or, for 3x3 stride-1 convolutions on maps of 16x16 and
 # more, as 9 shifted dots (`*-tapsgrad`), both swapped into the models' convolutions; their code
@@ -266,7 +278,9 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
   return out
 
 
-def run_torch(model, threads, data, blocks, block_steps) -> dict:
+def run_torch(model, threads, data, blocks, block_steps, dtype="float32") -> dict:
+  """The eager PyTorch FGSM-PGK step; `dtype="bfloat16"` runs its forward passes under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a CPU)."""
   # torch is no dependency of the library: imported only by the cases that run it.
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
@@ -280,7 +294,8 @@ def run_torch(model, threads, data, blocks, block_steps) -> dict:
   x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))).float() / 255
   y = torch.from_numpy(batch["label"].astype(np.int64))
   net = torch_reference.MODELS[model](dataset.num_classes)
-  step = torch_reference.FGSMPGKStep(net)
+  step = torch_reference.FGSMPGKStep(net, autocast_dtype=(torch.bfloat16 if dtype == "bfloat16"
+                                                          else None))
   prior = (torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255)
   momentum = torch.zeros_like(x)
   times = []
@@ -293,7 +308,7 @@ def run_torch(model, threads, data, blocks, block_steps) -> dict:
   return {"images_per_s": rate, "step_s": BATCH / rate,
           "best_images_per_s": block_steps * BATCH / min(times[1:]), "block_s": times[1:],
           "first_step_s": times[0], "timed_steps": blocks * block_steps, "loss": float(loss),
-          "threads": threads, "torch": torch.__version__}
+          "threads": threads, "torch": torch.__version__, "dtype": dtype}
 
 
 def run_eval(attack, model, variant, data) -> dict:
@@ -376,6 +391,55 @@ def run_conv_micro() -> dict:
   return {"ms": out}
 
 
+def run_dtype_micro() -> dict:
+  """Milliseconds (best of 3) of ResNet-18's first-stage convolution (batch 128, 32x32x64 ->
+  64, 3x3) on one device in float32 and bfloat16 (inputs and kernel cast, output kept in the
+  dtype), forward, input gradient and kernel gradient: how the case's XLA flags treat bf16."""
+  out = {}
+  rng = np.random.RandomState(0)
+  x32 = jnp.asarray(rng.rand(BATCH, 32, 32, 64), np.float32)
+  w32 = jnp.asarray(rng.rand(3, 3, 64, 64) * 0.01, np.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x, w = x32.astype(dtype), w32.astype(dtype)
+    fns = {"forward": conv, "input_grad": jax.grad(lambda x, w: conv(x, w).astype(jnp.float32)
+                                                   .sum()),
+           "kernel_grad": jax.grad(lambda x, w: conv(x, w).astype(jnp.float32).sum(), argnums=1)}
+    for name, fn in fns.items():
+      out[f"{jnp.dtype(dtype).name} {name}"] = 1000 * _best_seconds(jax.jit(fn), (x, w), 3)
+  return {"ms": out}
+
+
+def run_torch_dtype_micro(threads: int) -> dict:
+  """`run_dtype_micro` in eager PyTorch (NCHW, channels_last memory format, as oneDNN prefers)."""
+  import torch  # pylint: disable=g-import-not-at-top  (only this case)
+  torch.set_num_threads(threads)
+  rng = np.random.RandomState(0)
+  x32 = torch.from_numpy(rng.rand(BATCH, 64, 32, 32).astype(np.float32)).contiguous(
+      memory_format=torch.channels_last)
+  w32 = torch.from_numpy((rng.rand(64, 64, 3, 3) * 0.01).astype(np.float32))
+  out = {}
+  for dtype in (torch.float32, torch.bfloat16):
+    x, w = x32.to(dtype).requires_grad_(True), w32.to(dtype).requires_grad_(True)
+    def forward():
+      with torch.no_grad():
+        torch.nn.functional.conv2d(x, w, padding=1)
+    def grads(which):
+      y = torch.nn.functional.conv2d(x, w, padding=1)
+      torch.autograd.grad(y.float().sum(), [which])
+    for name, fn in (("forward", forward), ("input_grad", lambda: grads(x)),
+                     ("kernel_grad", lambda: grads(w))):
+      fn()
+      times = []
+      for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+      out[f"{str(dtype).split('.')[-1]} {name}"] = 1000 * min(times)
+  return {"ms": out, "threads": threads, "torch": torch.__version__}
+
+
 def run_allreduce_micro() -> dict:
   """Synchronised BatchNorm's cost between 2 host devices, in two measurements (best of 5 / 3):
   `us_per_allreduce`, 120 chained `pmean`s of 512 floats (each depending on the last, as the BN
@@ -428,13 +492,19 @@ def child(case: str, args) -> dict:
   elif case == "micro:allreduce":
     runtime.configure_cpu_devices(2, ynn_fusion_type({}))
     out = run_allreduce_micro()
+  elif kind == "dtype":  # dtype:<variant>: one convolution in fp32 and bf16 under its XLA flags
+    variant = VARIANTS[rest[0]]
+    runtime.configure_cpu_devices(1, ynn_fusion_type(variant))
+    out = run_dtype_micro()
+  elif kind == "torchdtype":
+    out = run_torch_dtype_micro(int(rest[0]))
   elif kind == "micro":
     runtime.configure_cpu_devices(1, ynn_fusion_type({}))
     out = run_conv_micro()
-  elif kind == "torch":
-    model, threads = rest
+  elif kind == "torch":  # torch:<model>:<threads>[:bfloat16]
+    model, threads, *dtype = rest
     blocks, block_steps = block_plan(case, args)
-    out = run_torch(model, int(threads), args.data, blocks, block_steps)
+    out = run_torch(model, int(threads), args.data, blocks, block_steps, *dtype)
   else:
     attack, model, _ = rest
     out = run_eval(attack, model, variant, args.data)
@@ -466,13 +536,19 @@ def cases(args) -> list[str]:
       out += [f"pipeline:fgsm_pgk:{mo}:{v}" for mo in models for v in variants]
     elif suite == "torch":
       out += [f"torch:{mo}:{t}" for mo in models for t in args.torch_threads.split(",")]
+    elif suite == "torch-bf16":  # the same step under torch.autocast(bfloat16)
+      out += [f"torch:{mo}:{t}:bfloat16" for mo in models for t in args.torch_threads.split(",")]
+    elif suite == "dtype":
+      out += [f"dtype:{v}" for v in (variants or ("2dev",))]
+      out += [f"torchdtype:{t}" for t in args.torch_threads.split(",")]
     elif suite == "micro":
       out += ["micro:conv", "micro:allreduce"]
     elif suite == "eval":
       out += [f"eval:pgd20:{mo}:{v}" for mo in models for v in variants]
       out += [f"eval:aa-worst:small_cnn:{v}" for v in variants if "small_cnn" in models]
     else:
-      sys.exit(f"--suites: unknown suite {suite!r}; use train, pipeline, torch, eval, micro")
+      sys.exit(f"--suites: unknown suite {suite!r}; use train, pipeline, torch, torch-bf16, "
+               "eval, micro, dtype")
   return out
 
 
@@ -489,8 +565,16 @@ def run_case(case: str, args) -> dict:
     return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_s": time.time() - start}
   result = json.loads(lines[-1][len("RESULT "):])
   result.update(wall_s=time.time() - start, xla_flags=variant.get("xla", ""),
-                ynn_fusion_type=ynn_in_effect(variant), date=time.strftime("%Y-%m-%d %H:%M"))
+                ynn_fusion_type=ynn_in_effect(variant), date=time.strftime("%Y-%m-%d %H:%M"),
+                cpu_flags=cpu_flags())
   return result
+
+
+def cpu_flags() -> list[str]:
+  """Which of CPU_FLAGS this machine's CPU has (/proc/cpuinfo)."""
+  flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo")
+                if l.startswith("flags")), [])
+  return [f for f in CPU_FLAGS if f in flags]
 
 
 def ynn_fusion_type(variant: dict) -> str:
@@ -509,7 +593,8 @@ def ynn_in_effect(variant: dict) -> str:
 def machine() -> str:
   cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
               if l.startswith("model name")), platform.processor())
-  return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+  return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, CPU flags: "
+          f"{', '.join(cpu_flags()) or 'none of ' + ', '.join(CPU_FLAGS)}")
 
 
 def _f(v, digits=1):

@@ -7,18 +7,83 @@ over the devices, so that each process saves and restores only its own examples'
 each checkpoint to a temporary directory and renames it when complete, so a kill during a save
 leaves the previous checkpoint intact; unfinished temporary directories are removed on the next
 start.
+
+Damage is detected: the metadata also holds CRC-32 fingerprints of the arrays saved (the state,
+and each process's rows of the per-example state), and a restore whose arrays do not match them
+fails like an unreadable one (`CheckpointError`). A save that finds the disk full raises a
+CheckpointError naming the disk, the directory and the free space.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import zlib
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+# A run's checkpoints: `<workdir>/checkpoints/<step>/`; with `checkpoint.keep_best`, the best
+# state on the validation split in `<workdir>/best/<step>/`.
+CHECKPOINTS_DIR, BEST_DIR = "checkpoints", "best"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored."""
+  """A checkpoint exists but cannot be restored, or cannot be written."""
+
+
+def fingerprint(tree: Any) -> int:
+  """CRC-32 of the bytes of every array leaf of `tree`, in tree order: this process's rows of
+  sharded arrays (sorted by their position), a whole array otherwise."""
+  crc = 0
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      shards = sorted(leaf.addressable_shards, key=lambda s: tuple(i.start or 0 for i in s.index))
+      parts = [np.asarray(s.data) for s in shards]
+    else:
+      parts = [np.asarray(leaf)]
+    for part in parts:
+      crc = zlib.crc32(np.ascontiguousarray(part).tobytes(), crc)
+  return crc
+
+
+def _fingerprints(tree: Any) -> list[int]:
+  """`fingerprint(tree)` of every process, in process order."""
+  mine = fingerprint(tree)
+  if jax.process_count() == 1:
+    return [mine]
+  return [int(v) for v in multihost_utils.process_allgather(np.asarray(mine, np.int64))]
+
+
+def _disk_full(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is an out-of-space error."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error) or "ENOSPC" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_message(directory: str, what: str) -> str:
+  """The message for a write to `directory` that found its disk full."""
+  try:
+    usage = shutil.disk_usage(directory)
+    room = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+  except OSError:
+    room = "free space unknown"
+  return (f"{what} could not be written to {directory}: the disk holding it is full ({room}). "
+          "The checkpoints written before are intact. Free space on that disk (or keep fewer "
+          "checkpoints: --config.checkpoint.max_to_keep), then run the same command to resume "
+          "from the last complete checkpoint.")
 
 
 def check_layout(saved: dict[str, Any], current: dict[str, Any], directory: str) -> None:
@@ -60,11 +125,27 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: dict[str, Any], sample: Any = None) -> None:
     """Starts saving (asynchronously when enabled); `wait()` blocks until it is on disk.
-    `sample`: the per-example state as global arrays (`SampleState.to_global`), if any."""
-    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    `sample`: the per-example state as global arrays (`SampleState.to_global`), if any. The
+    arrays' fingerprints go into the metadata. A full disk (found now, or left by the previous
+    asynchronous save) raises CheckpointError."""
+    meta = {**meta, "fingerprints": {"state": _fingerprints(state)}}
+    items = {"state": ocp.args.StandardSave(state)}
     if sample is not None:
+      meta["fingerprints"]["sample"] = _fingerprints(sample)
       items["sample"] = ocp.args.StandardSave(sample)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    items["meta"] = ocp.args.JsonSave(meta)
+    if step in self.all_steps():  # the same state again, with newer metadata (e.g. an epoch's
+      self._manager.delete(step)  # end saved when a stop interrupted its evaluation)
+    self._guard(lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True),
+                "A checkpoint")
+
+  def _guard(self, fn, what: str):
+    try:
+      return fn()
+    except Exception as e:  # Orbax re-raises a failed background write in many wrappers.
+      if _disk_full(e):
+        raise CheckpointError(disk_full_message(self.directory, what)) from e
+      raise
 
   def restore(self, target_state: Any, step: int | None = None, sample_target: Any = None
               ) -> tuple[Any, dict[str, Any]] | tuple[Any, dict[str, Any], Any]:
@@ -89,14 +170,53 @@ class Checkpointer:
           "It is corrupted or was written by a different config (model, method, optimiser). "
           f"Delete {path} to resume from the previous checkpoint, or use a new --workdir."
       ) from e
+    meta = dict(restored["meta"])
+    saved = meta.pop("fingerprints", None)  # absent in checkpoints of earlier versions
+    items = [("state", restored["state"])]
     if sample_target is not None:
-      return restored["state"], dict(restored["meta"]), restored["sample"]
-    return restored["state"], dict(restored["meta"])
+      items.append(("sample", restored["sample"]))
+    for name, tree in items:
+      if saved is not None and name in saved:
+        if fingerprint(tree) != saved[name][jax.process_index()]:
+          raise CheckpointError(
+              f"The checkpoint at {path} is damaged: its {name} arrays do not match the "
+              f"fingerprint saved with them. Delete {path} to resume from the previous "
+              "checkpoint, or use a new --workdir.")
+    if sample_target is not None:
+      return restored["state"], meta, restored["sample"]
+    return restored["state"], meta
+
+  def set_aside(self, step: int, destination: str) -> str:
+    """Moves checkpoint `step` out of the directory, to `<destination>/<step>` (a damaged one:
+    kept for inspection, out of Orbax's way); returns where it went."""
+    os.makedirs(destination, exist_ok=True)
+    target = os.path.join(destination, str(step))
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
+
+  def latest_meta(self) -> dict[str, Any] | None:
+    """The JSON metadata of the latest checkpoint (None when there is none), without reading
+    its arrays."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is complete on disk (CheckpointError on a full disk)."""
+    self._guard(self._manager.wait_until_finished, "A checkpoint")
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+  def close(self, raise_errors: bool = True) -> None:
+    """Waits for the saves under way, then closes. With `raise_errors=False` (closing while
+    another error is being raised) a failed save is not raised again."""
+    try:
+      self.wait()
+    except Exception:  # the caller's error, if any, is the one to report
+      if raise_errors:
+        raise
+    finally:
+      self._manager.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -41,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   # convolutions) a 3x3 kernel gradient at 32x32 takes 4x as long, and the FGSM-PGK ResNet-18
   # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
+  # CPU only: how long a host device may wait for the others at a collective (seconds) before
+  # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy
+  # machine (runtime.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.
+  c.cpu_collective_timeout_s = 600
   c.parallel = "pmap"  # parallel.KINDS: how the per-device step is mapped (pmap, shard_map)
   # Multi-process data parallelism (JAX's distributed runtime). Started when `enabled` or when
   # the environment sets JAX_COORDINATOR_ADDRESS; empty / 0 / -1 fields come from the
@@ -60,12 +65,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 128  # global, over all devices
   c.data.eval_batch_size = 500  # global
   c.data.augment = True  # pad 4, random crop, horizontal flip (on device)
+  c.data.pad_mode = "constant"  # data.PAD_MODES: the crop's padding, zeros or "reflect"
+  c.data.rotate_degrees = 0.0  # a random rotation in [-d, d] degrees after crop and flip; 0 = none
   c.data.synthetic = ml_collections.ConfigDict(
       dict(num_train=5000, num_test=1000, image_size=32, num_classes=10, seed=0))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet18"
-  c.model.dtype = "float32"  # models.DTYPES
+  # The training precision (models.DTYPES). "bfloat16" is mixed precision: the models compute in
+  # bfloat16 (convolutions, matrix products, activations), while parameters, optimiser state,
+  # EMA, BatchNorm statistics, losses (softmax, KL, MSE) and the attacks' perturbations and
+  # input gradients stay float32 (docs/methods.md, "Precision"). Applies to every model of the
+  # run; evaluation uses `eval.dtype`.
+  c.model.dtype = "float32"
+  # A fixed per-channel input normalisation as the models' first layer (models.NORMALIZATIONS:
+  # "cifar10", "cifar100"; "" = none), for the recipes whose released code normalises (FGSM-RS,
+  # N-FGSM, PGD-AT); applies to every model of the run. Attack radii stay in pixel units.
+  c.model.normalize = ""
   # BatchNorm statistics over the global batch (as one GPU of the references sees it), so results
   # do not depend on the device count.
   c.model.sync_batch_norm = True
@@ -89,7 +105,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.gamma = 0.1
   c.optim.boundaries = (0,)  # piecewise: epochs where the rate changes to the next value
   c.optim.rates = (0.1, 0.1)  # piecewise: len(boundaries) + 1 rates
-  c.optim.cyclic_peak_fraction = 0.4  # cyclic: 0 -> learning_rate at this fraction of the run -> 0
+  # cyclic: PyTorch's CyclicLR, 0 -> learning_rate at this fraction of the run -> 0 (the released
+  # FGSM-RS / N-FGSM scripts: step_size_up = step_size_down = half the run).
+  c.optim.cyclic_peak_fraction = 0.5
+  # cyclic: also cycle the momentum against the rate, `momentum` -> `base_momentum` at the peak ->
+  # `momentum` (PyTorch's CyclicLR default cycle_momentum=True, base_momentum 0.8).
+  c.optim.cycle_momentum = False
+  c.optim.base_momentum = 0.8
+  # Iteration k uses the schedule's value at k + 1 (Rice et al. set the rate from
+  # `epoch + (i + 1) / len(loader)` before each step); False: at k, as a torch scheduler stepped
+  # after each update.
+  c.optim.schedule_at_step_end = False
 
   c.ema = ml_collections.ConfigDict()
   c.ema.enabled = False
@@ -98,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # and always after the last epoch
   c.eval.attacks = "clean,pgd20,cw20"  # clean, fgsm, pgd<K>, cw<K>
+  # The evaluation's precision (models.DTYPES), float32 unless asked: robust accuracy is
+  # reported in full precision whatever the training used.
+  c.eval.dtype = "float32"
   c.eval.epsilon = 8 / 255
   c.eval.step_size = 2 / 255
   # Examples in each per-epoch evaluation (0 = all); the final one always uses the whole split.
@@ -111,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 0  # 0 = only at the end of each epoch
   c.checkpoint.max_to_keep = 2
   c.checkpoint.async_save = True
+  # "" or the name of an evaluated attack (e.g. "pgd10"): also keep, in `<workdir>/best/`, the
+  # state whose per-epoch evaluation on the validation split scored highest on it (ties: the later
+  # epoch). Needs eval.split = "val": a model is never chosen on the test split.
+  c.checkpoint.keep_best = ""
   return c
 
 
@@ -186,6 +219,33 @@ def _check_types(config, schema, prefix: str = "") -> None:
                       f"got {_type_name(value)} {value!r}.")
 
 
+# Perturbation sizes, in [0, 1] pixel units (a field whose path ends in one of these).
+_RADII = ("epsilon", "step_size", "noise_radius")
+
+
+def _flatten(config, prefix: str = ""):
+  """(dotted path, value) of every leaf field."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def _check_numbers(config) -> None:
+  """Every float is finite; every radius lies in [0, 1], with a hint for pixel units."""
+  for path, value in _flatten(config):
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"Config field `{path}` = {v} is not a finite number.")
+    if path.rsplit(".", 1)[-1] in _RADII and isinstance(value, (int, float)) and value > 1:
+      hint = (f" It looks like pixel units: did you mean {value:g}/255 = {value / 255:.6f}? "
+              f"Pass --config.{path}={value / 255:.6f}." if value <= 255 else "")
+      raise ValueError(f"Config field `{path}` = {value:g} is larger than the whole [0, 1] image "
+                       f"range: radii and steps are fractions of it.{hint}")
+
+
 def _choice(path: str, value: Any, choices) -> None:
   if value not in choices:
     raise ValueError(f"Config field `{path}` = {value!r} is not one of: "
@@ -217,10 +277,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       bound = " and ".join(b for b in (low is not None and f">= {low}",
                                        high is not None and f"<= {high}") if b)
       raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
+  _check_numbers(config)
   _choice("parallel", config.parallel, parallel.KINDS)
   runtime.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
   _choice("data.source", config.data.source, data.SOURCES)
+  _choice("data.pad_mode", config.data.pad_mode, data.PAD_MODES)
   _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))
+  _choice("eval.dtype", config.eval.dtype, tuple(models.DTYPES))
+  _choice("model.normalize", config.model.normalize, ("", *models.NORMALIZATIONS))
   for group in ("model", "guide_model"):
     model_cfg = config[group]
     _choice(f"{group}.name", model_cfg.name, sorted(models.MODELS))
@@ -245,10 +309,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for path, value in positive.items():
     if value <= 0:
       raise ValueError(f"Config field `{path}` must be positive, got {value}.")
+  if config.checkpoint.max_to_keep < 2:
+    raise ValueError("Config field `checkpoint.max_to_keep` must be at least 2: a damaged latest "
+                     "checkpoint is then skipped for the one before it.")
   ranges = {"data.val_size": (config.data.val_size, 0, None),
             "checkpoint.every_steps": (config.checkpoint.every_steps, 0, None),
             "ema.decay": (config.ema.decay, 0.0, 1.0),
             "optim.cyclic_peak_fraction": (config.optim.cyclic_peak_fraction, 0.0, 1.0),
+            "optim.base_momentum": (config.optim.base_momentum, 0.0, 1.0),
+            "data.rotate_degrees": (config.data.rotate_degrees, 0.0, 180.0),
             "optim.learning_rate": (config.optim.learning_rate, 0.0, None),
             "optim.weight_decay": (config.optim.weight_decay, 0.0, None),
             "eval.epsilon": (config.eval.epsilon, 0.0, None)}
@@ -260,6 +329,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     values = list(config.optim[path.split(".")[1]])
     if values != sorted(values):
       raise ValueError(f"Config field `{path}` must be in increasing order, got {tuple(values)}.")
+  if config.checkpoint.keep_best:
+    names = [name for name, _ in attacks.parse_attacks(config.eval.attacks)]
+    if config.checkpoint.keep_best not in names:
+      raise ValueError(f"Config field `checkpoint.keep_best` = {config.checkpoint.keep_best!r} "
+                       f"must be one of the evaluated attacks (`eval.attacks`: "
+                       f"{', '.join(names)}).")
+    if config.eval.split != "val":
+      raise ValueError("Config field `checkpoint.keep_best` chooses a model by its evaluation "
+                       "and needs `eval.split` = 'val' (with `data.val_size` > 0): choosing on "
+                       "the test split would report a test score the choice has seen.")
   if config.eval.split == "val" and config.data.val_size == 0:
     raise ValueError("Config field `eval.split` = 'val' needs a validation split: set "
                      "`data.val_size` > 0 (it is carved from the training set).")
@@ -288,6 +367,28 @@ def renamed_arguments(argv: Sequence[str]) -> list[str]:
         arg = f"--config.{new}" + arg[len(flag):]
     out.append(arg)
   return out
+
+
+def check_override_paths(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Raises ValueError naming the first `--config.<path>=...` override whose path `config` does
+  not have, with the closest existing name (a mistyped group such as `optimizer` for `optim`)."""
+  for arg in overrides:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for name in path.split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        break
+      if name not in node:
+        where = ".".join(walked)
+        known = sorted(node.keys())
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        hint = f" Did you mean `{'.'.join(walked + close)}`?" if close else ""
+        raise ValueError(f"Unknown config field `{'.'.join(walked + [name])}` (in {arg}).{hint} "
+                         f"Known fields of `{where or 'config'}`: {', '.join(known)}.")
+      node = node[name]
+      walked.append(name)
 
 
 def from_command_line(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

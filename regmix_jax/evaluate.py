@@ -1,13 +1,16 @@
 """The checkpoint-evaluation command, and the `eval.json` records it writes.
 
   python -m regmix_jax.evaluate --workdir=RUN [--step=N] --attacks=clean,pgd20,pgd50,cw20,aa \
-      [--n_examples=N] [--epsilon=8/255]
+      [--n_examples=N] [--epsilon=8/255] [--norm=Linf|L2|L1] [--version=standard|plus|rand]
 
 evaluates the run's latest (or step N) checkpoint with its EMA weights (`--weights=live` for the
 trained ones), prints a table and appends the result to `eval.json` in the checkpoint's directory
-(`RUN/checkpoints/<step>/eval.json`, one `EvalRecord` per evaluation). Attack names as
-`attacks.parse_attacks`. Single-process. The evaluation steps it maps over the devices are the
-training loop's (`evaluation.py`).
+(`RUN/checkpoints/<step>/eval.json`, one `EvalRecord` per evaluation; records are only ever
+appended, and each names its norm, version and radius). Attack names as `attacks.parse_attacks`.
+Single-process. The evaluation steps it maps over the devices are the training loop's
+(`evaluation.py`); `aa` runs `attacks.run_autoattack` (the official evaluation: each attack on
+the points still robust), resumable: its state is saved after each attack under
+`RUN/checkpoints/<step>/autoattack/` and removed once the record is written.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 import tqdm
 from absl import app, flags
 
 from regmix_jax import checkpointing, config as config_lib, data, methods, models, parallel
-from regmix_jax import runtime, train_state
-from regmix_jax.attacks import parse_attacks
-from regmix_jax.evaluation import accuracies, autoattack_flags, correct_step, eval_step
+from regmix_jax import rng, runtime, train_state
+from regmix_jax.attacks import AUTOATTACK_NORMS, parse_attacks, run_autoattack
+from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
+from regmix_jax.evaluation import accuracies, eval_step
 
 EVAL_JSON = "eval.json"
 
@@ -39,6 +45,10 @@ class EvalRecord:
   "live". split: "test" or "val". n_examples: the first N examples of the split. epsilon,
   step_size: the attacks' radius and PGD/C&W step. accuracy: {attack name: fraction}; AutoAttack
   adds the robust accuracy after each of its attacks as "aa:<attack>". seconds: {attack: wall s}.
+  norm: the threat model of `epsilon` ("Linf", "L2", "L1"). version: AutoAttack's version.
+  warnings: AutoAttack's check warnings (`attacks.checks`). dtype: the precision the model
+  computed in (`eval.dtype` or `--dtype`). Records written before these fields existed read as
+  L-inf, "standard", no warnings, float32.
   """
 
   step: int
@@ -50,12 +60,22 @@ class EvalRecord:
   step_size: float
   accuracy: Mapping[str, float]
   seconds: Mapping[str, float]
+  norm: str = "Linf"
+  version: str = "standard"
+  warnings: Sequence[str] = ()
+  dtype: str = "float32"
 
   def covers(self, attacks: Iterable[str], *, epsilon: float, n_examples: int,
-             split: str = "test") -> bool:
-    """Whether this record holds every one of `attacks` at this radius, size and split."""
+             split: str = "test", norm: str = "Linf", version: str = "standard",
+             dtype: str = "float32") -> bool:
+    """Whether this record holds every one of `attacks` at this radius, norm, size, split and
+    precision (and, for AutoAttack's, this version)."""
+    attacks = set(attacks)
+    uses_version = any(a == "aa" or a.startswith("aa:") for a in attacks)
     return (self.split == split and self.n_examples == n_examples
-            and abs(self.epsilon - epsilon) < 1e-9 and set(attacks) <= set(self.accuracy))
+            and abs(self.epsilon - epsilon) < 1e-9 and self.norm == norm
+            and self.dtype == dtype
+            and (self.version == version or not uses_version) and attacks <= set(self.accuracy))
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -63,12 +83,16 @@ class EvalRecord:
   @classmethod
   def from_json(cls, record: Mapping[str, Any]) -> "EvalRecord":
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in record.items() if k in names})
+    fields = {k: v for k, v in record.items() if k in names}
+    fields["warnings"] = tuple(fields.get("warnings", ()))
+    return cls(**fields)
 
 
-def eval_json_path(workdir: str, step: int) -> str:
-  """Where the records of `workdir`'s checkpoint `step` live."""
-  return os.path.join(workdir, "checkpoints", str(step), EVAL_JSON)
+def eval_json_path(workdir: str, step: int, best: bool = False) -> str:
+  """Where the records of `workdir`'s checkpoint `step` live (`best`: the best-on-validation
+  checkpoint kept by `checkpoint.keep_best`)."""
+  directory = checkpointing.BEST_DIR if best else checkpointing.CHECKPOINTS_DIR
+  return os.path.join(workdir, directory, str(step), EVAL_JSON)
 
 
 def read_eval_records(path: str) -> list[EvalRecord]:
@@ -108,12 +132,21 @@ def _fraction(text: str, flag: str) -> float:
 
 
 def restore_state(workdir: str, config, num_classes: int, image_shape, *,
-                  step: int | None = None):
-  """`(models by role, TrainState, step)` of a run's checkpoint (default: the latest), built from
-  the run's `config` (`config.load_json`); raises CheckpointError naming what is there."""
-  nets = models.build_models(config, methods.get_method(config.method.name).roles, num_classes)
+                  step: int | None = None, best: bool = False):
+  """`(models by role, TrainState, step)` of a run's checkpoint (default: the latest; `best`:
+  the best-on-validation one of `checkpoint.keep_best`), built from the run's `config`
+  (`config.load_json`); the models compute in `config.eval.dtype`. Raises CheckpointError naming
+  what is there."""
+  nets = models.build_models(config, methods.get_method(config.method.name).roles, num_classes,
+                             dtype=config.eval.dtype)
   state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  directory = os.path.join(workdir, checkpointing.BEST_DIR if best else
+                           checkpointing.CHECKPOINTS_DIR)
+  if best and not os.path.isdir(directory):
+    raise checkpointing.CheckpointError(
+        f"No best checkpoint in {directory}: the run did not keep one (train with "
+        "--config.checkpoint.keep_best=<attack> and a validation split).")
+  ckpt = checkpointing.Checkpointer(directory, async_save=False)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None or step not in ckpt.all_steps():
@@ -130,18 +163,26 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                         n_examples: int = 0, epsilon: float | None = None,
                         step_size: float | None = None, weights: str = "ema",
                         role: str = "target", split: str = "", data_dir: str = "",
-                        progress: bool = True) -> dict:
+                        progress: bool = True, norm: str = "Linf",
+                        version: str = "standard", best: bool = False,
+                        dtype: str = "") -> dict:
   """Evaluates a trained run's checkpoint; returns the `EvalRecord` written to `eval.json`, as a
   dict, with its "path".
 
   `epsilon` defaults to the run's `eval.epsilon`; `step_size` to the run's `eval.step_size`
   scaled by `epsilon / eval.epsilon` (2/255 at 8/255). `weights`: "ema" (the run's EMA weights
   when it kept them, else the live ones) or "live". `data_dir` replaces the run's `data.dir`
-  (for a run trained elsewhere). Attacks run one at a time, each compiled once.
+  (for a run trained elsewhere). Attacks run one at a time, each compiled once. `norm` and
+  `version` are AutoAttack's (`aa` and its attacks named alone); with a norm other than Linf,
+  `epsilon` has no run default and must be given. `best`: the checkpoint `checkpoint.keep_best`
+  kept (records in `best/<step>/eval.json`). `dtype` replaces the run's `eval.dtype` (the
+  precision the models compute in; float32 unless the run said otherwise).
   """
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
     config.data.dir = data_dir
+  if dtype:
+    config.eval.dtype = dtype
   if split:
     config.eval.split = split
   if weights not in ("ema", "live"):
@@ -150,15 +191,23 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   if role not in method.roles:
     raise ValueError(f"--role={role!r}: method {config.method.name!r} trains the roles "
                      f"{', '.join(method.roles)}.")
+  if norm not in AUTOATTACK_NORMS:
+    raise ValueError(f"--norm={norm!r}: use one of {', '.join(AUTOATTACK_NORMS)}.")
+  if version not in AUTOATTACK_VERSIONS:
+    raise ValueError(f"--version={version!r}: use one of {', '.join(AUTOATTACK_VERSIONS)}.")
+  if epsilon is None and norm != "Linf":
+    raise ValueError(f"--norm={norm} needs --epsilon (the run's eval.epsilon is an L-inf "
+                     "radius), e.g. --epsilon=0.5 for L2 or --epsilon=12 for L1 on CIFAR-10.")
   epsilon = config.eval.epsilon if epsilon is None else epsilon
   if step_size is None:
     step_size = config.eval.step_size * epsilon / config.eval.epsilon
-  attack_list = parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size)
+  attack_list = parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size, norm=norm,
+                              version=version)
   config_lib.validate(config)
 
   dataset = data.load_dataset(config.data)
   nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,
-                                    step=step)
+                                    step=step, best=best)
   if weights == "live":
     state = state.replace(ema_params=None, ema_batch_stats=None)
   used = "ema" if state.ema_params is not None else "live"
@@ -170,40 +219,29 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   batch_size = config.data.eval_batch_size
   accuracy, seconds = {}, {}
 
-  def flags_fn(attack, position):
-    fn = data_parallel.map(functools.partial(correct_step, model=nets[role], role=role,
-                                             attack=attack, position=position),
-                           donate_state=False, batch_outputs=(True,))
-    put = data_parallel.put_batch
-    return lambda batch: data_parallel.get_batch(fn(device_state, put(batch)))[0]
-
-  def batches_of(indices, desc):
-    # Few robust points: a smaller batch (a power of two times the device count, so at most a
-    # few sizes compile) instead of padding to `eval_batch_size`.
-    size = data_parallel.num_devices
-    while size < min(len(indices), batch_size):
-      size *= 2
-    size = min(size, batch_size)
-    batches = data.eval_batches(split_data, batch_size=size, indices=indices)
-    for i, batch in enumerate(tqdm.tqdm(batches, total=data.num_eval_batches(len(indices), size),
-                                        desc=desc, disable=not progress, leave=False)):
-      yield indices[i * size:(i + 1) * size], batch
+  aa_warnings: list[str] = []
+  aa_states: list[str] = []
 
   for position, (name, attack) in enumerate(attack_list):
     t0 = time.time()
-    if name == "aa":  # attack by attack on the points still robust (official evaluation order)
-      clean = np.zeros(n, bool)
-      clean_fn = flags_fn(None, position)
-      for index, batch in batches_of(np.arange(n), "aa/clean"):
-        clean[index] = clean_fn(batch)[:len(index)]
-      parts = {}
-      robust = autoattack_flags(
-          lambda a, p=position: flags_fn(a, p),
-          lambda idx: batches_of(idx, "aa"), clean, epsilon=epsilon,
-          on_attack=lambda part, r: parts.__setitem__(part, float(r.mean())))
-      accuracy[name], seconds[name] = float(robust.mean()), time.time() - t0
-      # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log).
-      accuracy.update({f"aa:{k}": v for k, v in parts.items()})
+    if name == "aa":  # the official evaluation: each attack on the points still robust
+      variables = state.eval_variables(role)
+      logits_fn = functools.partial(_logits, nets[role], variables)
+      key = jax.random.fold_in(rng.stream(state.rng, rng.EVAL), position)
+      state_path = os.path.join(
+          os.path.dirname(eval_json_path(workdir, step, best)), "autoattack",
+          f"{role}_{used}_{config.eval.split}_{norm}_{version}_eps{epsilon:.6g}_n{n}.json")
+      result = run_autoattack(
+          logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
+          epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
+          state_path=state_path, progress=progress)
+      accuracy[name], seconds[name] = result.robust_accuracy, time.time() - t0
+      # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log);
+      # attacks skipped because no point was left robust show the accuracy they would keep.
+      accuracy.update({f"aa:{k}": result.accuracy.get(k, result.robust_accuracy)
+                       for k in result.attacks})
+      aa_warnings.extend(w for w in result.warnings if w not in aa_warnings)
+      aa_states.append(state_path)
       continue
     fn = data_parallel.map(functools.partial(eval_step, model=nets[role], role=role,
                                              attack_list=((name, attack),),
@@ -218,10 +256,20 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
 
   record = EvalRecord(step=int(step), role=role, weights=used, split=config.eval.split,
                       n_examples=n, epsilon=epsilon, step_size=step_size, accuracy=accuracy,
-                      seconds=seconds)
-  path = eval_json_path(workdir, step)
+                      seconds=seconds, norm=norm, version=version, warnings=tuple(aa_warnings),
+                      dtype=str(np.dtype(nets[role].dtype)))
+  path = eval_json_path(workdir, step, best)
   append_eval_record(path, record)
+  for state_path in aa_states:  # the record now holds the result
+    for leftover in (state_path, state_path + ".x_adv.npz"):
+      if os.path.exists(leftover):
+        os.remove(leftover)
   return {**record.to_json(), "path": path}
+
+
+def _logits(model, variables, x):
+  """The model in inference mode: `x [B, H, W, C] -> logits [B, K]`."""
+  return model.apply(variables, x, train=False)
 
 
 def format_table(record: Mapping) -> str:
@@ -240,16 +288,26 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
-  runtime.configure_cpu_for(config)
-  record = evaluate_checkpoint(
-      f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
-      epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
-      step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
-      weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir)
+  try:
+    config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
+    runtime.configure_cpu_for(config)
+    record = evaluate_checkpoint(
+        f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
+        epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
+        step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
+        weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir, norm=f.norm,
+        version=f.version, best=f.best, dtype=f.dtype)
+  except (ValueError, TypeError, FileNotFoundError, checkpointing.CheckpointError) as e:
+    if f.verbosity >= 1:  # --verbosity=1 shows the traceback
+      raise
+    sys.exit(f"regmix_jax.evaluate: {type(e).__name__}: {e}")
   print(f"{f.workdir}: step {record['step']}, {record['role']} ({record['weights']} weights), "
-        f"{record['n_examples']} {record['split']} examples, eps {record['epsilon']:.5f}")
+        f"{record['n_examples']} {record['split']} examples, {record['norm']} eps "
+        f"{record['epsilon']:.5f}, AutoAttack version {record['version']}, computed in "
+        f"{record['dtype']}")
   print(format_table(record))
+  for warning in record["warnings"]:
+    print(f"Warning: {warning}")
   print(f"written to {record['path']}")
 
 
@@ -259,12 +317,19 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
   flags.DEFINE_string("attacks", "clean,pgd20,pgd50,cw20,aa", "Comma-separated attack names.")
   flags.DEFINE_integer("n_examples", 0, "Evaluate the first N examples of the split (0: all).")
-  flags.DEFINE_string("epsilon", None, "L-inf radius, e.g. 8/255 (default: the run's).")
+  flags.DEFINE_string("epsilon", None, "Radius in --norm, e.g. 8/255 (default: the run's "
+                      "L-inf radius; required for L2 and L1).")
+  flags.DEFINE_enum("norm", "Linf", list(AUTOATTACK_NORMS), "AutoAttack's threat model.")
+  flags.DEFINE_enum("version", "standard", list(AUTOATTACK_VERSIONS), "AutoAttack's version.")
   flags.DEFINE_string("step_size", None, "PGD/C&W step (default: the run's, scaled with eps).")
   flags.DEFINE_enum("weights", "ema", ["ema", "live"], "EMA weights (when kept) or live ones.")
   flags.DEFINE_string("role", "target", "Which model to evaluate (D2R: target or guide).")
   flags.DEFINE_string("split", "", "test or val (default: the run's eval.split).")
   flags.DEFINE_string("data_dir", "", "Replaces the run's data.dir.")
+  flags.DEFINE_bool("best", False, "Evaluate the best-on-validation checkpoint the run kept "
+                    "(config checkpoint.keep_best) instead of its latest.")
+  flags.DEFINE_enum("dtype", "", ["", *models.DTYPES], "The precision the model computes in "
+                    "(default: the run's eval.dtype, float32).")
   flags.mark_flags_as_required(["workdir"])
 
 

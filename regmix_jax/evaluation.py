@@ -2,10 +2,11 @@
 the attacks of `attacks.parse_attacks`, and their host-side reduction.
 
 `eval_step` counts correct examples under each attack (what the training loop's per-epoch
-evaluation maps over devices); `correct_step` gives the per-example flags AutoAttack's
-composition needs (`autoattack_flags`); `accuracies` turns counts over batches into fractions.
-The checkpoint-evaluation command (`python -m regmix_jax.evaluate`) lives in `evaluate.py` and
-builds on these.
+evaluation maps over devices); `accuracies` turns counts over batches into fractions. The
+checkpoint-evaluation command (`python -m regmix_jax.evaluate`) lives in `evaluate.py` and builds
+on these; its AutoAttack runs through `attacks.run_autoattack` (one code path for the command and
+for a user's own model), which gives the same per-point result as the fixed-shape
+`attacks.autoattack` that `eval_step` runs for "aa" during training.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import attacks, losses, rng
+from regmix_jax import losses, rng
 
 
 def eval_step(state, batch, key=None, *, model, attack_list, role: str = "target",
@@ -52,44 +53,6 @@ def _correct_under(state, batch, key, *, model, attack, role, position) -> jax.A
   x = batch["image"].astype(jnp.float32) / 255.0
   x_eval = x if attack is None else attack(logits_fn, x, batch["label"], keys)
   return losses.correct(logits_fn(x_eval), batch["label"])
-
-
-def correct_step(state, batch, key=None, *, model, attack, role: str = "target",
-                 position: int = 0, axis_name: str | None = None) -> tuple[jax.Array]:
-  """`(correct [b] bool,)` per example under one attack (keys as `eval_step` at `position`);
-  map it with `batch_outputs=(True,)`. Used to run AutoAttack's attacks on the robust points
-  only (`autoattack_flags`)."""
-  del axis_name  # per-example output: nothing to reduce
-  return (_correct_under(state, batch, key, model=model, attack=attack, role=role,
-                         position=position) > 0,)
-
-
-def autoattack_flags(step_for, batches_of, clean_correct: np.ndarray, *, epsilon: float,
-                     version="standard", on_attack=None) -> np.ndarray:
-  """AutoAttack as the official `run_standard_evaluation`: each attack of `version` runs only on
-  the points still robust, gathered into full batches (so on a robust model the later attacks
-  cost a fraction of a pass over the data).
-
-  Args:
-    step_for: `attack fn -> (batch -> correct [b] bool numpy)`, e.g. a mapped `correct_step`.
-    batches_of: `indices -> iterable of (indices in the batch, batch)`.
-    clean_correct: `[N]` bool, correct on the clean inputs.
-    on_attack: optional `callback(name, robust [N])` after each attack.
-
-  Returns:
-    `[N]` bool robust flags; equal per point to `attacks.autoattack` with the same keys (attack i
-    of the list uses `fold_in(example key, i)`, as there).
-  """
-  robust = np.asarray(clean_correct, bool).copy()
-  for i, name in enumerate(attacks.autoattack_version(version)):
-    part = attacks.AUTOATTACK_ATTACKS[name]
-    fn = step_for(lambda f, x, y, k, part=part, i=i: part(f, x, y, rng.fold(k, i),
-                                                          epsilon=epsilon))
-    for index, batch in batches_of(np.nonzero(robust)[0]):
-      robust[index] &= fn(batch)[:len(index)]
-    if on_attack is not None:
-      on_attack(name, robust)
-  return robust
 
 
 def accuracies(batches: Iterable[Mapping[str, np.ndarray]], step_fn,

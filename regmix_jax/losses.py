@@ -75,16 +75,21 @@ def smooth_labels(labels: jax.Array, num_classes: int, factor: float) -> jax.Arr
   return jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), factor, other)
 
 
-def kl_div(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+def kl_div(p_logits: jax.Array, q_logits: jax.Array, eps: float = 0.0) -> jax.Array:
   """`KL(P || Q)` per example, `[B, C], [B, C] -> [B]`, with `P = softmax(p_logits)` (the
   reference, first argument) and `Q = softmax(q_logits)`: `sum_c P_c (log P_c - log Q_c)`.
 
   Computed from log-softmax on both sides, so it is finite (and has finite gradients) for logits
-  as large as 1e4 and for one-hot-like distributions; no stop-gradient inside.
+  as large as 1e4 and for one-hot-like distributions; no stop-gradient inside. With `eps > 0` the
+  reference's log is `log(P_c + eps)`, as D2R's released `kl_loss` computes it
+  (`-a * b + log(b + 1e-5) * b`, D2R.py:27-29, 81-83).
   """
   log_p = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
   log_q = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
-  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+  p = jnp.exp(log_p)
+  if eps:
+    log_p = jnp.log(p + eps)
+  return jnp.sum(p * (log_p - log_q), axis=-1)
 
 
 def logit_mse(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -224,7 +229,7 @@ D2R_CLEAN_TERMS = ("abs_diff", "sum")
 
 def d2r_loss(guide_clean_logits: jax.Array, target_clean_logits: jax.Array,
              target_adv_logits: jax.Array, labels: jax.Array, *, w_sym: float | None = None,
-             w_adv: float | None = None, clean_term: str = "abs_diff",
+             w_adv: float | None = None, clean_term: str = "abs_diff", kl_eps: float = 0.0,
              axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The dual regularisation loss per example, `[B, C] x3, [B] -> ([B], terms)`:
 
@@ -245,6 +250,8 @@ def d2r_loss(guide_clean_logits: jax.Array, target_clean_logits: jax.Array,
     w_sym, w_adv: per-example weights; default 20 / C and 30 / C, the released element-mean
       weights 20 and 30 (KL averaged over B * C there) as per-example batch-mean weights.
     clean_term: "abs_diff" or "sum".
+    kl_eps: added to the reference probabilities inside the KLs' log (`kl_div`'s `eps`; the
+      released code's 1e-5, D2R.py:81-83).
     axis_name: the data-parallel axis when called per device (for the sign of "abs_diff").
 
   Returns:
@@ -255,8 +262,8 @@ def d2r_loss(guide_clean_logits: jax.Array, target_clean_logits: jax.Array,
   num_classes = guide_clean_logits.shape[-1]
   w_sym = 20.0 / num_classes if w_sym is None else w_sym
   w_adv = 30.0 / num_classes if w_adv is None else w_adv
-  kl_tg = kl_div(target_clean_logits, guide_clean_logits)  # KL(P(t(x)) || P(g(x)))
-  kl_gt = kl_div(guide_clean_logits, target_clean_logits)  # KL(P(g(x)) || P(t(x)))
+  kl_tg = kl_div(target_clean_logits, guide_clean_logits, kl_eps)  # KL(P(t(x)) || P(g(x)))
+  kl_gt = kl_div(guide_clean_logits, target_clean_logits, kl_eps)  # KL(P(g(x)) || P(t(x)))
   if clean_term == "sum":
     clean = kl_tg + kl_gt
   else:
@@ -268,6 +275,6 @@ def d2r_loss(guide_clean_logits: jax.Array, target_clean_logits: jax.Array,
   terms = {"guide_ce": cross_entropy(guide_clean_logits, labels),
            "mse": logit_mse(target_adv_logits, guide_clean_logits),
            "clean": clean,
-           "adv_kl": kl_div(target_adv_logits, guide_clean_logits)}
+           "adv_kl": kl_div(target_adv_logits, guide_clean_logits, kl_eps)}
   loss = terms["guide_ce"] + terms["mse"] + w_sym * clean + w_adv * terms["adv_kl"]
   return loss, terms

@@ -6,6 +6,7 @@ Also installed as the console script `regmix-train`.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from absl import app, flags, logging
@@ -36,13 +37,33 @@ def main(argv):
     if FLAGS.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
     sys.exit(f"regmix_jax: {type(e).__name__}: {e}")
+  except OSError as e:
+    if e.errno != errno.ENOSPC or FLAGS.verbosity >= 1:
+      raise
+    sys.exit("regmix_jax: CheckpointError: " +
+             checkpointing.disk_full_message(FLAGS.workdir, "The run's logs or checkpoints"))
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a mistyped `--config.<field>` override reported as an unknown
+  config field with the closest name, not as ml_collections' KeyError."""
+  try:
+    return FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if files:
+      try:
+        config_lib.check_override_paths(config_lib.from_command_line(files[-1]), argv)
+      except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"regmix_jax: {error}")
+    sys.exit(f"regmix_jax: a --config override names no field: {e}")
 
 
 def run():
   """Console-script entry point. Renamed config fields on the command line are given their new
   names first (`config.RENAMED_FIELDS`)."""
   sys.argv = config_lib.renamed_arguments(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ def cpu_device_count(config) -> int:
              if config.data.batch_size % d == 0 and config.data.eval_batch_size % d == 0)
 
 
+# XLA:CPU ends the whole process (SIGABRT) when devices wait at a collective's rendezvous for a
+# late one longer than its stuck-warning time (20 s) plus this many seconds (default 40 in jaxlib
+# 0.10.2): on a busy CPU a slow host device can lag that much. `configure_cpu_devices` raises it
+# to `config.cpu_collective_timeout_s` unless XLA_FLAGS sets it.
+COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+
 # XLA:CPU's YNNPACK fusion kinds (`--xla_cpu_experimental_ynn_fusion_type`, jaxlib 0.10.2).
 YNN_FUSION_TYPES = ("individual_convolution", "individual_dot", "eltwise", "reduce", "dot")
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -38,24 +44,36 @@ def check_ynn_fusion_type(value: str) -> None:
                      f"comma-separated list of {', '.join(YNN_FUSION_TYPES)}")
 
 
-def configure_cpu_devices(count: int, ynn_fusion_type: str) -> None:
+def configure_cpu_devices(count: int, ynn_fusion_type: str,
+                          collective_timeout_s: int = 600) -> None:
   """Before JAX starts a backend: sets the number of host CPU devices, so that data parallelism
-  on a CPU-only machine uses every core, and which operations XLA:CPU hands to YNNPACK
-  (`ynn_fusion_type`, see `config.cpu_ynn_fusion_type`; "default" leaves XLA's choice). An
-  `--xla_cpu_experimental_ynn_fusion_type` already in XLA_FLAGS wins. No effect on GPU/TPU."""
+  on a CPU-only machine uses every core, which operations XLA:CPU hands to YNNPACK
+  (`ynn_fusion_type`, see `config.cpu_ynn_fusion_type`; "default" leaves XLA's choice), and how
+  long a host device may wait for the others at a collective before XLA ends the process
+  (`collective_timeout_s`, `COLLECTIVE_TIMEOUT_FLAG`). Flags already in XLA_FLAGS win. No effect
+  on GPU/TPU."""
   check_ynn_fusion_type(ynn_fusion_type)
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as e:  # a backend already started (e.g. in an interactive session)
     logging.warning("Could not set %d CPU devices or XLA:CPU flags: %s", count, e)
     return
-  os.environ["XLA_FLAGS"] = with_ynn_fusion_type(os.environ.get("XLA_FLAGS", ""), ynn_fusion_type)
+  flags = with_ynn_fusion_type(os.environ.get("XLA_FLAGS", ""), ynn_fusion_type)
+  os.environ["XLA_FLAGS"] = with_collective_timeout(flags, collective_timeout_s)
+
+
+def with_collective_timeout(xla_flags: str, seconds: int) -> str:
+  """`xla_flags` with COLLECTIVE_TIMEOUT_FLAG set to `seconds`, unless it already sets it."""
+  if COLLECTIVE_TIMEOUT_FLAG in xla_flags:
+    return xla_flags
+  return f"{xla_flags} {COLLECTIVE_TIMEOUT_FLAG}={int(seconds)}".strip()
 
 
 def configure_cpu_for(config) -> None:
-  """`configure_cpu_devices` as `config` asks (`cpu_devices`, `cpu_ynn_fusion_type`): what the
-  training and evaluation commands run first."""
-  configure_cpu_devices(cpu_device_count(config), config.cpu_ynn_fusion_type)
+  """`configure_cpu_devices` as `config` asks (`cpu_devices`, `cpu_ynn_fusion_type`,
+  `cpu_collective_timeout_s`): what the training and evaluation commands run first."""
+  configure_cpu_devices(cpu_device_count(config), config.cpu_ynn_fusion_type,
+                        config.cpu_collective_timeout_s)
 
 
 def with_ynn_fusion_type(xla_flags: str, ynn_fusion_type: str) -> str:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from absl import logging
 from jax.experimental import multihost_utils
 
 from regmix_jax import checkpointing, config as config_lib, data, evaluation, methods, models
@@ -222,12 +223,18 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
         num_shards=data_parallel.num_devices, shard_ids=data_parallel.shard_ids)
   step = data_parallel.map(
       functools.partial(train_step, method=bind_method(method.loss, nets, config.method),
-                        augment=config.data.augment, ema_decay=config.ema.decay),
+                        post_update=(None if method.post_update is None else
+                                     bind_method(method.post_update, nets, config.method)),
+                        augment=config.data.augment, pad_mode=config.data.pad_mode,
+                        rotate_degrees=config.data.rotate_degrees,
+                        ema_decay=config.ema.decay),
       donate_state=jax.default_backend() != "cpu", batch_outputs=(False, False, True))
   attack_list = parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                               step_size=config.eval.step_size)
+  eval_nets = models.build_models(config, method.roles, dataset.num_classes,
+                                  dtype=config.eval.dtype)
   eval_steps = {
-      role: data_parallel.map(functools.partial(evaluation.eval_step, model=nets[role],
+      role: data_parallel.map(functools.partial(evaluation.eval_step, model=eval_nets[role],
                                                 role=role, attack_list=attack_list),
                               donate_state=False, per_device_outputs=True)
       for role in config_lib.eval_roles(config)}
@@ -247,6 +254,8 @@ class RunOutputs:
   metrics_log: reporting.MetricsLog | None
   board: reporting.TensorBoard
   is_main: bool
+  # `<workdir>/best/`: the best state on the validation split (`checkpoint.keep_best`), or None.
+  best_checkpointer: checkpointing.Checkpointer | None = None
 
   @classmethod
   def open(cls, workdir: str, config: ml_collections.ConfigDict) -> "RunOutputs":
@@ -259,16 +268,78 @@ class RunOutputs:
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
+    best = None
+    if config.checkpoint.keep_best:
+      best = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.BEST_DIR),
+                                        max_to_keep=1,
+                                        async_save=config.checkpoint.async_save)
     return cls(workdir=workdir, checkpointer=checkpointer,
                metrics_log=(reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
                             if is_main else None),
                board=reporting.TensorBoard(os.path.join(workdir, "tensorboard")
                                            if is_main else None),
-               is_main=is_main)
+               is_main=is_main, best_checkpointer=best)
 
-  def close(self) -> None:
-    self.checkpointer.close()
-    self.board.close()
+  def close(self, raise_errors: bool = True) -> None:
+    """Waits for the saves under way and closes the writers; `raise_errors=False` while another
+    error is being raised (a failed save is then not raised over it)."""
+    try:
+      self.checkpointer.close(raise_errors)
+      if self.best_checkpointer is not None:
+        self.best_checkpointer.close(raise_errors)
+    finally:
+      try:
+        self.board.close()
+      except OSError:  # e.g. the disk is full: report it unless another error is on its way
+        if raise_errors:
+          raise
+
+
+class _Interrupted(Exception):
+  """A stop request (SIGTERM / SIGINT) arrived during an evaluation."""
+
+
+def _restore_latest_good(trainer: Trainer, outputs: RunOutputs):
+  """`(state, meta)` from the newest checkpoint that restores (its per-example state loaded into
+  `trainer.samples`), or a fresh state when there is none. A damaged checkpoint is skipped with a
+  warning naming its step and why, and moved aside to `<workdir>/checkpoints_damaged/<step>`;
+  with none restorable, CheckpointError lists every step tried."""
+  state = trainer.create_state()
+  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **trainer.layout()}
+  checkpointer = outputs.checkpointer
+  failures = []
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      if trainer.samples is None:
+        restored_state, restored_meta = checkpointer.restore(state, step=step)
+      else:
+        restored_state, restored_meta, sample = checkpointer.restore(
+            state, step=step,
+            sample_target=trainer.samples.abstract_global(trainer.data_parallel.mesh))
+    except checkpointing.CheckpointError as e:
+      logging.warning("The checkpoint at step %d was skipped: %s", step, e)
+      failures.append((step, e))
+      continue
+    checkpointing.check_layout(restored_meta, trainer.layout(), checkpointer.directory)
+    if trainer.samples is not None:
+      trainer.samples.load_global(sample)
+    if failures and outputs.is_main:
+      aside = os.path.join(outputs.workdir, "checkpoints_damaged")
+      for bad, _ in failures:
+        checkpointer.set_aside(bad, aside)
+      logging.warning("Resuming from the checkpoint at step %d; the newer, damaged ones (steps "
+                      "%s) were moved to %s.", step, ", ".join(str(s) for s, _ in failures),
+                      aside)
+    if outputs.is_main:
+      print(f"Resuming from {checkpointer.directory}/{int(restored_state.step)} "
+            f"(epoch {restored_meta['epoch'] + 1}, step {restored_meta['step_in_epoch']}).",
+            flush=True)
+    return restored_state, restored_meta
+  if failures:
+    raise checkpointing.CheckpointError(
+        f"No checkpoint in {checkpointer.directory} could be restored; tried:\n" +
+        "\n".join(f"  step {step}: {error}" for step, error in failures))
+  return state, meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -280,25 +351,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   trainer = build_trainer(config)
   outputs = RunOutputs.open(workdir, config)
-  state = trainer.create_state()
-  meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **trainer.layout()}
-  checkpointer = outputs.checkpointer
-  if checkpointer.latest_step() is not None:
-    if trainer.samples is None:
-      state, meta = checkpointer.restore(state)
-    else:
-      state, meta, restored = checkpointer.restore(
-          state, sample_target=trainer.samples.abstract_global(trainer.data_parallel.mesh))
-      trainer.samples.load_global(restored)
-    checkpointing.check_layout(meta, trainer.layout(), checkpointer.directory)
-    if outputs.is_main:
-      print(f"Resuming from {checkpointer.directory}/{int(state.step)} "
-            f"(epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}).", flush=True)
-
-  device_state = trainer.data_parallel.put_state(state)
-  del state  # the live state is `device_state`
   final: dict[str, float] = {}
   try:
+    state, meta = _restore_latest_good(trainer, outputs)
+    device_state = trainer.data_parallel.put_state(state)
+    del state  # the live state is `device_state`
     with _StopRequest() as stop:
       for epoch in range(meta["epoch"], config.num_epochs):
         resuming = epoch == meta["epoch"] and meta["step_in_epoch"] > 0
@@ -307,19 +364,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         metrics = _EpochMetrics(meta["sums"], meta["steps"]) if resuming else _EpochMetrics()
         device_state, stopped, rate = _train_epoch(trainer, outputs, device_state, epoch, start,
                                                    metrics, stop)
+        if not stopped:
+          epoch_result, stopped = _end_epoch(trainer, outputs, device_state, epoch, metrics,
+                                             rate, stop)
         if stopped:
           if outputs.is_main:
             print(f"Stopped by a signal at step {epoch * trainer.steps_per_epoch + stopped}; the "
                   "checkpoint is saved. Run the same command to resume.", flush=True)
           break
-        epoch_result = _end_epoch(trainer, outputs, device_state, epoch, metrics, rate)
         if epoch + 1 == config.num_epochs:
           final = epoch_result
       else:
         if not final:  # nothing left to train (a finished run started again): evaluate only
           final = _evaluate(trainer, device_state, num_examples=0)
-  finally:
-    outputs.close()
+  except BaseException:
+    outputs.close(raise_errors=False)
+    raise
+  outputs.close()
   if outputs.is_main and final:
     print("\n" + reporting.summary_table(outputs.metrics_log.records), flush=True)
     print(f"final ({config.eval.split}): " +
@@ -335,8 +396,10 @@ def _current_step(trainer: Trainer, device_state) -> int:
 
 def _check_finite(trainer: Trainer, device_state, before: str) -> None:
   """Raises FloatingPointError when a parameter is not finite, naming the step and that nothing
-  was saved after it."""
-  if not bool(_all_finite(device_state.params)):
+  was saved after it. Checks the first local device's copy (the replicas are equal): no program
+  spanning the devices runs outside the train step (on CPU a device kept waiting at a
+  collective aborts the process)."""
+  if not bool(_all_finite(trainer.data_parallel.unreplicate(device_state.params))):
     raise FloatingPointError(
         f"Non-finite parameters after step {_current_step(trainer, device_state)}. Training "
         f"stopped before {before}; the latest checkpoint holds the last good state. Lower the "
@@ -398,25 +461,54 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
   return device_state, 0, done * config.data.batch_size / max(time.time() - t0, 1e-9)
 
 
-def _evaluate(trainer: Trainer, device_state, num_examples: int) -> dict[str, float]:
-  """Accuracies of every evaluated role; names of roles other than the target are prefixed."""
+def _evaluate(trainer: Trainer, device_state, num_examples: int,
+              stop: _StopRequest | None = None) -> dict[str, float]:
+  """Accuracies of every evaluated role; names of roles other than the target are prefixed.
+  With `stop`, a stop request between two batches raises `_Interrupted`."""
   out = {}
   for role, eval_step in trainer.eval_steps.items():
-    batches = data.eval_batches(trainer.eval_split,
-                                batch_size=trainer.config.data.eval_batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(), num_examples=num_examples)
+    def batches():
+      for batch in data.eval_batches(trainer.eval_split,
+                                     batch_size=trainer.config.data.eval_batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     num_examples=num_examples):
+        if stop is not None and stop.requested():
+          raise _Interrupted()
+        yield batch
     put = trainer.data_parallel.put_batch
-    acc = evaluation.accuracies(batches, lambda b, f=eval_step: f(device_state, put(b)),
+    acc = evaluation.accuracies(batches(), lambda b, f=eval_step: f(device_state, put(b)),
                                 fetch=trainer.data_parallel.host_sum)
     out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})
   return out
 
 
+def _keep_if_best(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
+                  value: float) -> None:
+  """Saves the state in `<workdir>/best/` when `value` (the validation score named by
+  `checkpoint.keep_best`) is at least the best so far (ties: the later epoch, as FGSM-PGK's
+  `if best_result <= pgd_acc`, FGSM_PGK_CIFAR10.py:387)."""
+  best = outputs.best_checkpointer
+  previous = best.latest_meta()
+  step = _current_step(trainer, device_state)
+  if previous is not None and (value < previous["value"] or step in best.all_steps()):
+    return
+  best.save(step, trainer.data_parallel.unreplicate(device_state),
+            {"epoch": epoch, "metric": trainer.config.checkpoint.keep_best, "value": value,
+             "split": trainer.config.eval.split})
+  if outputs.is_main:
+    print(f"best so far on {trainer.config.eval.split} "
+          f"({trainer.config.checkpoint.keep_best} {100 * value:.2f}%): epoch {epoch + 1}, kept "
+          f"in {best.directory}/{step}", flush=True)
+
+
 def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
-               metrics: _EpochMetrics, rate: float) -> dict[str, float]:
+               metrics: _EpochMetrics, rate: float,
+               stop: _StopRequest | None = None) -> tuple[dict[str, float], int]:
   """Evaluates when due, appends the epoch record, checkpoints the next epoch's start. Returns
-  the evaluation ({} when none was due). The last epoch evaluates the whole split."""
+  `(evaluation ({} when none was due), stopped)`. The last epoch evaluates the whole split. A
+  stop request during the evaluation saves the epoch's end (its evaluation still to do, which a
+  resumed run does first) and returns `stopped` = the epoch's step count."""
   config = trainer.config
   _check_finite(trainer, device_state, "evaluating or saving them")
   record = {"epoch": epoch, "step": (epoch + 1) * trainer.steps_per_epoch,
@@ -424,9 +516,16 @@ def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
   last = epoch + 1 == config.num_epochs
   result = {}
   if last or (epoch + 1) % config.eval.every_epochs == 0:
-    result = _evaluate(trainer, device_state, 0 if last else config.eval.num_examples)
+    try:
+      result = _evaluate(trainer, device_state, 0 if last else config.eval.num_examples, stop)
+    except _Interrupted:
+      _save(trainer, outputs, device_state, epoch, trainer.steps_per_epoch, metrics)
+      outputs.checkpointer.wait()
+      return {}, trainer.steps_per_epoch
     record.update({f"eval_{k}": v for k, v in result.items()})
     outputs.board.scalars(epoch + 1, result, "eval/")
+  if result and config.checkpoint.keep_best:
+    _keep_if_best(trainer, outputs, device_state, epoch, result[config.checkpoint.keep_best])
   if outputs.is_main:
     # Logged before the checkpoint so that a kill in between cannot lose the record; the epoch
     # is then re-run on resume and MetricsLog skips the record it already has.
@@ -434,4 +533,4 @@ def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in record.items()), flush=True)
   _save(trainer, outputs, device_state, epoch + 1, 0, _EpochMetrics())
-  return result
+  return result, 0

@@ -91,10 +91,11 @@ def test_autoattack_is_the_pointwise_worst_case():
   eps, key = 0.02, jax.random.key(5)
   names = ("apgd-ce", "apgd-t")
   _, robust = attacks.autoattack(logits_fn, x, labels, key, epsilon=eps, version=names)
-  # Each attack alone, with the key the composition gives it.
+  # Each attack alone, with the keys the composition gives it: example b, attack i.
+  keys = rng.example_keys(key, jnp.arange(x.shape[0]))
   alone = [jnp.argmax(logits_fn(attacks.AUTOATTACK_ATTACKS[n](
-      logits_fn, x, labels, rng.fold(key, i), epsilon=eps)), -1) == labels
+      logits_fn, x, labels, rng.fold(keys, i), epsilon=eps)), -1) == labels
            for i, n in enumerate(names)]
   np.testing.assert_array_equal(np.asarray(robust), np.asarray(alone[0] & alone[1]))
   with pytest.raises(ValueError, match="version"):
-    attacks.autoattack(logits_fn, x, labels, key, epsilon=eps, version="plus")
+    attacks.autoattack(logits_fn, x, labels, key, epsilon=eps, version="strong")

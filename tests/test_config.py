@@ -10,6 +10,8 @@ import pytest
 from regmix_jax import config as config_lib
 from regmix_jax import methods
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _config(**method_overrides):
   c = config_lib.base_config()
@@ -211,3 +213,88 @@ def test_from_command_line_parses_overrides_as_the_cli():
   assert built.method.agr_gamma == 0.2 and built.method.name == "fgsm_agr"
   with pytest.raises(Exception, match="optimizer"):  # a mistyped group is not silently added
     config_lib.from_command_line(FGSM_AGR, ["--config.optimizer.lr=0.1"])
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("method.epsilon", 8.0, r"method\.epsilon.*did you mean 8/255 = 0\.031373"),
+    ("method.step_size", 2.0, r"method\.step_size.*did you mean 2/255"),
+    ("eval.epsilon", 1.5, r"eval\.epsilon.*did you mean"),
+    ("eval.epsilon", 300.0, r"eval\.epsilon.*larger than the whole \[0, 1\]"),
+    ("optim.learning_rate", float("nan"), r"optim\.learning_rate.* not a finite number"),
+    ("optim.weight_decay", float("inf"), r"optim\.weight_decay.* not a finite number"),
+    ("ema.decay", float("nan"), r"ema\.decay.* not a finite number"),
+    ("checkpoint.max_to_keep", 1, r"max_to_keep.* at least 2"),
+])
+def test_bad_numbers_name_the_field_and_the_fix(path, value, message):
+  c = _config()
+  group, field = path.rsplit(".", 1)
+  c[group][field] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_mistyped_config_group_on_the_command_line_names_the_close_one():
+  config = config_lib.from_command_line(FGSM_AGR)
+  with pytest.raises(ValueError, match=r"`optimizer`.*Did you mean `optim`"):
+    config_lib.check_override_paths(config, ["--config.optimizer.lr=0.1"])
+  with pytest.raises(ValueError, match=r"`optim\.lr`.*learning_rate"):
+    config_lib.check_override_paths(config, ["--config.optim.lr=0.1"])
+  config_lib.check_override_paths(config, ["--config.optim.learning_rate=0.1", "--workdir=x"])
+
+
+def test_keep_best_needs_a_validation_split_and_an_evaluated_attack():
+  c = _config()
+  c.eval.attacks = "clean,pgd10"
+  c.checkpoint.keep_best = "pgd10"
+  with pytest.raises(ValueError, match=r"keep_best.*eval\.split.*val.*test split"):
+    config_lib.validate(c)
+  c.eval.split, c.data.val_size = "val", 100
+  config_lib.validate(c)
+  c.checkpoint.keep_best = "pgd20"
+  with pytest.raises(ValueError, match=r"keep_best.*one of the evaluated attacks"):
+    config_lib.validate(c)
+
+
+# The network (and input normalisation) each recipe's released script trains; docs/methods.md
+# cites the files. A recipe that drifts to another registry entry trains another model.
+RELEASED_MODELS = {
+    # FGSM-PGK, FGSM_PGK_CIFAR10.py / _CIFAR100.py: models/resnet.py ResNet18, no normalisation.
+    "cifar10/fgsm_pgk.py": ("resnet18", "", None),
+    "cifar10/fgsm_amr.py": ("resnet18", "", None),
+    "cifar10/fgsm_agr.py": ("resnet18", "", None),
+    "cifar100/fgsm_pgk.py": ("resnet18", "", None),
+    "cifar100/fgsm_amr.py": ("resnet18", "", None),
+    "cifar100/fgsm_agr.py": ("resnet18", "", None),
+    # FGSM_PGK_TinyImageNet.py: ImageNet_models/preact_resnet.py, not Wong et al.'s network.
+    "tiny_imagenet/fgsm_pgk.py": ("preact_resnet18_fgsm_pgk", "", None),
+    "tiny_imagenet/fgsm_amr.py": ("preact_resnet18_fgsm_pgk", "", None),
+    "tiny_imagenet/fgsm_agr.py": ("preact_resnet18_fgsm_pgk", "", None),
+    # fast_adversarial train_fgsm.py / N-FGSM train.py: PreActResNet18 on normalised inputs.
+    "cifar10/fgsm_rs.py": ("preact_resnet18", "cifar10", None),
+    "cifar10/n_fgsm.py": ("preact_resnet18", "cifar10", None),
+    "cifar100/fgsm_rs.py": ("preact_resnet18", "cifar100", None),
+    # robust_overfitting train_cifar.py: its own PreActResNet18, normalised inputs.
+    "cifar10/pgd_at.py": ("preact_resnet18_rice", "cifar10", None),
+    "cifar100/pgd_at.py": ("preact_resnet18_rice", "cifar100", None),
+    # TRADES train_trades_cifar10.py, MART train_wideresnet.py: WideResNet-34-10.
+    "cifar10/trades.py": ("wrn34_10", "", None),
+    "cifar10/mart.py": ("wrn34_10", "", None),
+    # D2R: WRN-34-10 target (CIFAR-10) / PreActResNet-18 (CIFAR-100), LBGAT ResNet-18 guide.
+    "cifar10/d2r.py": ("wrn34_10", "", "lbgat_resnet18"),
+    "cifar100/d2r.py": ("preact_resnet18", "", "lbgat_resnet18"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(RELEASED_MODELS))
+def test_recipes_train_the_released_network(path):
+  config = config_lib.from_command_line(os.path.join(ROOT, "configs", path))
+  model, normalize, guide = RELEASED_MODELS[path]
+  assert (config.model.name, config.model.normalize) == (model, normalize)
+  if guide is not None:
+    assert config.guide_model.name == guide
+
+
+def test_every_recipe_has_a_released_network():
+  recipes = {os.path.relpath(p, os.path.join(ROOT, "configs"))
+             for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))}
+  assert recipes - {"cifar10/standard.py"} == set(RELEASED_MODELS)

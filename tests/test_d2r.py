@@ -104,7 +104,12 @@ def test_cag_ascends_its_objective_inside_the_box():
   objective = lambda z: float(losses.kl_div(guide_clean, target(z)).sum())  # KL(P(g(x)) || P(t))
   start = attacks.cag(target, guide_clean, x, keys, num_steps=0)
   x_adv = jax.jit(attacks.cag, static_argnums=0)(target, guide_clean, x, keys)
-  assert objective(x_adv) > 1.1 * objective(start)  # untrained models: a modest rise
+  # Untrained models (PyTorch's initialisation: outputs barely depend on the input) give a small
+  # rise; it must beat the same radius spent at random.
+  random_corner = jnp.clip(x + 0.031 * jnp.sign(jax.random.normal(jax.random.key(4), x.shape)),
+                           0.0, 1.0)
+  assert objective(x_adv) > objective(random_corner) > 0.0
+  assert objective(x_adv) > objective(start)
   assert np.abs(np.asarray(x_adv - x)).max() <= 0.031 + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   assert 0 < np.abs(np.asarray(start - x)).max() < 0.01  # Gaussian start, std 0.001

@@ -1,5 +1,6 @@
 """Tests of regmix_jax.data: sources (files, npz, tfds, synthetic), loaders and augmentation."""
 
+import importlib
 import os
 import pickle
 
@@ -263,3 +264,56 @@ def test_tfds_error(tmp_path):
   for part in ("cifar10", str(tmp_path), "tfds build cifar10 --file_format=array_record",
                "--config.data.source=files"):
     assert part in msg
+
+
+def test_reflect_padding_and_rotation_match_their_references():
+  """`pad_mode="reflect"` crops from the mirror-padded image (np.pad(mode="reflect"), Rice et
+  al.'s utils.py:26-27); `rotate_degrees` rotates as PIL's Image.rotate with nearest neighbour
+  (torchvision's RandomRotation on PIL images)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (only this test)
+  # The module (the package exports its `augment` function under the same name).
+  augment_lib = importlib.import_module("regmix_jax.data.augment")
+  rng_np = np.random.default_rng(0)
+  images = rng_np.integers(0, 256, (6, 8, 8, 3)).astype(np.float32)
+  keys = jax.vmap(jax.random.key)(jnp.arange(6))
+  out = np.asarray(data.augment(images, keys, pad=4, flip=False, pad_mode="reflect"))
+  for image, key, got in zip(images, keys, out):
+    k_y, k_x, _ = jax.random.split(key, 3)
+    oy, ox = int(jax.random.randint(k_y, (), 0, 9)), int(jax.random.randint(k_x, (), 0, 9))
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(got, padded[oy:oy + 8, ox:ox + 8])
+  picture = rng_np.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  for angle in (-15.0, 7.5, 15.0):
+    ours = np.asarray(augment_lib._rotate_nearest(jnp.asarray(picture), angle))  # pylint: disable=protected-access
+    theirs = np.asarray(Image.fromarray(picture).rotate(angle, resample=Image.NEAREST))
+    assert (ours == theirs).all(-1).mean() > 0.98, angle  # ties on pixel edges may round apart
+
+
+def _npz(tmp_path, **arrays):
+  r = np.random.default_rng(0)
+  base = {"x_train": r.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+          "y_train": np.arange(20) % 10,
+          "x_test": r.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+          "y_test": np.arange(10) % 10}
+  base.update(arrays)
+  for k in [k for k, v in base.items() if v is None]:
+    del base[k]
+  path = tmp_path / "data.npz"
+  np.savez(path, **base)
+  cfg = ml_collections.ConfigDict(dict(source="files", name="cifar10", dir=str(path),
+                                       download=False, val_size=0, seed=0))
+  return cfg
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"x_train": np.random.default_rng(1).uniform(size=(20, 32, 32, 3)).astype(np.float32)},
+     r"uint8 0-255, got float32 with values in \[.*\]\. Convert them: \(x \* 255\)\.round\(\)"),
+    ({"x_test": np.full((10, 32, 32, 3), 300.0)},
+     r"uint8 0-255, got float64 with values in \[300, 300\].*rescale"),
+    ({"y_train": np.arange(20) % 11}, r"labels must be in \[0, 10\), got \[0, 10\]"),
+    ({"y_test": np.arange(10) - 1}, r"labels must be in \[0, 10\), got \[-1, 8\]"),
+    ({"y_test": None}, r"lacks arrays \['y_test'\]"),
+])
+def test_bad_npz_contents_name_the_problem_and_the_fix(tmp_path, change, message):
+  with pytest.raises(ValueError, match=message):
+    data.load_dataset(_npz(tmp_path, **change))

@@ -31,12 +31,18 @@ def test_records_append_and_read_back_in_the_latest_checkpoint(tmp_path):
   assert evaluate.latest_eval_records(str(tmp_path / "none")) == []
 
 
-def test_covers_names_attacks_radius_size_and_split():
+def test_covers_names_attacks_radius_size_split_and_precision():
   record = _record()
   assert record.covers(["clean", "pgd20"], epsilon=8 / 255, n_examples=1017)
   assert not record.covers(["pgd50"], epsilon=8 / 255, n_examples=1017)
   assert not record.covers(["clean"], epsilon=4 / 255, n_examples=1017)
   assert not record.covers(["clean"], epsilon=8 / 255, n_examples=100)
   assert not record.covers(["clean"], epsilon=8 / 255, n_examples=1017, split="val")
+  bf16 = _record(dtype="bfloat16")
+  assert not bf16.covers(["clean"], epsilon=8 / 255, n_examples=1017)  # asks for float32
+  assert bf16.covers(["clean"], epsilon=8 / 255, n_examples=1017, dtype="bfloat16")
+  # A record written before `dtype` existed was computed in float32.
+  old = {k: v for k, v in record.to_json().items() if k != "dtype"}
+  assert evaluate.EvalRecord.from_json(old).dtype == "float32"
   # Fields a later version adds are ignored when read by this one.
   assert evaluate.EvalRecord.from_json({**record.to_json(), "future": 1}) == record

@@ -44,11 +44,11 @@ def test_padding_rows_are_not_counted_and_match_a_manual_count():
 def test_ema_weights_are_evaluated():
   net, state = _state(ema=True)
   # Make the EMA head predict class 3 for everything; the live parameters do not.
-  head = state.ema_params["target"]["head"]
+  head = state.ema_params["target"]["linear"]
   bias = np.full(10, -100.0, np.float32)
   bias[3] = 100.0
   ema_params = {"target": {**state.ema_params["target"],
-                           "head": {"kernel": head["kernel"] * 0, "bias": bias}}}
+                           "linear": {"kernel": head["kernel"] * 0, "bias": bias}}}
   state = state.replace(ema_params=ema_params)
   batch = _batch(n=8, real=8)
   batch["label"] = np.full(8, 3, np.int32)

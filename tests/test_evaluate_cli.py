@@ -3,6 +3,7 @@ AutoAttack on the robust points only giving the same answer as the fixed-shape c
 clear errors."""
 
 import functools
+import glob
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from regmix_jax import checkpointing, config as config_lib, data, evaluate, methods, models, train
 from regmix_jax import train_state as ts
 
+import tiny_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,20 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(tmp_path_factory):
   """A tiny PGD-AT run trained for one epoch on synthetic 8x8 images."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = config_lib.base_config()
-  config.method = methods.method_config("pgd_at")
-  config.method.num_steps = 2
-  config.data.source = "synthetic"
-  config.data.synthetic.update(num_train=128, num_test=40, image_size=8)
-  config.data.batch_size = 32
-  config.data.eval_batch_size = 16
-  config.model.name = "small_cnn"
-  config.model.width = 4
-  config.num_epochs = 1
-  config.optim.schedule = "constant"
-  config.eval.attacks = "clean"
-  config.checkpoint.async_save = False
-  config.ema.enabled = True
+  config = tiny_runs.tiny_config("pgd_at", **{
+      "method.num_steps": 2, "data.synthetic.num_test": 40, "data.synthetic.image_size": 8,
+      "data.eval_batch_size": 16, "num_epochs": 1, "eval.attacks": "clean",
+      "ema.enabled": True})
   train.train_and_evaluate(config, workdir)
   return workdir, config
 
@@ -74,3 +67,116 @@ def test_command_line_prints_the_table_and_names_bad_input(run):
   missing = subprocess.run(cmd[:3] + [f"--workdir={workdir}/nope"], cwd=ROOT,
                            capture_output=True, text=True)
   assert missing.returncode != 0 and "config.json" in missing.stderr
+
+
+def _cli(*args, **kwargs):
+  return subprocess.run([sys.executable, "-m", "regmix_jax.evaluate", *args], cwd=ROOT,
+                        capture_output=True, text=True, **kwargs)
+
+
+def test_errors_a_user_can_hit_are_one_line_each_not_a_traceback(run, tmp_path):
+  workdir, _ = run
+  empty = tmp_path / "no_checkpoints"
+  empty.mkdir()
+  (empty / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
+  for args, expected in {(f"--workdir={workdir}", "--step=999"): "No checkpoint at step 999",
+                         (f"--workdir={empty}", "--attacks=clean"): "No checkpoint in"}.items():
+    result = _cli(*args)
+    assert result.returncode != 0, args
+    assert expected in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+  # The same errors (caught the same way by the command) in-process, where they are cheaper.
+  with pytest.raises(checkpointing.CheckpointError, match="keep_best"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", best=True, progress=False)
+  with pytest.raises(ValueError, match="--epsilon"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", norm="L2", progress=False)
+  with pytest.raises(ValueError, match="roles"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", role="guide", progress=False)
+
+
+def test_dtype_flag_evaluates_in_that_precision_and_keeps_the_run_config(run):
+  """`--dtype=bfloat16` computes in bfloat16 (the accuracy of a bfloat16 model built by hand)
+  without changing the run's config.json."""
+  workdir, config = run
+  before = open(os.path.join(workdir, "config.json")).read()
+  record = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", dtype="bfloat16",
+                                        weights="live", progress=False)
+  assert open(os.path.join(workdir, "config.json")).read() == before
+  assert record["dtype"] == "bfloat16"
+  dataset = data.load_dataset(config.data)
+  state = ts.create_train_state(config, {"target": models.get_model("small_cnn", 10, width=4)},
+                                dataset.image_shape, 1)
+  state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
+  net = models.get_model("small_cnn", 10, width=4, dtype="bfloat16")
+  step = jax.jit(functools.partial(evaluate.eval_step, model=net,
+                                   attack_list=evaluate.parse_attacks("clean", epsilon=0.0)))
+  live = state.replace(ema_params=None, ema_batch_stats=None)
+  by_hand = evaluate.accuracies(data.eval_batches(dataset.test, batch_size=40),
+                                lambda b: step(live, b))["clean"]
+  assert record["accuracy"]["clean"] == by_hand
+  nets, _, _ = evaluate.restore_state(workdir, config_lib.load_json(
+      os.path.join(workdir, "config.json")), 10, dataset.image_shape)
+  assert np.dtype(nets["target"].dtype) == np.float32  # the run's eval.dtype, unless --dtype says otherwise
+
+
+def test_best_flag_evaluates_the_kept_best_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = config_lib.base_config()
+  config.method = methods.method_config("standard")
+  config.data.source = "synthetic"
+  config.data.synthetic.update(num_train=128, num_test=40, image_size=8)
+  config.data.update(batch_size=32, eval_batch_size=16, val_size=32)
+  config.model.update(name="small_cnn", width=4)
+  config.num_epochs = 2
+  config.optim.schedule = "constant"
+  config.eval.update(attacks="clean", split="val", num_examples=0)
+  config.checkpoint.update(async_save=False, keep_best="clean")
+  train.train_and_evaluate(config, workdir)
+  best = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.BEST_DIR))
+  try:
+    best_step, meta = best.latest_step(), best.latest_meta()
+  finally:
+    best.close()
+  record = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", best=True,
+                                        progress=False)
+  assert record["step"] == best_step and record["split"] == "val"
+  assert record["path"] == os.path.join(workdir, "best", str(best_step), "eval.json")
+  # The kept state scores on the validation split what training measured for it.
+  np.testing.assert_allclose(record["accuracy"]["clean"], meta["value"])
+
+
+# The evaluate command, killed by its own watcher thread after AutoAttack's second attack.
+KILL_AFTER_TWO_ATTACKS = """
+import os, runpy, sys
+workdir = sys.argv[1]
+""" + tiny_runs.kill_after_attacks_source(
+    'os.path.join(workdir, "checkpoints", "*", "autoattack", "*.json")') + """
+sys.argv = ["regmix_jax.evaluate", *sys.argv[1 + 1:]]
+runpy.run_module("regmix_jax.evaluate", run_name="__main__")
+print("finished without being killed")
+"""
+
+
+def test_evaluate_command_killed_during_autoattack_resumes_to_the_same_record(run):
+  """SIGKILL of the command after AutoAttack's second attack; the rerun resumes from the state
+  under `checkpoints/<step>/autoattack/`, writes the record an uninterrupted run writes, and
+  removes the state."""
+  workdir, _ = run
+  args = [f"--workdir={workdir}", "--attacks=aa", "--n_examples=16", "--epsilon=16/255"]
+  killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_ATTACKS, workdir, *args],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  states = glob.glob(os.path.join(workdir, "checkpoints", "*", "autoattack", "*.json"))
+  assert len(states) == 1
+  with open(states[0]) as f:
+    assert json.load(f)["run_attacks"] == ["apgd-ce", "apgd-t"]
+  resumed = _cli(*args, check=True)
+  assert not os.path.exists(states[0]) and not os.path.exists(states[0] + ".x_adv.npz")
+  whole = _cli(*args, check=True)
+  assert "written to" in resumed.stdout and "written to" in whole.stdout
+  path = os.path.join(os.path.dirname(os.path.dirname(states[0])), "eval.json")
+  with open(path) as f:
+    records = json.load(f)
+  assert records[-2]["accuracy"] == records[-1]["accuracy"]
+  assert records[-1]["accuracy"]["aa"] < records[-1]["accuracy"]["aa:apgd-ce"] or \
+      records[-1]["accuracy"]["aa"] < 1.0

@@ -80,15 +80,16 @@ SUBSET = os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz")
 
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
-  """The real CIFAR-10 subset when it is beside the project, else a small stand-in .npz."""
+  """The real CIFAR-10 subset when it is beside the project, else a stand-in .npz of the same
+  form, big enough for the study's 1000-image validation split."""
   if os.path.exists(SUBSET):
     return SUBSET
   import numpy as np  # pylint: disable=g-import-not-at-top  (only this fixture's fallback)
   path = tmp_path_factory.mktemp("data") / "subset.npz"
   r = np.random.default_rng(0)
-  np.savez(path, x_train=r.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
-           y_train=np.arange(64) % 10, x_test=r.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-           y_test=np.arange(16) % 10)
+  np.savez(path, x_train=r.integers(0, 256, (1100, 32, 32, 3), dtype=np.uint8),
+           y_train=np.arange(1100) % 10,
+           x_test=r.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=np.arange(16) % 10)
   return str(path)
 
 
@@ -119,6 +120,7 @@ def _finished_run(workdir, config_name, data):
     ("cifar10_subset/stage5_landscape.py", "restore"),
     ("method_comparison/run.py", "training"),
     ("regmix_hparams/search.py", "training"),
+    ("precision/run.py", "training"),
 ])
 def test_experiment_script_starts(script, reaches, data_path, tmp_path):
   root = tmp_path / "runs"

@@ -81,9 +81,10 @@ def test_hand_derivation_numbers():
   np.testing.assert_allclose(ref["prior"], [[-0.02, -0.1], [0.0, 0.0]], atol=1e-12)
 
 
-def _state(tau):
+def _state(tau, **method_overrides):
   config = config_lib.base_config()
-  config.method = methods.method_config("fgsm_pgk", **{**CFG, "ema_threshold": tau})
+  config.method = methods.method_config("fgsm_pgk", **{**CFG, "ema_threshold": tau,
+                                                       **method_overrides})
   config.optim.schedule = "constant"
   config.optim.learning_rate = LR
   config.optim.weight_decay = WD
@@ -92,20 +93,27 @@ def _state(tau):
   state = ts.create_train_state(config, nets, (1, 1, 2), steps_per_epoch=1)
   params = {"target": {"Dense_0": {"kernel": jnp.asarray(W, jnp.float32),
                                    "bias": jnp.asarray(B_, jnp.float32)}}}
-  state = state.replace(step=jnp.asarray(T, jnp.int32), params=params,
-                        opt_state=state.tx.init(params), ema_params=params)
+  # T steps done, each with an EMA update (the warm-up counts EMA updates).
+  state = state.replace(step=jnp.asarray(T, jnp.int32), ema_steps=jnp.asarray(T, jnp.int32),
+                        params=params, opt_state=state.tx.init(params), ema_params=params)
   method = bind_method(fgsm_pgk.loss, nets, config.method)
   return state, method
+
+
+def _hand_batch():
+  """The hand derivation's two examples as a train-step batch (float images, see
+  `_float_images`), with their prior and momentum."""
+  return {"image": X.reshape(2, 1, 1, 2).astype(np.float32), "label": Y.astype(np.int32),
+          "index": np.arange(2, dtype=np.int32), "mask": np.ones(2, bool),
+          "sample": {"prior": D0.reshape(2, 1, 1, 2).astype(np.float32),
+                     "momentum": M0.reshape(2, 1, 1, 2).astype(np.float32)}}
 
 
 @pytest.mark.parametrize("tau", [0.82, 0.45, 0.5])  # r < tau; r/tau > 1/0.99999; r == tau
 def test_library_step_matches_hand_derivation(tau):
   ref = hand_step(tau)
   state, method = _state(tau)
-  batch = {"image": X.reshape(2, 1, 1, 2).astype(np.float32), "label": Y.astype(np.int32),
-           "index": np.arange(2, dtype=np.int32), "mask": np.ones(2, bool),
-           "sample": {"prior": D0.reshape(2, 1, 1, 2).astype(np.float32),
-                      "momentum": M0.reshape(2, 1, 1, 2).astype(np.float32)}}
+  batch = _hand_batch()
   # The train step takes uint8 images; feed the float images by skipping its conversion.
   step = functools.partial(train_step, method=method, augment=False)
   new_state, metrics, sample = jax.jit(_float_images(step))(state, batch)
@@ -116,6 +124,7 @@ def test_library_step_matches_hand_derivation(tau):
   np.testing.assert_allclose(metrics["ratio"], ref["r"], rtol=1e-6)
   np.testing.assert_allclose(metrics["ema_decay"], ref["decay"], rtol=1e-7)
   p = new_state.params["target"]["Dense_0"]
+  assert int(new_state.ema_steps) == T + 1
   np.testing.assert_allclose(p["kernel"], ref["w"], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(p["bias"], ref["b"], rtol=1e-5, atol=1e-7)
   e = new_state.ema_params["target"]["Dense_0"]
@@ -236,3 +245,26 @@ def test_fgsm_agr_with_mse_and_smoothed_target_is_exactly_fgsm_pgk():
                          pgk[0].params["target"]["Dense_0"]["kernel"])
   # The buffers do not depend on the objective (same perturbation loop).
   np.testing.assert_array_equal(agr[2]["prior"], pgk[2]["prior"])
+
+
+@pytest.mark.parametrize("tau", [0.82, 0.45])  # r = 0.5 < tau: no update; r >= tau: update
+def test_cifar100_teacher_moves_only_when_the_ratio_reaches_tau(tau):
+  """FGSM_PGK_CIFAR100.py:338-348: the teacher (and its warm-up counter) moves only on steps with
+  r >= tau; the parameters train as usual."""
+  ref = hand_step(tau)
+  state, method = _state(tau, ema_update="ratio_at_least_tau")
+  state = state.replace(ema_steps=jnp.asarray(4, jnp.int32))  # fewer updates than steps
+  batch = _hand_batch()
+  step = functools.partial(train_step, method=method, augment=False)
+  new_state, metrics, _ = jax.jit(_float_images(step))(state, batch)
+  p, e = new_state.params["target"]["Dense_0"], new_state.ema_params["target"]["Dense_0"]
+  np.testing.assert_allclose(p["kernel"], ref["w"], rtol=1e-5, atol=1e-7)
+  if ref["r"] < tau:
+    assert int(new_state.ema_steps) == 4 and float(metrics["ema_applied"]) == 0.0
+    np.testing.assert_array_equal(e["kernel"], W.astype(np.float32))
+  else:
+    base = min(0.99999 * ref["r"] / tau, 1.0)
+    decay = min(base, (4 + 1) / (4 + 10))  # the warm-up at 4 updates, not at step T
+    assert int(new_state.ema_steps) == 5 and float(metrics["ema_applied"]) == 1.0
+    np.testing.assert_allclose(e["kernel"], decay * W + (1 - decay) * ref["w"], rtol=1e-5,
+                               atol=1e-7)

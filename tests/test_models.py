@@ -22,6 +22,13 @@ PYTORCH_PARAM_COUNTS = {
     # (9_600: stem 128, blocks 7_680, three shortcut BNs 1_792) plus the pre-activation BNs
     # (6_784: bn1 over each block's input width, bn2 over its output width) plus the final BN 1_024.
     "preact_resnet18": 11_172_170,
+    # Rice et al.'s PreActResNet18 (robust_overfitting preactresnet.py): the same layers; only
+    # what the shortcut convolution sees differs.
+    "preact_resnet18_rice": 11_172_170,
+    # FGSM-PGK's Tiny ImageNet PreActResNet18 (ImageNet_models/preact_resnet.py), at 64x64: no
+    # final BatchNorm (-1_024), a Linear(2048, 10) head (+3 * 5_120 weights). At 200 classes
+    # 11_575_816, the count the issue and REFERENCE.md give (checked below).
+    "preact_resnet18_fgsm_pgk": 11_186_506,
     # TRADES / MART WideResNet(depth=34, widen_factor=10), without TRADES' unused sub_block1.
     "wrn34_10": 46_160_474,
 }
@@ -39,12 +46,18 @@ def _shapes(name, num_classes, hw, batch=2, **kwargs):
 
 @pytest.mark.parametrize("name", sorted(PYTORCH_PARAM_COUNTS))
 def test_param_count_and_shapes(name):
-  count, logits, _ = _shapes(name, 10, 32)
+  tiny_imagenet_only = name == "preact_resnet18_fgsm_pgk"
+  count, logits, _ = _shapes(name, 10, 64 if tiny_imagenet_only else 32)
   assert count == PYTORCH_PARAM_COUNTS[name]
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-  for num_classes, hw in ((100, 32), (100, 64), (10, 64)):
+  sizes = ((200, 64), (10, 64)) if tiny_imagenet_only else ((100, 32), (100, 64), (10, 64))
+  for num_classes, hw in sizes:
     _, logits, _ = _shapes(name, num_classes, hw, batch=3)
     assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
+  if tiny_imagenet_only:
+    assert _shapes(name, 200, 64)[0] == 11_575_816
+    with pytest.raises(ValueError, match="64x64"):
+      _shapes(name, 10, 32)
 
 
 @pytest.mark.parametrize("name,final_hw", [("resnet18", 4), ("lbgat_resnet18", 8)])
@@ -55,14 +68,16 @@ def test_final_feature_map(name, final_hw):
   variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
   _, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, capture_intermediates=True), variables, x)
-  (last,) = state["intermediates"]["BasicBlock_7"]["__call__"]
+  (last,) = state["intermediates"]["layer4_1"]["__call__"]
   assert last.shape == (1, final_hw, final_hw, 512)
 
 
 def test_wrn_depth_width_kwargs():
   count, logits, variables = _shapes("wrn", 7, 32, depth=16, width=2)
   assert logits.shape == (2, 7)
-  assert sum(k.startswith("PreActBlock_") for k in variables["params"]) == 3 * 2
+  blocks = [k for k in variables["params"] if k.startswith("block")]
+  assert blocks == ["block1", "block2", "block3"]
+  assert all(len(variables["params"][b]) == 2 for b in blocks)  # (16 - 4) / 6 blocks each
   assert _shapes("wrn", 10, 32)[0] == PYTORCH_PARAM_COUNTS["wrn34_10"]  # defaults 34, 10
 
 
@@ -143,7 +158,8 @@ def test_unknown_kwargs_and_bad_depth():
   with pytest.raises(ValueError, match="small_cnn.*depth"):
     models.get_model("small_cnn", 10, depth=3)
   assert set(models.MODELS) == {"small_cnn", "resnet18", "preact_resnet18", "lbgat_resnet18",
-                                "wrn", "wrn34_10"}
+                                "preact_resnet18_rice", "preact_resnet18_fgsm_pgk", "wrn",
+                                "wrn34_10"}
 
 
 @pytest.mark.parametrize("name,shape", [
@@ -159,3 +175,35 @@ def test_wrong_image_shape_raises(name, shape):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
     jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+
+
+def test_batch_norm_running_variance_is_the_unbiased_one():
+  """PyTorch's BatchNorm2d: running_var = 0.9 running_var + 0.1 * n / (n - 1) * biased batch var
+  (n values per channel); normalisation with the biased one."""
+  from regmix_jax.models.common import BatchNorm  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (3, 2, 2, 5)) * 2.0 + 1.0
+  bn = BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(1), x)
+  y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+  flat = np.asarray(x).reshape(-1, 5)
+  n = flat.shape[0]
+  np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(updates["batch_stats"]["var"],
+                             0.9 + 0.1 * flat.var(0) * n / (n - 1), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(y).reshape(-1, 5),
+                             (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_normalize_is_a_fixed_first_layer():
+  """`normalize="cifar10"` equals feeding (x - mean) / std to the un-normalised model."""
+  x = _images(2, hw=32)
+  plain, normed = models.get_model("small_cnn", 5, width=4), models.get_model(
+      "small_cnn", 5, width=4, normalize="cifar10")
+  variables = plain.init(jax.random.key(1), x, train=False)
+  mean, std = (np.asarray(v, np.float32) for v in models.NORMALIZATIONS["cifar10"])
+  np.testing.assert_allclose(normed.apply(variables, x, train=False),
+                             plain.apply(variables, (x - mean) / std, train=False), rtol=1e-5,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="model.normalize"):
+    models.get_model("small_cnn", 5, normalize="imagenet")

@@ -14,8 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from regmix_jax import checkpointing
-from regmix_jax import config as config_lib
 from regmix_jax import methods, train
+
+from tiny_runs import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FGSM_PGK = os.path.join(ROOT, "configs", "cifar10", "fgsm_pgk.py")
@@ -31,29 +32,6 @@ TINY = ["--config.num_epochs=3", "--config.cpu_devices=4", "--config.log_every_s
         "--config.method.reset_every=2"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
        "PYTHONUNBUFFERED": "1"}
-
-
-def tiny_config(**overrides):
-  config = config_lib.base_config()
-  config.num_epochs = 2
-  config.log_every_steps = 2
-  config.data.source = "synthetic"
-  config.data.synthetic.update(num_train=128, num_test=32, image_size=16)
-  config.data.batch_size = 32
-  config.data.eval_batch_size = 32
-  config.model.name = "small_cnn"
-  config.model.width = 4
-  config.method = methods.method_config("fgsm_rs")
-  config.optim.schedule = "constant"
-  config.eval.attacks = "clean,pgd2"
-  config.checkpoint.async_save = False
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return config
 
 
 def _cli(workdir, *extra):
@@ -214,3 +192,23 @@ def test_cli_errors_name_the_field(tmp_path, flag, message):
   assert result.returncode != 0
   assert message in result.stderr
   assert len(result.stderr) < 20000
+
+
+def test_keep_best_keeps_the_best_validation_epoch(tmp_path):
+  """`checkpoint.keep_best`: the state of the epoch whose validation score was highest is kept
+  in `<workdir>/best/` (ties: the later epoch), beside the final one."""
+  config = tiny_config(**{"num_epochs": 3, "data.val_size": 32, "eval.split": "val",
+                          "eval.attacks": "clean", "eval.num_examples": 0,
+                          "checkpoint.keep_best": "clean"})
+  train.train_and_evaluate(config, str(tmp_path))
+  records = _records(str(tmp_path))
+  scores = [r["eval_clean"] for r in records]
+  best_epoch = max(range(len(scores)), key=lambda e: (scores[e], e))
+  best = checkpointing.Checkpointer(os.path.join(str(tmp_path), checkpointing.BEST_DIR))
+  try:
+    meta = best.latest_meta()
+    assert best.all_steps() == [(best_epoch + 1) * records[0]["step"]]
+  finally:
+    best.close()
+  assert meta["epoch"] == best_epoch and meta["metric"] == "clean" and meta["split"] == "val"
+  np.testing.assert_allclose(meta["value"], scores[best_epoch])

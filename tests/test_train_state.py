@@ -71,3 +71,33 @@ def test_ema_warmup_and_update():
   np.testing.assert_allclose(float(ts.ema_decay_with_warmup(0.999, 10**6)), 0.999)
   out = ts.ema_update({"a": jnp.array(1.0)}, {"a": jnp.array(3.0)}, 0.75)
   np.testing.assert_allclose(float(out["a"]), 1.5)
+
+
+def test_cyclic_momentum_and_steps_follow_pytorch_cyclic_lr_by_hand():
+  """CyclicLR(base 0, max 0.2, up = down = N/2, cycle_momentum) over N = 5 iterations, by hand:
+  s(k) = (k / 5) / 0.5 up to the peak, (k / 5 - 1) / (0.5 - 1) after; momentum 0.9 - 0.1 s."""
+  optim = _optim(schedule="cyclic", learning_rate=0.2, cyclic_peak_fraction=0.5,
+                 cycle_momentum=True, base_momentum=0.8, momentum=0.9, weight_decay=0.0)
+  lr_fn = ts.learning_rate_schedule(optim, steps_per_epoch=5, num_epochs=1)
+  mom_fn = ts.momentum_schedule(optim, steps_per_epoch=5, num_epochs=1)
+  s = np.array([0.0, 0.4, 0.8, 0.8, 0.4])
+  np.testing.assert_allclose([float(lr_fn(k)) for k in range(5)], 0.2 * s, atol=1e-7)
+  np.testing.assert_allclose([float(mom_fn(k)) for k in range(5)], 0.9 - 0.1 * s, atol=1e-7)
+  # The optimiser uses both: buf = m_k buf + g, p -= lr_k buf (PyTorch SGD), with g = 1.
+  tx = ts.make_optimizer(optim, lr_fn, mom_fn)
+  params = {"w": jnp.zeros(())}
+  state, buf, want = tx.init(params), 0.0, 0.0
+  for k in range(5):
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    params = optax.apply_updates(params, updates)
+    buf = (0.9 - 0.1 * s[k]) * buf + 1.0 if k else 1.0
+    want -= 0.2 * s[k] * buf
+    np.testing.assert_allclose(float(params["w"]), want, rtol=1e-6, atol=1e-7)
+
+
+def test_schedule_at_step_end_shifts_by_one_iteration():
+  """Rice et al. set iteration k's rate from (k + 1) / L epochs: the drop comes one iteration
+  before the epoch boundary."""
+  optim = _optim(schedule="multistep", milestones=(2,), schedule_at_step_end=True)
+  fn = ts.learning_rate_schedule(optim, steps_per_epoch=10, num_epochs=4)
+  np.testing.assert_allclose([float(fn(k)) for k in (18, 19, 20)], [0.1, 0.01, 0.01], rtol=1e-6)

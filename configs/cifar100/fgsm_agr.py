@@ -1,6 +1,7 @@
 """CIFAR-100, ResNet-18, RegMix FGSM-AGR (Liu & Ojha 2025): the FGSM-PGK CIFAR-100 recipe
-(configs/cifar100/fgsm_pgk.py) with RegMix's regulariser and AGR target; weights and schedule as
-configs/cifar10/fgsm_agr.py (our choices, see there).
+(configs/cifar100/fgsm_pgk.py, the released FGSM_PGK_CIFAR100.py's rules, its gated EMA teacher
+included) with RegMix's regulariser and AGR target; weights and schedule as configs/cifar10/fgsm_agr.py (our choices: RegMix's
+code is not public, docs/methods.md, "RegMix").
 """
 
 from regmix_jax import config as config_lib
@@ -12,7 +13,7 @@ def get_config():
   config = config_lib.base_config()
   config.num_epochs = 95
   config.data.name = "cifar100"
-  config.method = methods.method_config("fgsm_agr", **fgsm_pgk.MANY_CLASSES)
+  config.method = methods.method_config("fgsm_agr", **fgsm_pgk.CIFAR100)
   config.optim.milestones = (85, 90)
   config.ema.enabled = True
   return config

@@ -1,6 +1,6 @@
-"""Tiny ImageNet, PreActResNet-18, RegMix FGSM-AGR: the FGSM-PGK Tiny ImageNet recipe
-(configs/tiny_imagenet/fgsm_pgk.py: no augmentation, gradient-norm clipping 10) with RegMix's
-regulariser and AGR target; weights and schedule as configs/cifar10/fgsm_agr.py (our choices).
+"""Tiny ImageNet, FGSM-PGK's PreActResNet-18, RegMix FGSM-AGR: the FGSM-PGK Tiny ImageNet recipe
+(configs/tiny_imagenet/fgsm_pgk.py: its model, no augmentation, gradient-norm clipping 10) with
+RegMix's regulariser and AGR target; weights and schedule as configs/cifar10/fgsm_agr.py (our choices).
 
   python -m regmix_jax.main --config=configs/tiny_imagenet/fgsm_agr.py --workdir=runs/tin_agr \
     --config.data.dir=/data/tiny-imagenet-200
@@ -17,8 +17,8 @@ def get_config():
   config.data.source = "files"
   config.data.name = "tiny_imagenet"
   config.data.augment = False
-  config.model.name = "preact_resnet18"
-  config.method = methods.method_config("fgsm_agr", **fgsm_pgk.MANY_CLASSES)
+  config.model.name = "preact_resnet18_fgsm_pgk"
+  config.method = methods.method_config("fgsm_agr", **fgsm_pgk.TINY_IMAGENET)
   config.optim.milestones = (85, 90)
   config.optim.grad_clip_norm = 10.0
   config.ema.enabled = True

@@ -25,8 +25,8 @@ def cag(target_logits_fn: LogitsFn, guide_clean_logits: jax.Array, x: jax.Array,
     key: one key or `[B]` per-example keys, for the Gaussian start.
 
   Returns:
-    `x_adv [B, H, W, C]`, no gradient path. Differs from the released code only in clipping the
-    Gaussian start to [0, 1] before the first step (the released code clips after it).
+    `x_adv [B, H, W, C]`, no gradient path. As the released code, the Gaussian start is not
+    clipped to [0, 1] before the first step (D2R.py:38); each step clips.
   """
   reference = jax.lax.stop_gradient(guide_clean_logits)
   return pgd(target_logits_fn, x, reference, key, epsilon=epsilon, step_size=step_size,

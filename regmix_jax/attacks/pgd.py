@@ -48,7 +48,8 @@ def pgd(
     init_std: float | None = None,
     project_radius: float | None = None,
     early_stop: bool = False,
-) -> jax.Array:
+    model_state=None,
+):
   """Projected gradient ascent with signed steps (Madry et al. 2018).
 
   Args:
@@ -64,14 +65,20 @@ def pgd(
     random_start: start from `x + U(-init_radius, init_radius)` (clipped to [0, 1]), else from `x`.
     init_radius: radius of the random start; default `epsilon` (N-FGSM uses `2 * epsilon`).
     init_std: if set, the random start is Gaussian, `x + init_std * N(0, I)` (TRADES: 0.001),
-      instead of uniform.
+      instead of uniform, and not clipped to [0, 1] before the first step, as the released
+      TRADES, MART and D2R code (trades.py:31, mart.py:20, D2R.py:38); each step clips.
     project_radius: radius of the ball each step projects onto; default `epsilon`. N-FGSM sets it
       to `inf` (no eps-ball projection, only [0, 1]); then the eps-ball guarantee is the caller's.
     early_stop: a sample stops moving once misclassified (the evaluation protocol's per-sample
       stop): only samples whose current arg-max is the label take a step.
+    model_state: for a model in train mode whose every forward pass updates its state (PyTorch's
+      BatchNorm running averages, as the released FGSM-RS, N-FGSM and PGD-AT scripts attack):
+      then `logits_fn(x, model_state) -> (logits, new model_state)`, threaded through the
+      attack's passes in order (no gradient flows through it).
 
   Returns:
-    `x_adv [B, H, W, C]`, no gradient path.
+    `x_adv [B, H, W, C]`, no gradient path; with `model_state`, `(x_adv, model_state)` after the
+    attack's passes.
   """
   objective = ATTACK_LOSSES[loss]
   if early_stop and loss == "kl":
@@ -80,27 +87,33 @@ def pgd(
   project_radius = epsilon if project_radius is None else project_radius
   x = jax.lax.stop_gradient(x)
 
-  def loss_and_logits(x_adv):
-    logits = logits_fn(x_adv)
-    return jnp.sum(objective(logits, labels)), logits
+  stateful = model_state is not None
+  apply = logits_fn if stateful else lambda z, state: (logits_fn(z), state)
+
+  def loss_and_logits(x_adv, state):
+    logits, state = apply(x_adv, state)
+    return jnp.sum(objective(logits, labels)), (logits, state)
 
   grad_fn = jax.grad(loss_and_logits, has_aux=True)
 
-  def body(_, x_adv):
-    grad, logits = grad_fn(x_adv)
+  def body(_, carry):
+    x_adv, state = carry
+    grad, (logits, state) = grad_fn(x_adv, state)
     step = step_size * jnp.sign(grad)
     if early_stop:
       still_correct = losses.correct(logits, labels).astype(bool)
       step = jnp.where(still_correct[:, None, None, None], step, 0.0)
-    return project(x_adv + step, x, project_radius)
+    return project(x_adv + step, x, project_radius), jax.lax.stop_gradient(state)
 
   if random_start and init_std is not None:
-    x_adv = jnp.clip(x + init_std * rng.normal_like(key, x), 0.0, 1.0)
+    x_adv = x + init_std * rng.normal_like(key, x)
   elif random_start:
     x_adv = jnp.clip(x + rng.uniform_like(key, x, -init_radius, init_radius), 0.0, 1.0)
   else:
     x_adv = x
-  x_adv = jax.lax.fori_loop(0, num_steps, body, x_adv)
+  x_adv, model_state = jax.lax.fori_loop(0, num_steps, body, (x_adv, model_state))
+  if stateful:
+    return jax.lax.stop_gradient(x_adv), model_state
   return jax.lax.stop_gradient(x_adv)
 
 

@@ -7,9 +7,10 @@ pairs, each attack `fn(logits_fn, x, labels, key) -> x_adv` (None for `clean`):
   fgsm        one signed step of size eps from a uniform random start
   pgd<K>      PGD-K on cross-entropy, step `step_size`, one uniform random start
   cw<K>       PGD-K on the C&W margin (C&W-inf)
-  aa          AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square; `autoattack.py`)
-  apgd-ce, apgd-dlr, apgd-t, fab-t, square
-              one of AutoAttack's attacks alone, official settings
+  aa          AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square; `autoattack.py`); the
+              evaluate command runs it through `run_autoattack` with its --norm and --version
+  apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square
+              one of AutoAttack's attacks alone, official settings, in `norm`
 
 FGSM, PGD and C&W stop moving a sample once it is misclassified (the evaluation protocol of
 docs/methods.md, "Evaluation"). Errors name the config field `eval.attacks`.
@@ -28,24 +29,33 @@ from regmix_jax.attacks.pgd import cw_linf, fgsm, pgd
 AUTOATTACK_PARTS = tuple(AUTOATTACK_ATTACKS)
 
 
-def _autoattack_images(logits_fn, x, labels, key, *, epsilon):
-  return autoattack(logits_fn, x, labels, key, epsilon=epsilon)[0]
+def _autoattack_images(logits_fn, x, labels, key, *, epsilon, norm, version):
+  return autoattack(logits_fn, x, labels, key, epsilon=epsilon, norm=norm, version=version)[0]
 
 
-def parse_attacks(spec: str, *, epsilon: float = 8 / 255, step_size: float = 2 / 255
+def parse_attacks(spec: str, *, epsilon: float = 8 / 255, step_size: float = 2 / 255,
+                  norm: str = "Linf", version: str = "standard"
                   ) -> tuple[tuple[str, Callable | None], ...]:
-  """`"clean,pgd10,cw20"` -> ((name, attack or None for clean), ...); errors name `eval.attacks`."""
+  """`"clean,pgd10,cw20"` -> ((name, attack or None for clean), ...); errors name `eval.attacks`.
+
+  `norm` and `version` apply to AutoAttack (`aa`, in `version`) and its attacks named alone;
+  FGSM, PGD and C&W are L-inf attacks, so with another norm naming them is an error.
+  """
   parsed = []
   for name in [s.strip() for s in spec.split(",") if s.strip()]:
     match = re.fullmatch(r"(pgd|cw)(\d+)", name)
     if name == "clean":
       fn = None
-    elif name == "fgsm":
+    elif name == "fgsm" and norm == "Linf":
       fn = functools.partial(fgsm, epsilon=epsilon, step_size=epsilon, early_stop=True)
     elif name == "aa":
-      fn = functools.partial(_autoattack_images, epsilon=epsilon)
+      fn = functools.partial(_autoattack_images, epsilon=epsilon, norm=norm, version=version)
     elif name in AUTOATTACK_PARTS:
-      fn = functools.partial(AUTOATTACK_ATTACKS[name], epsilon=epsilon)
+      fn = functools.partial(AUTOATTACK_ATTACKS[name], epsilon=epsilon, norm=norm)
+    elif norm != "Linf" and (name == "fgsm" or match):
+      raise ValueError(f"Config field `eval.attacks`: {name!r} is an L-inf attack; with "
+                       f"norm={norm!r} use aa or AutoAttack's attacks "
+                       f"({', '.join(AUTOATTACK_PARTS)}).")
     elif match and int(match.group(2)) > 0:
       attack = pgd if match.group(1) == "pgd" else cw_linf
       fn = functools.partial(attack, epsilon=epsilon, step_size=step_size,

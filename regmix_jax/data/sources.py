@@ -42,6 +42,13 @@ def _load_tfds(name: str, data_dir: str, download: bool) -> dict[str, np.ndarray
 
 
 def _check(x: np.ndarray, y: np.ndarray, what: str, num_classes: int) -> Split:
+  if x.dtype != np.uint8 and np.issubdtype(x.dtype, np.number) and x.size:
+    low, high = float(x.min()), float(x.max())
+    fix = ("(x * 255).round().astype(np.uint8)" if 0.0 <= low and high <= 1.0 else
+           "x.round().astype(np.uint8)" if 0.0 <= low and high <= 255.0 else
+           "rescale them to 0-255 first")
+    raise ValueError(f"{what}: images must be uint8 0-255, got {x.dtype} with values in "
+                     f"[{low:g}, {high:g}]. Convert them: {fix}.")
   if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[3] != 3:
     hint = ": looks like NCHW" if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] > 3 else ""
     raise ValueError(f"{what}: images must be uint8 [N, H, W, 3] with H == W (NHWC), got "
@@ -73,8 +80,8 @@ def load_dataset(cfg) -> Dataset:
       if not os.path.isfile(cfg.dir):
         raise FileNotFoundError(f"Config field `data.dir`: no such .npz file {cfg.dir!r}.")
       arrays = cifar_files.load_npz(cfg.dir)
-      num_classes = max(int(arrays["y_train"].max(initial=0)) + 1,
-                        _NUM_CLASSES.get(cfg.name, 0))
+      # A known dataset's class count; else the labels' (an .npz of another dataset).
+      num_classes = _NUM_CLASSES.get(cfg.name) or int(arrays["y_train"].max(initial=0)) + 1
     elif cfg.name == "tiny_imagenet":
       arrays = tiny_imagenet.load_tiny_imagenet_dir(cfg.dir)
       num_classes = _NUM_CLASSES[cfg.name]

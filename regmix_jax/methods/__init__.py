@@ -42,7 +42,11 @@ class Method:
   ranges: `{field: (low, high)}` inclusive bounds of numeric fields (None = unbounded), checked
     when the config is validated.
   metrics: the names of the scalars the loss reports in `LossOutput.metrics` (the train step
-    adds "learning_rate", and "ema_decay" when EMA is on).
+    adds "learning_rate", "ema_decay" when EMA is on, and "ema_applied" when the loss gates the
+    EMA).
+  post_update: optional `(new params, batch_stats, batch, *, models, cfg) -> batch_stats`, run
+    by the train step after the optimiser update: forward passes the released code makes with
+    the new weights, for their BatchNorm running averages only (PGD-AT's logging pass).
   """
 
   name: str
@@ -53,12 +57,13 @@ class Method:
   sample_state: SampleStateSpec | None = None
   ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
   metrics: tuple[str, ...] = ("loss", "accuracy")
+  post_update: Callable[..., Any] | None = None
 
 
 METHODS: dict[str, Method] = {
     m.NAME: Method(m.NAME, m.loss, m.DEFAULTS, getattr(m, "ROLES", ("target",)),
                    getattr(m, "CHOICES", {}), getattr(m, "SAMPLE_STATE", None),
-                   getattr(m, "RANGES", {}), m.METRICS)
+                   getattr(m, "RANGES", {}), m.METRICS, getattr(m, "post_update", None))
     for m in (standard, fgsm_rs, pgd_at, trades, mart, n_fgsm, fgsm_pgk, fgsm_amr, fgsm_agr,
               d2r)
 }

@@ -24,6 +24,8 @@ class LossOutput:
   batch_stats: new batch statistics, keyed by role.
   metrics: scalars to log (local means), e.g. "loss", "accuracy".
   ema_decay: optional per-step EMA base decay (FGSM-PGK's dynamic rule); None = the config's.
+  ema_apply: optional bool scalar: whether the EMA moves this step (FGSM-PGK's CIFAR-100 rule);
+    None = every step.
   sample_state: new per-example state `{name: [B, ...]}` for the batch's examples (methods with
     a `SAMPLE_STATE` spec, see `regmix_jax.sample_state`); None for the others.
   """
@@ -32,6 +34,7 @@ class LossOutput:
   batch_stats: Any
   metrics: Mapping[str, jax.Array]
   ema_decay: jax.Array | None = None
+  ema_apply: jax.Array | None = None
   sample_state: Mapping[str, jax.Array] | None = None
 
 
@@ -48,9 +51,10 @@ def apply_model(models, role, params, batch_stats, x, *, train: bool):
   return models[role].apply(variables, x, train=False), batch_stats[role]
 
 
-def logits_fn(models, role, params, batch_stats, *, train: bool) -> Callable[[jax.Array], jax.Array]:
-  """`x -> logits` for attacks. With `train=True` BatchNorm uses batch statistics (as a PyTorch
-  model in `.train()` mode) but the running averages are not updated by attack passes."""
+def logits_fn(models, role, params, batch_stats, *, train: bool
+              ) -> Callable[[jax.Array], jax.Array]:
+  """`x -> logits` for attacks. With `train=True` BatchNorm uses batch statistics but the running
+  averages are not updated (`train_mode_pass` threads them, as PyTorch does)."""
   return lambda x: apply_model(models, role, params, batch_stats, x, train=train)[0]
 
 
@@ -80,11 +84,35 @@ def robust_output(per_example, clean, adv, labels, batch_stats) -> LossOutput:
   return LossOutput(per_example.mean(), batch_stats, metrics)
 
 
+def train_mode_pass(models, role, params):
+  """`(x, batch_stats) -> (logits, batch_stats)`: a train-mode pass of model `role` that, as
+  PyTorch's, normalises with batch statistics and moves the running averages; for attacks that
+  thread the model state through their passes (`attacks.pgd(model_state=...)`). No gradient
+  reaches `params` through it."""
+  def apply(x, batch_stats):
+    logits, stats = apply_model(models, role, jax.lax.stop_gradient(params), batch_stats, x,
+                                train=True)
+    return logits, {**batch_stats, role: stats}
+  return apply
+
+
+def train_mode_attack(attack, params, batch_stats, batch, keys, *, models):
+  """`(x_adv, batch_stats)`: `attack(..., model_state=batch_stats)` on the target in train mode,
+  each of its passes moving the running averages as PyTorch's `model.train()` does."""
+  return attack(train_mode_pass(models, "target", params), batch["image"], batch["label"], keys,
+                model_state=batch_stats)
+
+
 def adversarial_ce(attack, params, batch_stats, batch, keys, *, models, attack_bn: str
                    ) -> LossOutput:
-  """`supervised_ce` on `attack(logits_fn, x, y, keys)`; the attack sees the target with batch
-  statistics (`attack_bn="train"`) or running averages ("eval"), never updating them."""
+  """`supervised_ce` on `attack(logits_fn, x, y, keys)`. `attack_bn="train"`: the attack sees the
+  target in train mode, with batch statistics, and its passes move the running averages before
+  the training pass does (the released FGSM-RS, N-FGSM and PGD-AT scripts attack with
+  `model.train()`); "eval": it sees the running averages and leaves them."""
   x, y = batch["image"], batch["label"]
-  attack_logits = logits_fn(models, "target", params, batch_stats, train=attack_bn == "train")
-  x_adv = attack(attack_logits, x, y, keys)
+  if attack_bn == "train":
+    x_adv, batch_stats = train_mode_attack(attack, params, batch_stats, batch, keys,
+                                           models=models)
+  else:
+    x_adv = attack(logits_fn(models, "target", params, batch_stats, train=False), x, y, keys)
   return supervised_ce(models, params, batch_stats, x_adv, y)

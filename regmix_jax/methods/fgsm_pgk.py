@@ -18,9 +18,21 @@ eps)))`, `M = 0`. On a batch with smoothed labels `y~` (`losses.smooth_labels`):
    RegMix replaces the MSE by AMR and `y~` by the AGR target (`fgsm_amr`, `fgsm_agr`: the same
    function with other defaults; `losses.regmix_loss`).
 7. After the SGD step the EMA ("teacher") decays with `b = 0.999` if `r < tau`, else
-   `min(0.99999 r / tau, 1)`; the train step applies the warm-up `min(b, (t + 1) / (t + 10))` and
-   averages parameters and BatchNorm statistics (`config.ema.enabled` must be on: the configs do
-   it, and the EMA model is the one evaluated and saved).
+   `min(0.99999 r / tau, 1)`; the train step applies the warm-up `min(b, (t + 1) / (t + 10))`, t
+   the number of EMA updates so far, and averages parameters and BatchNorm statistics
+   (`config.ema.enabled` must be on: the configs do it, and the EMA model is the one evaluated
+   and saved). `ema_update` says when it moves: "every_step" (FGSM_PGK_CIFAR10.py:347-348 and
+   FGSM_PGK_TinyImageNet.py:328-329, at loop-body level) or "ratio_at_least_tau"
+   (FGSM_PGK_CIFAR100.py:338-348: `update_params` and `apply_shadow` sit inside the `else:` of
+   `if r < tau`, so the teacher, and the counter t of its warm-up, move only on steps with
+   r >= tau).
+
+Defaults: the CIFAR-10 script's (`DEFAULTS`, each cited); `CIFAR100` and `TINY_IMAGENET` hold
+what those scripts change. Not reproduced (docs/methods.md, "FGSM-PGK"): the CIFAR-10 script
+draws 49,000 of its 50,000 images per epoch (383 steps, the last of 104 images;
+FGSM_PGK_CIFAR10.py:159, 256), where our loader visits all of them in full batches (390); and it
+saves the teacher with the best test-set PGD-10 each epoch (l.387-389), where we report the final
+teacher and, with `checkpoint.keep_best`, the best on a validation split.
 
 Choices where the released code is silent or would fail: when `n0 + ratio_offset = 0` (no example
 of the batch correct; the released CIFAR-10 code divides by zero) `r = na` (the denominator is
@@ -38,16 +50,18 @@ from regmix_jax.methods import base
 from regmix_jax.sample_state import SampleStateSpec
 
 NAME = "fgsm_pgk"
-# CIFAR-10 defaults of the released code; CIFAR-100 / Tiny ImageNet: MANY_CLASSES below.
+# CIFAR-10 defaults of the released code (jiaxiaojunQAQ/FGSM-PGK@ef58b3c FGSM_PGK_CIFAR10.py,
+# line numbers there); CIFAR-100 / Tiny ImageNet: CIFAR100 / TINY_IMAGENET below.
 DEFAULTS = {
-    "epsilon": 8 / 255,
-    "step_size": 8 / 255,  # alpha
-    "label_smoothing": 0.5,  # mass on the true class (FGSM-PGK's `factor`)
-    "lam": 5.6,  # weight of the logit MSE
-    "momentum_decay": 0.3,  # mu
-    "ema_threshold": 0.82,  # tau
-    "reset_every": 10,  # epochs between buffer resets
-    "ratio_offset": 0,  # r = na / (n0 + ratio_offset)
+    "epsilon": 8 / 255,  # l.32 (`/ std`, std = 1: no normalisation, utils.py:19-20)
+    "step_size": 8 / 255,  # alpha, l.33
+    "label_smoothing": 0.5,  # `factor`, l.41: the mass on the true class
+    "lam": 5.6,  # `lamda`, l.42: weight of the logit MSE
+    "momentum_decay": 0.3,  # mu, `decay`, l.43
+    "ema_threshold": 0.82,  # tau, `EMA_value`, l.44
+    "reset_every": 10,  # `epochs_reset`, l.25: epochs between buffer resets (`epoch % 10 == 0`)
+    "ratio_offset": 0,  # r = na / (n0 + ratio_offset): `adv_acc / clean_acc`, l.312
+    "ema_update": "every_step",  # l.347-348
     # RegMix's two changes (fgsm_amr, fgsm_agr); FGSM-PGK is ("mse", "smoothed").
     "regularizer": "mse",  # "mse": lam * MSE(z_adv, z0); "amr": losses.amr_loss
     # The distribution the adversarial output's cross-entropy aims at: "smoothed": y~; "agr":
@@ -64,11 +78,17 @@ DEFAULTS = {
 # "accuracy" on x + d_adv, "prior_accuracy" on x + d0, "ratio" r, and the two terms of
 # `losses.regmix_loss`; FGSM-AGR adds "clean_accuracy" (on x).
 METRICS = ("loss", "accuracy", "prior_accuracy", "ratio", "target_ce", "regularizer")
-# The released CIFAR-100 and Tiny ImageNet scripts' values (what differs from DEFAULTS).
-MANY_CLASSES = {"label_smoothing": 0.8, "lam": 1.0, "momentum_decay": 0.1, "ema_threshold": 0.9,
-                "reset_every": 40, "ratio_offset": 1}
+# What the released CIFAR-100 script changes (FGSM_PGK_CIFAR100.py: factor, lamda, decay,
+# EMA_value l.38-41; epochs_reset l.22; `adv_acc / (clean_acc + 1)` l.309; the gated teacher
+# l.338-348).
+CIFAR100 = {"label_smoothing": 0.8, "lam": 1.0, "momentum_decay": 0.1, "ema_threshold": 0.9,
+            "reset_every": 40, "ratio_offset": 1, "ema_update": "ratio_at_least_tau"}
+# What the released Tiny ImageNet script changes (FGSM_PGK_TinyImageNet.py: l.38-41, l.22,
+# l.290; its teacher moves every step, l.328-329).
+TINY_IMAGENET = {**CIFAR100, "ema_update": "every_step"}
+EMA_UPDATES = ("every_step", "ratio_at_least_tau")
 CHOICES = {"regularizer": losses.REGULARIZERS, "ce_target": losses.CE_TARGETS,
-           "clean_bn": ("train", "eval")}
+           "clean_bn": ("train", "eval"), "ema_update": EMA_UPDATES}
 RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "label_smoothing": (0.0, 1.0),
           "lam": (0.0, None), "momentum_decay": (0.0, None), "ema_threshold": (1e-6, None),
           "reset_every": (1, None), "ratio_offset": (0, None), "amr_alpha": (0.0, None),
@@ -171,5 +191,7 @@ def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):
              **{k: v.mean() for k, v in terms.items()}}
   if clean is not None:
     metrics["clean_accuracy"] = losses.correct(clean, y).mean()
+  gate = r >= cfg["ema_threshold"] if cfg["ema_update"] == "ratio_at_least_tau" else None
   return base.LossOutput(per_example.mean(), stats, metrics,
-                         ema_decay=ema_base_decay(r, cfg["ema_threshold"]), sample_state=sample)
+                         ema_decay=ema_base_decay(r, cfg["ema_threshold"]), ema_apply=gate,
+                         sample_state=sample)

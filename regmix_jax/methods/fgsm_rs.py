@@ -1,9 +1,12 @@
-"""`fgsm_rs`: FGSM with a random start (Wong, Rice & Kolter 2020, "Fast is better than free").
+"""`fgsm_rs`: FGSM with a random start (Wong, Rice & Kolter 2020, "Fast is better than free"), as
+the released code (locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py; docs/methods.md,
+"FGSM-RS").
 
-`d ~ U(-eps, eps)`, one signed step of `step_size` (default 10/255 = 1.25 eps), projection to the
-eps-ball and [0, 1], then `CE(f(x + d), y)`. Wong et al. compute the attack with the model in
-train mode; `attack_bn = "train"` does that with batch statistics, but the attack pass does not
-update the BatchNorm running averages (in PyTorch it updates them once more per step).
+`d ~ U(-eps, eps)` clipped to the image box (l.105-110), one signed step of `step_size` (10/255,
+l.31), clipped to the eps-ball (8/255, l.30) and the box (l.117-118), then `CE(f(x + d), y)`. The
+model stays in train mode (l.73): the attack pass normalises with its batch's statistics and, as
+PyTorch does, moves the BatchNorm running averages before the training pass (`attack_bn="train"`;
+"eval" attacks the running averages and leaves them).
 """
 
 import functools

@@ -1,15 +1,17 @@
-"""`mart`: MART (Wang et al. 2020), misclassification-aware adversarial training.
+"""`mart`: MART (Wang et al. 2020), misclassification-aware adversarial training, as the
+released code (YisenWang/MART@2d83e17 mart.py and train_wideresnet.py).
 
-`BCE(f(x'), y) + beta * KL(P(f(x)) || P(f(x'))) * (1 - P(f(x))_y)` (see `losses.mart_loss`). x' is
-PGD-10 on cross-entropy (eps 8/255, step 2/255) from `x + 0.001 N(0, I)`, model in inference mode,
-as the released code. Training passes: train mode on x, then on x'. beta = 6 (the WRN setting).
+`BCE(f(x'), y) + beta * KL(P(f(x)) || P(f(x'))) * (1 - P(f(x))_y)` (`losses.mart_loss`,
+mart.py:38-58). x' is PGD-10 on cross-entropy from `x + 0.001 N(0, I)` with the model in eval
+mode (mart.py:17-29); training passes in train mode on x, then on x' (mart.py:32-40). Defaults
+from train_wideresnet.py: eps 0.031 (l.35), 10 steps (l.37), step 0.007 (l.39), beta 6 (l.41).
 """
 
 from regmix_jax import attacks, losses
 from regmix_jax.methods import base
 
 NAME = "mart"
-DEFAULTS = {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10, "init_std": 0.001,
+DEFAULTS = {"epsilon": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0.001,
             "beta": 6.0}
 METRICS = base.ROBUST_METRICS
 

@@ -1,7 +1,11 @@
-"""`n_fgsm`: N-FGSM (de Jorge et al. 2022): noise `U(-2 eps, 2 eps)`, one signed step of
-`alpha = eps`, no projection to the eps-ball (only to [0, 1]), then CE. The perturbation can reach
-`3 eps` in L-inf by design. The attack runs with batch statistics (`attack_bn="train"`, as the
-released code's `model.train()`), without updating the running averages."""
+"""`n_fgsm`: N-FGSM (de Jorge et al. 2022), as the released code (pdejorge/N-FGSM@0a9e4f0 train.py;
+docs/methods.md, "N-FGSM").
+
+Noise `U(-2 eps, 2 eps)` clipped to the image box (`--unif 2`, l.217-221), one signed step of
+`alpha = eps` (l.50), no projection to the eps-ball (`--clip -1`, l.231-233; only the box), then
+CE. The perturbation can reach `3 eps` in L-inf by design. The model stays in train mode (l.173):
+the attack pass moves the BatchNorm running averages too (`attack_bn="train"`).
+"""
 
 import functools
 

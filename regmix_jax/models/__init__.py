@@ -2,10 +2,12 @@
 `build_models(config, roles, num_classes)`, every model of a run from its config.
 
 Every model is a Flax Linen module called as `model.apply(variables, x, train=...)` with x float
-images in [0, 1], NHWC [B, H, W, 3], no mean/std normalisation, and returns float32 logits
-[B, num_classes]. BatchNorm follows PyTorch (momentum 0.1, eps 1e-5) and is synchronised over
-`axis_name` when given (run the model inside pmap / shard_map with that axis). `dtype` is the
-computation dtype; parameters stay float32.
+images in [0, 1], NHWC [B, H, W, 3], and returns float32 logits [B, num_classes]. `normalize`
+("", "cifar10", "cifar100") adds the fixed per-channel normalisation of the recipes that use one
+as the first layer. BatchNorm follows PyTorch (`common.BatchNorm`: momentum 0.1, eps 1e-5,
+unbiased running variance) and is synchronised over `axis_name` when given (run the model inside
+pmap / shard_map with that axis). Each model is initialised as its PyTorch reference
+(`common.INITS`). `dtype` is the computation dtype; parameters stay float32.
 """
 
 import inspect
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from regmix_jax.parallel import AXIS
-from regmix_jax.models.common import PreActBlock, check_images
+from regmix_jax.models.common import NORMALIZATIONS, PreActBlock, check_images
 from regmix_jax.models.resnet import BasicBlock, PreActResNet18, ResNet18
 from regmix_jax.models.small_cnn import SmallCNN
 from regmix_jax.models.wideresnet import WideResNet
@@ -35,7 +37,15 @@ def _lbgat_resnet18(num_classes, **common):
 
 
 def _preact_resnet18(num_classes, **common):
-  return PreActResNet18(num_classes, **common)
+  return PreActResNet18(num_classes, variant="wong", **common)
+
+
+def _preact_resnet18_rice(num_classes, **common):
+  return PreActResNet18(num_classes, variant="rice", **common)
+
+
+def _preact_resnet18_fgsm_pgk(num_classes, **common):
+  return PreActResNet18(num_classes, variant="fgsm_pgk", **common)
 
 
 def _wrn(num_classes, *, depth=34, width=10, **common):
@@ -46,12 +56,14 @@ def _wrn34_10(num_classes, **common):
   return WideResNet(num_classes, depth=34, width=10, **common)
 
 
-# name -> constructor(num_classes, *, axis_name, dtype, **model kwargs) -> nn.Module
+# name -> constructor(num_classes, *, axis_name, dtype, normalize, **model kwargs) -> nn.Module
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": _small_cnn,
-    "resnet18": _resnet18,
-    "preact_resnet18": _preact_resnet18,
-    "lbgat_resnet18": _lbgat_resnet18,
+    "resnet18": _resnet18,  # kuangliu's CIFAR ResNet-18 (FGSM-PGK)
+    "preact_resnet18": _preact_resnet18,  # Wong et al.'s (FGSM-RS, N-FGSM)
+    "preact_resnet18_rice": _preact_resnet18_rice,  # Rice et al.'s (PGD-AT)
+    "preact_resnet18_fgsm_pgk": _preact_resnet18_fgsm_pgk,  # FGSM-PGK's Tiny ImageNet model
+    "lbgat_resnet18": _lbgat_resnet18,  # D2R's guide (ResNet18_cifar)
     "wrn": _wrn,
     "wrn34_10": _wrn34_10,
 }
@@ -68,7 +80,7 @@ def model_kwargs(name: str) -> tuple[str, ...]:
 
 
 def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
-              dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+              dtype: Any = jnp.float32, normalize: str = "", **kwargs) -> nn.Module:
   """Builds model `name` with `num_classes` outputs. ValueError for an unknown name or for
   keyword arguments the model does not take."""
   if name not in MODELS:
@@ -81,25 +93,30 @@ def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
                      f"accepted: {accepted}")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-  return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, **kwargs)
+  if normalize and normalize not in NORMALIZATIONS:
+    raise ValueError(f"model normalize must be '' or one of {sorted(NORMALIZATIONS)}, got "
+                     f"{normalize!r} (config field `model.normalize`).")
+  return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, normalize=normalize,
+                      **kwargs)
 
 
 def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
-                 num_classes: int) -> dict[str, nn.Module]:
+                 num_classes: int, dtype: str | None = None) -> dict[str, nn.Module]:
   """Role -> Flax module, from `config.model` (the target) and `config.<role>_model` (others,
   e.g. D2R's `guide_model`). BatchNorm is synchronised over the data-parallel axis
   (`parallel.AXIS`) when `model.sync_batch_norm` (the statistics of the global batch, as on one
-  GPU); every model computes in `model.dtype`."""
+  GPU); every model computes in `dtype` (default `model.dtype`, the training precision; the
+  evaluation passes `eval.dtype`) and normalises its inputs by `model.normalize`."""
   axis_name = AXIS if config.model.sync_batch_norm else None
-  dtype = DTYPES[config.model.dtype]
+  dtype = DTYPES[config.model.dtype if dtype is None else dtype]
   built = {}
   for role in roles:
     model_cfg = config.model if role == "target" else config[f"{role}_model"]
     sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
     built[role] = get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
-                            **sizes)
+                            normalize=config.model.normalize, **sizes)
   return built
 
 
-__all__ = ["DTYPES", "MODELS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18",
+__all__ = ["DTYPES", "MODELS", "NORMALIZATIONS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18",
            "SmallCNN", "WideResNet", "build_models", "check_images", "get_model", "model_kwargs"]

@@ -5,17 +5,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from regmix_jax.models.common import batch_norm, check_images, conv, pooled_head
+from regmix_jax.models.common import batch_norm, check_images, conv, normalize, pooled_head
 
 
 class SmallCNN(nn.Module):
-  """Three 3x3 conv-BN-ReLU layers (widths w, 2w, 4w; strides 1, 2, 2), global average pooling,
-  linear. Input: [B, H, W, 3] in [0, 1] with H = W >= 8, no normalisation. Output: float32
-  logits [B, num_classes]."""
+  """Three 3x3 conv-BN-ReLU layers (`conv1`/`bn1` .. `conv3`/`bn3`; widths w, 2w, 4w; strides 1,
+  2, 2), global average pooling, `linear`; PyTorch's default initialisation. Ours (no released
+  counterpart): tests, the quickstart and CPU-sized studies. Input: [B, H, W, 3] in [0, 1] with
+  H = W >= 8; `normalize` as ResNet18. Output: float32 logits [B, num_classes]."""
   num_classes: int
   width: int = 32
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  normalize: str = ""
 
   def __post_init__(self):
     if not isinstance(self.width, int) or self.width < 1:
@@ -25,8 +27,8 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x, sizes=None, min_size=8)
-    x = jnp.asarray(x, self.dtype)
-    for mult, stride in ((1, 1), (2, 2), (4, 2)):
-      x = conv(self.width * mult, 3, stride, self.dtype)(x)
-      x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
+    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
+    for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2)), 1):
+      x = conv(self.width * mult, 3, stride, self.dtype, name=f"conv{i}")(x)
+      x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name=f"bn{i}")(x))
     return pooled_head(x, self.num_classes, self.dtype)

@@ -1,11 +1,13 @@
-"""WideResNet (Zagoruyko & Komodakis), the TRADES / MART / D2R WRN-34-10."""
+"""WideResNet (Zagoruyko & Komodakis), the TRADES / MART / D2R WRN-34-10
+(yaodongyu/TRADES models/wideresnet.py; MART's and D2R's are the same file)."""
 
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from regmix_jax.models.common import PreActBlock, batch_norm, check_images, conv, pooled_head
+from regmix_jax.models.common import (PreActBlock, batch_norm, check_images, conv, normalize,
+                                      pooled_head)
 
 
 def check_depth(depth: int) -> int:
@@ -16,18 +18,38 @@ def check_depth(depth: int) -> int:
   return (depth - 4) // 6
 
 
+class NetworkBlock(nn.Module):
+  """`n` pre-activation blocks (`layer_0` ...), the first with `stride` (wideresnet.py:37-47)."""
+  n: int
+  features: int
+  stride: int
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i in range(self.n):
+      x = PreActBlock(self.features, self.stride if i == 0 else 1, shortcut_from_activation=True,
+                      axis_name=self.axis_name, dtype=self.dtype, init="wrn",
+                      shortcut_name="convShortcut", name=f"layer_{i}")(x, train)
+    return x
+
+
 class WideResNet(nn.Module):
-  """WRN-depth-width: 3x3 conv 16, three stages of n = (depth - 4) / 6 pre-activation blocks of
-  widths 16k, 32k, 64k (k = width) and strides 1, 2, 2 (1x1 conv shortcut on BN-ReLU(input) when
-  the width changes), final BN-ReLU, global average pooling (= avg_pool 8 at 32x32), linear.
-  TRADES' unused `sub_block1` is not built. Input: [B, H, W, 3] in [0, 1], H = W in (32, 64),
-  no normalisation. Output: float32 logits.
+  """WRN-depth-width: 3x3 conv 16, three stages (`block1`..`block3`) of n = (depth - 4) / 6
+  pre-activation blocks of widths 16k, 32k, 64k (k = width) and strides 1, 2, 2 (1x1 conv
+  shortcut on BN-ReLU(input) when the width changes), final BN-ReLU (`bn1`), global average
+  pooling (= avg_pool 8 at 32x32), linear (`fc`). Initialisation as the reference
+  (`common.INITS`, "wrn"). TRADES' unused `sub_block1` (wideresnet.py:63, never called in
+  forward) is not built. Input: [B, H, W, 3] in [0, 1], H = W in (32, 64); `normalize` as
+  ResNet18. Output: float32 logits.
   """
   num_classes: int
   depth: int = 34
   width: int = 10
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  normalize: str = ""
 
   def __post_init__(self):
     check_depth(self.depth)
@@ -39,10 +61,10 @@ class WideResNet(nn.Module):
   def __call__(self, x, train: bool):
     check_images(x)
     n = check_depth(self.depth)
-    x = conv(16, 3, 1, self.dtype)(jnp.asarray(x, self.dtype))
-    for base, stride in ((16, 1), (32, 2), (64, 2)):
-      for i in range(n):
-        x = PreActBlock(base * self.width, stride if i == 0 else 1, shortcut_from_activation=True,
-                        axis_name=self.axis_name, dtype=self.dtype)(x, train)
-    x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
-    return pooled_head(x, self.num_classes, self.dtype)
+    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
+    x = conv(16, 3, 1, self.dtype, name="conv1", init="wrn")(x)
+    for stage, (base, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
+      x = NetworkBlock(n, base * self.width, stride, self.axis_name, self.dtype,
+                       name=f"block{stage}")(x, train)
+    x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(x))
+    return pooled_head(x, self.num_classes, self.dtype, init="wrn", name="fc")

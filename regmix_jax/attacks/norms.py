@@ -1,0 +1,136 @@
+"""Threat models of AutoAttack: per-example L-inf, L2 and L1 norms, balls and the official L1
+projection, over `[B, ...]` arrays (any trailing shape; NHWC images here).
+
+Reference: fra31/auto-attack (MIT), `autoattack/other_utils.py:32-45` (`L1_norm`, `L2_norm`,
+`L0_norm`) and `autoattack/autopgd_base.py:19-83` (`L1_projection`). The official code is NCHW;
+these functions flatten every example, so the layout does not matter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+NORMS = ("Linf", "L2", "L1")
+
+
+def check_norm(norm: str) -> str:
+  """Returns `norm` or raises a ValueError naming the three choices (`autoattack.py:18`)."""
+  if norm not in NORMS:
+    raise ValueError(f"norm={norm!r}: AutoAttack's threat models are {', '.join(NORMS)} "
+                     "(the official spelling, e.g. norm='L2').")
+  return norm
+
+
+def flat(v: jax.Array) -> jax.Array:
+  """`[B, ...] -> [B, D]`."""
+  return v.reshape(v.shape[0], -1)
+
+
+def expand(v: jax.Array, like: jax.Array) -> jax.Array:
+  """`[B] -> [B, 1, ..., 1]`, broadcastable against `like [B, ...]`."""
+  return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def lp_norm(v: jax.Array, norm: str) -> jax.Array:
+  """`[B, ...] -> [B]`: max |v| (Linf), sqrt(sum v^2) (L2) or sum |v| (L1) per example
+  (`other_utils.py:32-42`; Linf as `autoattack.py:249`)."""
+  v = flat(v)
+  if norm == "Linf":
+    return jnp.max(jnp.abs(v), axis=1)
+  if norm == "L2":
+    return jnp.sqrt(jnp.sum(v * v, axis=1))
+  if norm == "L1":
+    return jnp.sum(jnp.abs(v), axis=1)
+  raise ValueError(check_norm(norm))
+
+
+def l0_norm(v: jax.Array) -> jax.Array:
+  """`[B, ...] -> [B]` float: the number of non-zero entries per example (`other_utils.py:44-45`)."""
+  return jnp.sum(flat(v) != 0, axis=1).astype(v.dtype)
+
+
+def dual_norm(v: jax.Array, norm: str) -> jax.Array:
+  """`[B, ...] -> [B]`: the dual norm FAB divides by (`fab_base.py:170-183`): L1 for Linf, L2 for
+  L2, Linf for L1."""
+  return lp_norm(v, {"Linf": "L1", "L2": "L2", "L1": "Linf"}[norm])
+
+
+def normalize(v: jax.Array, norm: str) -> jax.Array:
+  """`v / (||v||_p + 1e-12)` per example (APGD's `normalize`, `autopgd_base.py:176-189`)."""
+  return v / expand(lp_norm(v, norm) + 1e-12, v)
+
+
+def l1_projection(x: jax.Array, y: jax.Array, epsilon) -> jax.Array:
+  """The official `L1_projection(x2, y2, eps1)` (`autopgd_base.py:19-83`) in fixed shapes.
+
+  Returns `delta` such that `x + y + delta` is the Euclidean projection of `x + y` onto
+  `{z : ||z - x||_1 <= epsilon, 0 <= z <= 1}`: box-clipped soft thresholding of `y` with one
+  threshold per example, found by a binary search over the `2 D` sorted break points.
+
+  Args:
+    x: `[B, ...]` centres in [0, 1].
+    y: `[B, ...]` perturbations (`x + y` is the point to project).
+    epsilon: the radius, a scalar or `[B]`.
+
+  Returns:
+    `delta`, shaped like `y`.
+
+  Port notes: every row runs the search and rows where box clipping alone reaches the ball
+  (the official `c5` false) select the clipped point with `where`; the division by the number of
+  active coordinates is guarded where it is 0 (it is never selected there). Sort ties do not
+  change the result (the shrink is continuous in the threshold).
+  """
+  shape = y.shape
+  x2, y2 = flat(x).astype(jnp.float32), flat(y).astype(jnp.float32)
+  batch, dims = y2.shape
+  eps = jnp.broadcast_to(jnp.asarray(epsilon, jnp.float32), (batch,))
+  sigma = jnp.sign(y2)
+  u = jnp.minimum(jnp.minimum(1.0 - x2 - y2, x2 + y2), 0.0)  # :33-35
+  l = -jnp.abs(y2)  # :36
+  vals = -jnp.concatenate([u, l], axis=1)  # :39, sorted ascending
+  order = jnp.argsort(vals, axis=1)
+  bs = jnp.take_along_axis(vals, order, axis=1)
+  bs2 = jnp.concatenate([bs[:, 1:], jnp.zeros((batch, 1), bs.dtype)], axis=1)  # :40
+  size1 = jnp.cumsum(jnp.where(order < dims, 1.0, -1.0), axis=1)  # :42-43
+  s1 = -jnp.sum(u, axis=1)  # :45
+  c = eps - jnp.sum(jnp.abs(y2), axis=1)  # :47
+  c5 = s1 + c < 0  # :48
+  s = s1[:, None] + jnp.cumsum((bs2 - bs) * size1, axis=1)  # :51
+  n = 2 * dims
+
+  def search(_, bounds):  # :54-74
+    lb, ub = bounds
+    m = (lb + ub) // 2
+    below = jnp.take_along_axis(s, m[:, None], axis=1)[:, 0] + c < 0
+    return jnp.where(below, m, lb), jnp.where(below, ub, m)
+
+  lb, _ = jax.lax.fori_loop(0, math.ceil(math.log2(n)), search,
+                            (jnp.zeros_like(c, jnp.int32), jnp.full_like(c, n - 1, jnp.int32)))
+  take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]
+  den = take(size1, jnp.minimum(lb + 1, n - 1))
+  alpha = (-take(s, lb) - c) / jnp.where(den == 0, 1.0, den) + take(bs2, lb)  # :78
+  d = jnp.where(c5[:, None], -jnp.minimum(jnp.maximum(-u, alpha[:, None]), -l), u)  # :79
+  return (sigma * d).reshape(shape).astype(y.dtype)
+
+
+def project(x_adv: jax.Array, x: jax.Array, epsilon, norm: str) -> jax.Array:
+  """`x_adv [B, ...]` moved into the `norm` ball of radius `epsilon` around `x` and into [0, 1].
+
+  Linf: clipping; L2: the radial shrink `x + d min(1, eps / ||d||_2)`, then the box (APGD's L2
+  projection, `autopgd_base.py:336-344`); L1: `x + d + l1_projection(x, d, eps)` (Euclidean
+  projection onto ball and box together). A no-op (up to float rounding) on points already
+  inside, which is what AutoAttack's attacks return; the official applies no such guard.
+  """
+  d = x_adv - x
+  if norm == "Linf":
+    return jnp.clip(x + jnp.clip(d, -epsilon, epsilon), 0.0, 1.0)
+  if norm == "L2":
+    n = lp_norm(d, "L2")
+    scale = jnp.minimum(1.0, epsilon / jnp.maximum(n, 1e-30))
+    return jnp.clip(x + d * expand(scale, d), 0.0, 1.0)
+  if norm == "L1":
+    return jnp.clip(x + d + l1_projection(x, d, epsilon), 0.0, 1.0)
+  raise ValueError(check_norm(norm))

@@ -1,0 +1,90 @@
+"""Bring a PyTorch checkpoint over: `python -m regmix_jax.convert --checkpoint=model.pt
+--model=wrn34_10 --num_classes=10 --workdir=DIR` writes a run directory (config.json and a
+checkpoint) that `python -m regmix_jax.evaluate --workdir=DIR` evaluates, so a released PyTorch
+CIFAR model goes through our PGD, C&W and AutoAttack.
+
+The weights are read by `models.torch_weights.load_state_dict_file`: a `.pt` / `.pth` only
+through `torch.load(weights_only=True)` (torch needed; anything but tensors is refused, never
+executed), a `.safetensors` or an `.npz` without torch. `module.` prefixes (DataParallel) and the
+common `state_dict` / `model_state_dict` wrappers are unwrapped. A name or shape that does not fit
+the chosen model fails with the list of what did not match.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from regmix_jax import checkpointing, config as config_lib, data, methods, models
+from regmix_jax import train_state
+from regmix_jax.models import torch_weights
+
+
+def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int,
+              width: int = 0, depth: int = 0, normalize: str = "", dataset: str = "cifar10",
+              data_source: str = "tfds", data_dir: str = "") -> str:
+  """Writes `workdir/config.json` and `workdir/checkpoints/0` holding a TrainState whose target
+  has `params` and `batch_stats` (no EMA); returns the checkpoint directory."""
+  config = config_lib.base_config()
+  config.model.name, config.model.width, config.model.depth = model, width, depth
+  config.model.normalize = normalize
+  config.data.name, config.data.source, config.data.dir = dataset, data_source, data_dir
+  config.method = methods.method_config("standard")
+  config_lib.validate(config)
+  net = models.build_models(config, ("target",), num_classes)
+  image = 64 if dataset == "tiny_imagenet" else 32
+  state = train_state.create_train_state(config, net, (image, image, 3), steps_per_epoch=1)
+  state = state.replace(params={"target": params}, batch_stats={"target": batch_stats})
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            async_save=False)
+  try:
+    checkpointer.save(0, state, {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0,
+                                 "converted_from": "pytorch"})
+  finally:
+    checkpointer.close()
+  return checkpointer.directory
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  sizes = {k: v for k, v in (("width", f.width), ("depth", f.depth)) if v}
+  try:
+    state_dict = torch_weights.load_state_dict_file(f.checkpoint)
+    params, batch_stats = torch_weights.from_torch(state_dict, f.model, f.num_classes, **sizes)
+    directory = write_run(f.workdir, params, batch_stats, model=f.model,
+                          num_classes=f.num_classes, normalize=f.normalize, dataset=f.dataset,
+                          data_source=f.data_source, data_dir=f.data_dir, **sizes)
+  except (ValueError, ImportError, FileNotFoundError) as e:
+    sys.exit(f"regmix_jax.convert: {type(e).__name__}: {e}")
+  print(f"{f.checkpoint} -> {directory}/0 ({f.model}, {f.num_classes} classes). Evaluate it with:"
+        f"\n  python -m regmix_jax.evaluate --workdir={f.workdir} --attacks=clean,pgd20,aa")
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs as a program, not on import)."""
+  flags.DEFINE_string("checkpoint", None, "A PyTorch state_dict: .pt/.pth (needs torch), "
+                      ".safetensors or .npz.")
+  flags.DEFINE_enum("model", None, sorted(models.MODELS), "The architecture it was trained as.")
+  flags.DEFINE_integer("num_classes", None, "Number of classes of its head.")
+  flags.DEFINE_integer("width", 0, "small_cnn / wrn width (0: the model's default).")
+  flags.DEFINE_integer("depth", 0, "wrn depth (0: the model's default).")
+  flags.DEFINE_enum("normalize", "", ["", *models.NORMALIZATIONS],
+                    "The per-channel normalisation the model expects on [0, 1] inputs, if any.")
+  flags.DEFINE_enum("dataset", "cifar10", ["cifar10", "cifar100", "tiny_imagenet"],
+                    "What evaluate reads (config data.name).")
+  flags.DEFINE_enum("data_source", "tfds", list(data.SOURCES), "config data.source.")
+  flags.DEFINE_string("data_dir", "", "config data.dir (files: a directory or an .npz).")
+  flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/0.")
+  flags.mark_flags_as_required(["checkpoint", "model", "num_classes", "workdir"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,199 @@
+"""AutoAttack's L-inf, L2 and L1 threat models: the projections against brute force, the official
+tables (Square sides and eta, APGD's L1 largereps schedule, the versions' settings), every attack
+inside its ball and [0, 1] in every norm, and `run_autoattack` giving `autoattack`'s flags."""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regmix_jax import attacks
+from regmix_jax.attacks import norms
+
+apgd_lib = importlib.import_module("regmix_jax.attacks.apgd")
+fab_lib = importlib.import_module("regmix_jax.attacks.fab")
+square_lib = importlib.import_module("regmix_jax.attacks.square")
+aa_lib = importlib.import_module("regmix_jax.attacks.autoattack")
+
+EPS = {"Linf": 0.03, "L2": 0.3, "L1": 2.0}
+
+
+def _brute_l1_ball_box(x, y, eps):
+  """The Euclidean projection of x + y onto {||z - x||_1 <= eps} n [0, 1], minus x: soft
+  thresholding of y clipped to the box, the threshold found by bisection."""
+  limit = np.where(y >= 0, 1 - x, x)
+  delta = lambda a: np.sign(y) * np.minimum(np.maximum(np.abs(y) - a, 0), limit)
+  if np.abs(delta(0)).sum() <= eps:
+    return delta(0)
+  lo, hi = 0.0, np.abs(y).max()
+  for _ in range(100):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if np.abs(delta(mid)).sum() > eps else (lo, mid)
+  return delta(hi)
+
+
+def test_l1_projection_is_the_projection_onto_ball_and_box():
+  rs = np.random.RandomState(0)
+  x = rs.rand(64, 20)
+  x[:16] = np.round(x[:16] * 4) / 4  # ties and points on the box
+  y = rs.randn(64, 20) * rs.uniform(0.05, 1, (64, 1))
+  eps = rs.uniform(0.05, 3, 64)
+  got = y + np.asarray(norms.l1_projection(jnp.float32(x), jnp.float32(y), jnp.float32(eps)))
+  ref = np.stack([_brute_l1_ball_box(x[i], y[i], eps[i]) for i in range(64)])
+  np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def _brute_l2(t, w, b):
+  """min ||d||_2 s.t. <w, t + d> = b, t + d in the box: d = clip(-lam w, -t, 1 - t) by bisection
+  (None when infeasible)."""
+  c = w @ t - b
+  if c < 0:
+    w, c = -w, -c
+  g = lambda lam: w @ np.clip(-lam * w, -t, 1 - t)
+  if g(1e9) + c > 0:
+    return None
+  lo, hi = 0.0, 1.0
+  while g(hi) + c > 0:
+    hi *= 2
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if g(mid) + c > 0 else (lo, mid)
+  return np.clip(-hi * w, -t, 1 - t)
+
+
+def test_fab_l2_and_l1_projections_are_the_minimal_steps():
+  linprog = pytest.importorskip("scipy.optimize").linprog
+  rs = np.random.RandomState(1)
+  n, dims = 60, 9
+  t, w = rs.rand(n, dims), rs.randn(n, dims)
+  w[::5, 0] = 0.0
+  b = (w * t).sum(1) + rs.randn(n) * rs.uniform(0.01, 2, n)
+  d2 = np.asarray(fab_lib.projection_l2(jnp.float32(t), jnp.float32(w), jnp.float32(b)))
+  d1 = np.asarray(fab_lib.projection_l1(jnp.float32(t), jnp.float32(w), jnp.float32(b)))
+  checked = 0
+  for i in range(n):
+    ref = _brute_l2(t[i], w[i], b[i])
+    if ref is not None:
+      np.testing.assert_allclose(d2[i], ref, atol=1e-4)
+      checked += 1
+    # L1: the smallest L1 step onto the hyperplane inside the box, by linear programming.
+    a_eq = np.concatenate([w[i], -w[i]])[None]
+    a_ub = np.block([[np.eye(dims), -np.eye(dims)], [-np.eye(dims), np.eye(dims)]])
+    res = linprog(np.ones(2 * dims), A_ub=a_ub, b_ub=np.concatenate([1 - t[i], t[i]]),
+                  A_eq=a_eq, b_eq=[b[i] - w[i] @ t[i]], bounds=(0, None), method="highs")
+    if res.status == 0:
+      assert abs(np.abs(d1[i]).sum() - res.fun) < 1e-4
+      assert abs(w[i] @ (t[i] + d1[i]) - b[i]) < 1e-4
+  assert checked > 20
+  np.testing.assert_array_equal(d2[::5, 0], 0.0)
+
+
+def test_square_tables_follow_the_official_formulas():
+  sides = [square_lib.lp_square_side(square_lib.p_selection(0.8, i, 5000), 32, 32)
+           for i in (0, 11, 51, 201, 501, 1001, 2001, 4001)]
+  assert sides == [29, 21, 15, 11, 7, 5, 5, 3]
+  eta5 = square_lib.eta_table(5, "L2")
+  np.testing.assert_allclose(eta5[1], [0.049, 0.16, 0.602, 0.16, 0.049], atol=1e-3)
+  np.testing.assert_allclose(eta5[3], [-0.046, -0.148, -0.558, -0.148, -0.046], atol=1e-3)
+  assert abs(np.sqrt((eta5 ** 2).sum()) - 1) < 1e-6
+  assert abs(np.abs(square_lib.eta_table(7, "L1")).sum() - 1) < 1e-6
+
+
+def test_versions_have_the_official_settings():
+  specs = {s.name: s for s in aa_lib.attack_specs("L1", "standard", 10, epsilon=12.0)}
+  assert list(specs) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  assert specs["apgd-ce"].num_passes == 5 and specs["apgd-ce"].settings["use_largereps"]
+  assert specs["apgd-t"].num_passes == 5 and specs["apgd-t"].settings["use_largereps"]
+  assert specs["fab-t"].num_passes == 9 and specs["square"].settings["num_queries"] == 5000
+  assert apgd_lib.largereps_schedule(1.0, 100) == [(3.0, 30), (2.0, 30), (1.0, 40)]
+  plus = {s.name: s for s in aa_lib.attack_specs("L2", "plus", 10, epsilon=0.5)}
+  assert list(plus) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+  assert plus["apgd-dlr"].num_passes == 5 and plus["fab"].num_passes == 5
+  assert not plus["apgd-ce"].settings["use_largereps"]
+  rand = aa_lib.attack_specs("Linf", "rand", 10, epsilon=0.03)
+  assert [(s.name, s.num_passes, s.settings["eot_iter"]) for s in rand] == [
+      ("apgd-ce", 1, 20), ("apgd-dlr", 1, 20)]
+  capped = {s.name: s.num_passes for s in aa_lib.attack_specs("Linf", "standard", 4,
+                                                               epsilon=0.03)}
+  assert capped["apgd-t"] == 3 and capped["fab-t"] == 3
+
+
+def _linear(seed=0, shape=(6, 6, 3), n=24, classes=10):
+  w = jax.random.normal(jax.random.key(seed), (int(np.prod(shape)), classes)) * 0.3
+  x = jax.random.uniform(jax.random.key(seed + 1), (n, *shape))
+  x = x.at[:4].set(jnp.round(x[:4]))  # pixels on the box faces
+  return (lambda z: z.reshape(z.shape[0], -1) @ w), x
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_every_attack_stays_in_its_ball_and_the_box(norm):
+  logits_fn, x = _linear()
+  pred = jnp.argmax(logits_fn(x), -1)
+  labels = pred.at[:3].set((pred[:3] + 1) % 10)  # misclassified from the start: left alone
+  eps = EPS[norm]
+  short = {"apgd-ce": dict(num_steps=8), "apgd-dlr": dict(num_steps=8),
+           "apgd-t": dict(num_steps=8, num_target_classes=2), "fab": dict(num_steps=8,
+                                                                          num_restarts=2),
+           "fab-t": dict(num_steps=8, num_target_classes=2), "square": dict(num_queries=30)}
+  if norm == "L1":
+    short["apgd-ce"].update(use_largereps=True, num_steps=10)
+  fooled_any = np.zeros(len(x), bool)
+  for name in attacks.AUTOATTACK_NAMES:
+    adv = jax.jit(lambda x, y, k, name=name: attacks.AUTOATTACK_ATTACKS[name](
+        logits_fn, x, y, k, epsilon=eps, norm=norm, **short[name]))(x, labels, jax.random.key(2))
+    size = np.asarray(norms.lp_norm(adv - x, norm))
+    assert size.max() <= eps * (1 + 1e-5), (name, size.max())
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0, name
+    np.testing.assert_array_equal(adv[:3], x[:3])
+    fooled = np.asarray(jnp.argmax(logits_fn(adv), -1) != labels)
+    unchanged = np.asarray(jnp.all((adv == x).reshape(len(x), -1), axis=1))
+    assert np.all(unchanged | fooled), name  # a point not fooled comes back clean
+    fooled_any |= fooled
+  assert fooled_any[3:].sum() >= 5  # the radii fool some points in every norm
+
+
+@pytest.mark.parametrize("norm,version,split", [("Linf", "standard", False),
+                                                ("L1", "standard", True),
+                                                ("L2", ["apgd-dlr", "fab", "square"], False)])
+def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split):
+  logits_fn, x = _linear(seed=3, shape=(5, 5, 3), n=40)
+  labels = np.array(jnp.argmax(logits_fn(x), -1))
+  labels[:3] = (labels[:3] + 1) % 10
+  eps = EPS[norm] * 0.6
+  over = {"apgd-ce": dict(num_steps=6, num_restarts=2), "apgd-t": dict(num_steps=6,
+                                                                       num_target_classes=3),
+          "apgd-dlr": dict(num_steps=6, num_restarts=2), "fab": dict(num_steps=6,
+                                                                     num_restarts=2),
+          "fab-t": dict(num_steps=6, num_target_classes=3), "square": dict(num_queries=60)}
+  key = jax.random.key(7)
+  x_fixed, robust_fixed = attacks.autoattack(logits_fn, x, labels, key, epsilon=eps, norm=norm,
+                                             version=version, overrides=over)
+  result = attacks.run_autoattack(logits_fn, np.asarray(x), labels, key, epsilon=eps,
+                                  norm=norm, version=version, batch_size=12, progress=False,
+                                  overrides=over, devices=jax.devices()[:2] if split else None)
+  np.testing.assert_array_equal(result.robust, np.asarray(robust_fixed))
+  # The same points too (the random starts come from the same per-example keys).
+  np.testing.assert_allclose(result.x_adv, np.asarray(x_fixed), atol=1e-5)
+  assert 0 < result.robust.sum() < 37  # neither trivial
+  assert result.accuracy["clean"] == pytest.approx(37 / 40)
+  accs = [result.accuracy[a] for a in result.attacks if a in result.accuracy]
+  assert accs == sorted(accs, reverse=True) and accs[-1] == result.robust_accuracy
+  size = np.asarray(norms.lp_norm(jnp.asarray(result.x_adv) - x, norm))
+  assert size.max() <= eps * (1 + 1e-5)
+  # Every non-robust point's x_adv is misclassified; robust points keep the clean image.
+  wrong = np.asarray(jnp.argmax(logits_fn(jnp.asarray(result.x_adv)), -1)) != labels
+  np.testing.assert_array_equal(wrong, ~result.robust)
+  np.testing.assert_array_equal(result.x_adv[result.robust], np.asarray(x)[result.robust])
+
+
+def test_bucket_sizes_bound_the_padding_and_the_compiles():
+  sizes = {attacks.run.bucket_size(n, 500) for n in range(1, 501)}
+  assert sizes == {16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 500}
+  for n in range(1, 501):
+    assert attacks.run.bucket_size(n, 500) < max(1.5 * n + 1, 17)
+  assert attacks.run.bucket_size(5, 12) == 12
+  assert all(attacks.run.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))

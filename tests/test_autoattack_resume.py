@@ -1,0 +1,92 @@
+"""`run_autoattack(state_path=...)`: a run killed (SIGKILL, a real subprocess) right after its
+second attack resumes from the state file, skips the attacks done, and ends with the flags and
+points of an uninterrupted run; a state made for another evaluation is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from regmix_jax import attacks
+
+import tiny_runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The evaluation, shared by the child process and the test (the same JAX settings as conftest,
+# so that both compute the same numbers).
+SETUP = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    w = jax.random.normal(jax.random.key(0), (5 * 5 * 3, 10)) * 0.3
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (40, 5, 5, 3)))
+    labels = np.asarray(jnp.argmax(logits_fn(x), -1))
+    kwargs = dict(epsilon=0.02, batch_size=16, progress=False, overrides={
+        "apgd-ce": dict(num_steps=5), "apgd-t": dict(num_steps=5, num_target_classes=3),
+        "fab-t": dict(num_steps=5, num_target_classes=3), "square": dict(num_queries=40)})
+""")
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_num_cpu_devices", 4)
+    jax.config.update("jax_disable_most_optimizations", True)
+    from regmix_jax import attacks
+    state_path = sys.argv[1]
+""") + tiny_runs.kill_after_attacks_source("state_path") + textwrap.dedent("""
+""") + SETUP + textwrap.dedent("""
+    attacks.run_autoattack(logits_fn, x, labels, jax.random.key(5), state_path=state_path,
+                           **kwargs)
+    print("finished without being killed")
+""")
+
+
+def _setup():
+  scope = {}
+  exec(SETUP, scope)  # pylint: disable=exec-used
+  return scope
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+  state_path = str(tmp_path / "aa_state.json")
+  child = subprocess.run([sys.executable, "-c", CHILD, state_path], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+  assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+  with open(state_path) as f:
+    saved = json.load(f)
+  assert saved["run_attacks"] == ["apgd-ce", "apgd-t"]
+  assert os.path.exists(state_path + ".x_adv.npz")
+
+  s = _setup()
+  resumed = attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                                   state_path=state_path, **s["kwargs"])
+  # The first two attacks were not run again: their times are the saved ones.
+  assert resumed.seconds["apgd-ce"] == saved["seconds"]["apgd-ce"]
+  assert resumed.seconds["apgd-t"] == saved["seconds"]["apgd-t"]
+  whole = attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                                 **s["kwargs"])
+  assert 0 < whole.robust.sum() < whole.accuracy["clean"] * len(s["x"])
+  np.testing.assert_array_equal(resumed.robust, whole.robust)
+  np.testing.assert_array_equal(resumed.x_adv, whole.x_adv)
+  np.testing.assert_array_equal(resumed.y_adv, whole.y_adv)
+  assert resumed.accuracy == whole.accuracy
+  with open(state_path) as f:
+    assert json.load(f)["run_attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+  # A state made for other attacks or another radius is refused, naming the cause.
+  with pytest.raises(ValueError, match="different set of attacks"):
+    attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                           state_path=state_path, version=["apgd-ce"], **s["kwargs"])
+  with pytest.raises(ValueError, match="epsilon"):
+    attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                           state_path=state_path, **{**s["kwargs"], "epsilon": 0.03})

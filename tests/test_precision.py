@@ -1,0 +1,100 @@
+"""Mixed precision (`model.dtype = "bfloat16"`): every convolution of a train step computes in
+bfloat16, for every method and both D2R models, while parameters, optimiser state, EMA, the
+loss, the metrics and the per-example buffers stay float32; the evaluation computes in
+`eval.dtype` (float32 by default)."""
+
+import functools
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods, models, train, train_state
+from regmix_jax.train_step import bind_method, train_step
+
+
+def _config(name, dtype="bfloat16"):
+  config = config_lib.base_config()
+  config.method = methods.method_config(name)
+  if "num_steps" in config.method:
+    config.method.num_steps = 2
+  config.data.source = "synthetic"
+  config.data.synthetic.update(num_train=32, num_test=16, image_size=8)
+  config.data.batch_size = config.data.eval_batch_size = 8
+  config.model.name, config.model.width = "small_cnn", 4
+  config.guide_model.name, config.guide_model.width = "small_cnn", 2
+  config.model.dtype = dtype
+  config.model.sync_batch_norm = False  # the step runs on one device, outside a mapping
+  config.ema.enabled = True
+  config.eval.attacks = "clean,pgd2"
+  return config
+
+
+def _convolutions(jaxpr):
+  """Every conv_general_dilated equation of a closed jaxpr, sub-jaxprs (jit, loops, custom
+  derivatives) included."""
+  found = []
+
+  def walk(j):
+    for eqn in j.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        found.append(eqn)
+      for value in eqn.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            walk(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            walk(sub)
+  walk(jaxpr.jaxpr)
+  return found
+
+
+def _step_and_batch(name, dtype="bfloat16"):
+  config = _config(name, dtype)
+  method = methods.get_method(name)
+  nets = models.build_models(config, method.roles, 10)
+  state = train_state.create_train_state(config, nets, (8, 8, 3), steps_per_epoch=4)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8),
+           "label": rng.integers(0, 10, 8).astype(np.int32),
+           "index": np.arange(8, dtype=np.int32), "mask": np.ones(8, bool)}
+  if method.sample_state is not None:
+    batch["sample"] = {k: np.zeros((8, 8, 8, 3), np.float32) for k in method.sample_state.names}
+  step = functools.partial(train_step, method=bind_method(method.loss, nets, config.method),
+                           post_update=(None if method.post_update is None else
+                                        bind_method(method.post_update, nets, config.method)))
+  return step, state, batch
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_bfloat16_policy_computes_convolutions_in_bf16_and_keeps_the_rest_float32(name):
+  step, state, batch = _step_and_batch(name)
+  convolutions = _convolutions(jax.make_jaxpr(step)(state, batch))
+  assert convolutions
+  for eqn in convolutions:  # forward, input-gradient and kernel-gradient convolutions alike
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
+  new_state, metrics, sample = jax.jit(step)(state, batch)
+  for tree in (new_state.params, new_state.opt_state, new_state.ema_params,
+               new_state.batch_stats, new_state.ema_batch_stats, metrics, sample):
+    for leaf in jax.tree.leaves(tree):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == jnp.float32
+  assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+
+
+def test_float32_policy_has_no_bf16_and_evaluation_defaults_to_float32():
+  step, state, batch = _step_and_batch("trades", dtype="float32")
+  assert all(v.aval.dtype == jnp.float32 for eqn in _convolutions(jax.make_jaxpr(step)(
+      state, batch)) for v in eqn.invars)
+  config = _config("fgsm_rs")  # trains in bf16 ...
+  trainer = train.build_trainer(config)
+  assert trainer.models["target"].dtype == jnp.bfloat16
+  device_state = trainer.data_parallel.put_state(trainer.create_state())
+  _, batch = next(trainer.batches(0))
+  jaxpr = jax.make_jaxpr(trainer.eval_steps["target"])(device_state, batch)
+  convolutions = _convolutions(jaxpr)
+  assert convolutions and all(v.aval.dtype == jnp.float32  # ... and evaluates in float32
+                              for eqn in convolutions for v in eqn.invars)

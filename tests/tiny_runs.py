@@ -1,0 +1,60 @@
+"""What several test files build: a tiny training config, and a watcher that SIGKILLs a process
+once AutoAttack's state file records a number of finished attacks (a real kill, mid-evaluation).
+
+Not a test module (no `test_` prefix); test files import it by name (pytest puts `tests/` on the
+path)."""
+
+from __future__ import annotations
+
+from regmix_jax import config as config_lib
+from regmix_jax import methods
+
+
+def tiny_config(method: str = "fgsm_rs", **overrides):
+  """A run of seconds: the small CNN (width 4) on synthetic 16x16 images, 128 training and 32
+  test examples, batch 32, 2 epochs, constant rate, synchronous checkpoints. `overrides` are
+  dotted field names (`**{"data.synthetic.image_size": 8}`), applied after the method's
+  defaults."""
+  config = config_lib.base_config()
+  config.num_epochs = 2
+  config.log_every_steps = 2
+  config.data.source = "synthetic"
+  config.data.synthetic.update(num_train=128, num_test=32, image_size=16)
+  config.data.batch_size = 32
+  config.data.eval_batch_size = 32
+  config.model.name = "small_cnn"
+  config.model.width = 4
+  config.method = methods.method_config(method)
+  config.optim.schedule = "constant"
+  config.eval.attacks = "clean,pgd2"
+  config.checkpoint.async_save = False
+  for field, value in overrides.items():
+    node = config
+    *path, leaf = field.split(".")
+    for name in path:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def kill_after_attacks_source(state_glob: str, attacks: int = 2) -> str:
+  """Python source that starts a daemon thread SIGKILLing its own process once a JSON state
+  file matching `state_glob` (an expression evaluated in the child) lists `attacks` finished
+  attacks (`run_attacks`). Prepend it to the child's code."""
+  return f"""
+import glob as _glob, json as _json, os as _os, signal as _signal, threading as _threading
+import time as _time
+
+def _kill_after_attacks(pattern):
+  while True:
+    for path in _glob.glob(pattern):
+      try:
+        with open(path) as f:
+          if len(_json.load(f)["run_attacks"]) >= {attacks}:
+            _os.kill(_os.getpid(), _signal.SIGKILL)
+      except (OSError, ValueError):
+        pass
+    _time.sleep(0.005)
+
+_threading.Thread(target=_kill_after_attacks, args=({state_glob},), daemon=True).start()
+"""
