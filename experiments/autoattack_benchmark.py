@@ -253,13 +253,28 @@ def child_ours(args) -> dict:
   diff = float(np.abs(np.asarray(jax.jit(logits_fn)(x[:64])) - lt).max())
   if diff > 1e-3:
     raise ValueError(f"the PyTorch twin's logits differ by {diff}")
+  # Where the time goes: XLA compilation (tracing, lowering, backend compile), stamped with its
+  # end time so that it can be put under the attack running then (attacks run one after the
+  # other; `result.seconds` gives their durations in order).
+  compiles = []
+  for event in ("/jax/core/compile/jaxpr_trace_duration",
+                "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                "/jax/core/compile/backend_compile_duration"):
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, event=event, **kw: compiles.append((time.time(), secs))
+        if name == event else None)
   t0 = time.time()
   result = attacks.run_autoattack(logits_fn, x, y, jax.random.key(0), epsilon=EPS,
                                   batch_size=args.batch_size, progress=False)
   seconds = time.time() - t0
+  compile_seconds, start = {}, t0
+  for name, took in result.seconds.items():
+    compile_seconds[name] = sum(d for t, d in compiles if start <= t < start + took)
+    start += took
   return dict(seconds=seconds, robust=result.robust_accuracy, clean=result.clean_accuracy,
               accuracy={k: v for k, v in result.accuracy.items() if k != "clean"},
-              attack_seconds=dict(result.seconds), warnings=list(result.warnings),
+              attack_seconds=dict(result.seconds), compile_seconds=compile_seconds,
+              warnings=list(result.warnings),
               devices=len(jax.local_devices()), batch_size=args.batch_size,
               logit_diff=diff, jax=jax.__version__)
 
@@ -289,8 +304,9 @@ def write_markdown(results: dict, path: str) -> None:
            "", "Written by `experiments/autoattack_benchmark.py` from `autoattack_benchmark.json`."
            " L-inf eps 8/255, version standard; official: torch CPU, bs=250, seed=0; ours: "
            "`run_autoattack` with its defaults (one device, batch_size 500), wall time including "
-           "XLA compilation. ratio = official s / our s (> 1: ours faster). Load average: the "
-           "1-minute figure when the side finished.", "",
+           "XLA compilation (in brackets after each attack's seconds: the part spent tracing, "
+           "lowering and compiling, where recorded). ratio = official s / our s (> 1: ours "
+           "faster). Load average: the 1-minute figure when the side finished.", "",
            "| case | rep | official s | ours s | ratio | robust official % | robust ours % | "
            "official s per attack (ce / t / fab-t / square) | ours s per attack | load avg "
            "| date |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -298,9 +314,11 @@ def write_markdown(results: dict, path: str) -> None:
     for rep, e in sorted(reps.items()):
       o, u = e.get("official"), e.get("ours")
       f = lambda d, k, s=1.0, fmt="{:.1f}": "—" if not d or k not in d else fmt.format(s * d[k])
+      # Per attack: wall seconds, and for ours "(of which compiling)" where recorded.
       per = lambda d: "—" if not d else " / ".join(
-          f"{d['attack_seconds'].get(a, 0):.0f}" for a in ("apgd-ce", "apgd-t", "fab-t",
-                                                            "square"))
+          f"{d['attack_seconds'].get(a, 0):.0f}"
+          + (f" ({d['compile_seconds'].get(a, 0):.0f})" if "compile_seconds" in d else "")
+          for a in ("apgd-ce", "apgd-t", "fab-t", "square"))
       ratio = f"{o['seconds'] / u['seconds']:.2f}" if o and u else "—"
       load = (o or u or {}).get("machine", {}).get("loadavg", ["?"])[0]
       date = (o or u or {}).get("machine", {}).get("date", "")

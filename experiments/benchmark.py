@@ -614,6 +614,33 @@ def _table(title: str, header, rows) -> list[str]:
           "|" + " --- |" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
+def torch_references(ok: dict) -> dict:
+  """(model, dtype) -> the PyTorch FGSM-PGK case with the most threads (the machine's whole
+  CPU); bfloat16 is PyTorch's autocast."""
+  return {(k.split(":")[1], v.get("dtype", "float32")): v
+          for k, v in sorted(ok.items(), key=lambda kv: kv[1].get("threads", 0))
+          if k.startswith("torch:")}
+
+
+def ratios(results: dict) -> list[str]:
+  """One line per FGSM-PGK train case with a PyTorch reference of its dtype: the ratio the
+  issue's targets are about, fp32 against fp32 and bf16 against autocast bf16."""
+  ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
+  torch = torch_references(ok)
+  out = []
+  for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
+    parts = key.split(":")
+    if parts[0] != "train" or parts[1] != "fgsm_pgk":
+      continue
+    dtype = VARIANTS.get(parts[3], {}).get("dtype", "float32")
+    ref = torch.get((parts[2], dtype))
+    if ref:
+      out.append(f"{parts[2]} {parts[3]} ({dtype}): {r['images_per_s']:.1f} img/s, PyTorch "
+                 f"{'autocast ' if dtype == 'bfloat16' else ''}{dtype} {ref['images_per_s']:.1f}"
+                 f" -> {r['images_per_s'] / ref['images_per_s']:.2f}x")
+  return out
+
+
 def write_markdown(results: dict, path: str) -> None:
   """The results as tables; the hand-written reading (`<path stem>.notes.md`, if present) first."""
   lines = ["# Benchmark: regmix_jax on CPU", "",
@@ -625,28 +652,27 @@ def write_markdown(results: dict, path: str) -> None:
     with open(notes) as f:
       lines += [f.read().rstrip(), ""]
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
-  # model -> the PyTorch case with the most threads (the machine's whole CPU)
-  torch = {k.split(":")[1]: v for k, v in sorted(ok.items(), key=lambda kv: kv[1].get("threads", 0))
-           if k.startswith("torch:")}
+  torch = torch_references(ok)
 
   train_rows = []
   for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
     if not key.startswith("train:"):
       continue
     _, method, model, variant = key.split(":")
-    ref = torch.get(model) if method == "fgsm_pgk" else None
+    dtype = VARIANTS.get(variant, {}).get("dtype", "float32")
+    ref = torch.get((model, dtype)) if method == "fgsm_pgk" else None
     train_rows.append((
-        method, model, variant,
+        method, model, variant, dtype,
         r.get("ynn_fusion_type", ynn_in_effect({"xla": r.get("xla_flags", ""), "ynn": "default"})),
         _f(r["images_per_s"]), _f(r["step_s"], 3),
         _f(r["first_step_s"]), _f(r["compile_s"]),
         f"{r['later_compiles']} / {r['later_traces']}", _f(r["peak_rss_gib"], 2),
         _f(ref and ref["images_per_s"]), _f(ref and r["images_per_s"] / ref["images_per_s"], 2)))
   lines += _table("Train step (batch on the devices)",
-                  ("method", "model", "variant", "YNNPACK fusions", "img/s", "step s",
+                  ("method", "model", "variant", "dtype", "YNNPACK fusions", "img/s", "step s",
                    "first step s", "compile s",
-                   "compiles / traces in steps 2..N", "peak RSS GiB", "torch img/s",
-                   "JAX / torch"), train_rows)
+                   "compiles / traces in steps 2..N", "peak RSS GiB",
+                   "torch img/s (same dtype; bf16: autocast)", "JAX / torch"), train_rows)
   pipeline = [(k.split(":")[2], k.split(":")[3], r) for k, r in ok.items()
               if k.startswith("pipeline:")]
   lines += _table("Input pipeline: real loader vs a device-resident batch (FGSM-PGK; "
@@ -655,10 +681,20 @@ def write_markdown(results: dict, path: str) -> None:
                   [(m, v, _f(r["images_per_s"]), _f(r["pipeline_images_per_s"]),
                     _f(r["pipeline_ratio"], 3)) for m, v, r in pipeline])
   lines += _table("PyTorch eager FGSM-PGK step (`experiments/torch_reference.py`)",
-                  ("model", "threads", "img/s", "step s", "first step s", "peak RSS GiB"),
-                  [(k.split(":")[1], r["threads"], _f(r["images_per_s"]), _f(r["step_s"], 3),
+                  ("model", "threads", "dtype", "img/s", "step s", "first step s",
+                   "peak RSS GiB"),
+                  [(k.split(":")[1], r["threads"], r.get("dtype", "float32"),
+                    _f(r["images_per_s"]), _f(r["step_s"], 3),
                     _f(r["first_step_s"]), _f(r["peak_rss_gib"], 2))
                    for k, r in ok.items() if k.startswith("torch:")])
+  precision = [(k, r) for k, r in sorted(ok.items())
+               if k.startswith("dtype:") or k.startswith("torchdtype:")]
+  if precision:
+    names = sorted({n for _, r in precision for n in r["ms"]})
+    lines += _table("ResNet-18's first-stage convolution, float32 and bfloat16 (ms, best of 3; "
+                    "`--suites=dtype`)", ("case", *names),
+                    [(k.replace("torchdtype:", "PyTorch, threads ").replace("dtype:", "JAX "),
+                      *(_f(r["ms"].get(n)) for n in names)) for k, r in precision])
   lines += _table("Evaluation", ("attack", "model", "variant", "img/s", "examples (batches)",
                                   "compiles", "compile s", "peak RSS GiB"),
                   [(*k.split(":")[1:], _f(r["images_per_s"], 2),
@@ -715,6 +751,8 @@ def main(argv=None):
     with open(args.results, "w") as f:
       json.dump(results, f, indent=1, sort_keys=True)
   write_markdown(results, args.markdown)
+  print(f"Machine: {results['_machine']}")
+  print("\n".join(ratios(results)))
 
 
 if __name__ == "__main__":

@@ -61,8 +61,12 @@ def main():
            f"small CNN (width 16), {EPOCHS} epochs, batch 128, 5085 training images; accuracy (%) "
            "on the 1017 test images, eps 8/255, evaluated in float32. Mean ± std over seeds "
            f"{SEEDS}; SE = std / sqrt(3). Written {time.strftime('%Y-%m-%d')}.", "",
+           "The img/s column is each run's own wall-clock training speed: it depends on what "
+           "else ran on the machine then, and is no speed comparison (that is "
+           "`experiments/benchmark.py`'s).", "",
            "| method | metric | float32 | bfloat16 | bf16 - fp32 | within 1 SE of fp32 | "
-           "train img/s fp32 / bf16 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "per seed fp32 / bf16 | train img/s fp32 / bf16 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   summary = {}
   for config in METHODS:
     for metric in ("clean", "pgd20"):
@@ -77,6 +81,8 @@ def main():
       lines.append(f"| {config} | {metric} | {stats['float32'][0]:.2f} ± {stats['float32'][1]:.2f}"
                    f" | {stats['bfloat16'][0]:.2f} ± {stats['bfloat16'][1]:.2f} | {diff:+.2f} | "
                    f"{'yes' if within else 'no'} (SE {stats['float32'][2]:.2f}) | "
+                   f"{' '.join(f'{x:.2f}' for x in stats['float32'][3])} / "
+                   f"{' '.join(f'{x:.2f}' for x in stats['bfloat16'][3])} | "
                    f"{speed[0]:.0f} / {speed[1]:.0f} |")
       summary[f"{config}:{metric}"] = {"stats": stats, "diff": diff, "within_1se": bool(within)}
   lines += ["", f"Wall time of this invocation: {time.time() - t0:.0f} s (finished runs are read).",
