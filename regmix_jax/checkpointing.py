@@ -219,4 +219,14 @@ class Checkpointer:
       if raise_errors:
         raise
     finally:
-      self._manager.close()
+      try:
+        # Orbax removes stale temporary directories in a background thread started by the
+        # manager, and its close() does not wait for it: a process that exits right after (the
+        # evaluate command finding no checkpoint) then printed that thread's "cannot schedule new
+        # futures after shutdown" traceback. Wait for it (a private method of the pinned Orbax;
+        # skipped if a later version drops it).
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+          await_cleanup()
+      finally:
+        self._manager.close()

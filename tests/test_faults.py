@@ -287,3 +287,30 @@ def test_full_disk_fails_clearly_keeps_the_last_checkpoint_and_resumes(tmp_path,
   finally:
     subprocess.run(["umount", "-l", disk], capture_output=True)
     shutil.rmtree(disk, ignore_errors=True)
+
+
+# A process that opens a checkpoint directory and exits at once (the evaluate command finding no
+# checkpoint): Orbax's start-up clean-up of temporary directories, made slow here, must be
+# finished by `Checkpointer.close`, not left running into interpreter shutdown (where its thread
+# printed "RuntimeError: cannot schedule new futures after shutdown", 2 times in 6 before).
+_OPEN_AND_EXIT = r"""
+import asyncio, sys
+from orbax.checkpoint._src.path import async_path
+real_iterdir = async_path.iterdir
+
+async def slow_iterdir(path):
+  await asyncio.sleep(1.0)
+  return await real_iterdir(path)
+
+async_path.iterdir = slow_iterdir
+from regmix_jax import checkpointing
+checkpointing.Checkpointer(sys.argv[1], async_save=False).close()
+sys.exit("no checkpoint")
+"""
+
+
+def test_closing_waits_for_orbax_start_up_clean_up(tmp_path, env):
+  result = subprocess.run([sys.executable, "-c", _OPEN_AND_EXIT, str(tmp_path / "checkpoints")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "no checkpoint" in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
