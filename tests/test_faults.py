@@ -23,17 +23,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import tiny_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 CONFIG = os.path.join(ROOT, "configs", "cifar10", "fgsm_pgk.py")
-TINY = ["--config.num_epochs=3", "--config.cpu_devices=2", "--config.log_every_steps=4",
-        "--config.data.source=synthetic", "--config.model.name=small_cnn",
-        "--config.data.synthetic.num_train=256", "--config.data.synthetic.num_test=64",
-        "--config.data.synthetic.image_size=16", "--config.data.batch_size=32",
-        "--config.data.eval_batch_size=32", "--config.model.width=4",
-        "--config.eval.attacks=clean,pgd2", "--config.eval.every_epochs=1",
-        "--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=3",
-        "--config.method.reset_every=2"]
+TINY = tiny_runs.tiny_fgsm_pgk_flags(cpu_devices=2, num_train=256, max_to_keep=3)
 STEPS = 3 * 8
 
 

@@ -6,28 +6,21 @@ import jax
 import numpy as np
 import pytest
 
-from regmix_jax import config as config_lib
 from regmix_jax import methods, train
+
+import tiny_runs
 
 
 def _tiny(name: str):
-  config = config_lib.base_config()
-  config.method = methods.method_config(name)
-  for field in ("num_steps",):  # keep multi-step attacks cheap
-    if field in config.method:
-      config.method[field] = 2
-  config.data.source = "synthetic"
-  config.data.synthetic.update(num_train=64, num_test=16, image_size=8)
-  config.data.batch_size = 16
-  config.data.eval_batch_size = 16
-  config.model.name = "small_cnn"
-  config.model.width = 4
-  config.guide_model.name = "small_cnn"
-  config.guide_model.width = 2
-  config.ema.enabled = True
-  config.eval.attacks = "clean"
-  # No weight decay: a parameter that moves then moved because its loss gradient is not zero.
-  config.optim.weight_decay = 0.0
+  config = tiny_runs.tiny_config(name, **{
+      "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
+      "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 16,
+      "guide_model.name": "small_cnn", "guide_model.width": 2, "ema.enabled": True,
+      "eval.attacks": "clean",
+      # No weight decay: a parameter that moves then moved because its loss gradient is not 0.
+      "optim.weight_decay": 0.0})
+  if "num_steps" in config.method:  # keep multi-step attacks cheap
+    config.method.num_steps = 2
   return config
 
 

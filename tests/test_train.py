@@ -16,20 +16,13 @@ import pytest
 from regmix_jax import checkpointing
 from regmix_jax import methods, train
 
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, tiny_fgsm_pgk_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FGSM_PGK = os.path.join(ROOT, "configs", "cifar10", "fgsm_pgk.py")
 # A small, fast FGSM-PGK run on synthetic data, as command-line overrides: its per-example
 # buffers (reset at epochs 0 and 2) must survive a kill as well as the TrainState.
-TINY = ["--config.num_epochs=3", "--config.cpu_devices=4", "--config.log_every_steps=4",
-        "--config.data.source=synthetic", "--config.model.name=small_cnn",
-        "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_test=64",
-        "--config.data.synthetic.image_size=16", "--config.data.batch_size=32",
-        "--config.data.eval_batch_size=32", "--config.model.width=4",
-        "--config.eval.attacks=clean,pgd2", "--config.eval.every_epochs=1",
-        "--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=50",
-        "--config.method.reset_every=2"]
+TINY = tiny_fgsm_pgk_flags(cpu_devices=4, num_train=512, max_to_keep=50)
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
        "PYTHONUNBUFFERED": "1"}
 

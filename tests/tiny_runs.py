@@ -37,6 +37,20 @@ def tiny_config(method: str = "fgsm_rs", **overrides):
   return config
 
 
+def tiny_fgsm_pgk_flags(*, cpu_devices: int, num_train: int, max_to_keep: int) -> list[str]:
+  """Command-line overrides for a small, fast FGSM-PGK run on synthetic 16x16 images: 3 epochs
+  of batch 32, a checkpoint every 2 steps, an evaluation (clean, PGD-2) every epoch, per-example
+  buffers reset every 2 epochs (so they must survive a kill as well as the TrainState)."""
+  return ["--config.num_epochs=3", f"--config.cpu_devices={cpu_devices}",
+          "--config.log_every_steps=4", "--config.data.source=synthetic",
+          "--config.model.name=small_cnn", f"--config.data.synthetic.num_train={num_train}",
+          "--config.data.synthetic.num_test=64", "--config.data.synthetic.image_size=16",
+          "--config.data.batch_size=32", "--config.data.eval_batch_size=32",
+          "--config.model.width=4", "--config.eval.attacks=clean,pgd2",
+          "--config.eval.every_epochs=1", "--config.checkpoint.every_steps=2",
+          f"--config.checkpoint.max_to_keep={max_to_keep}", "--config.method.reset_every=2"]
+
+
 def kill_after_attacks_source(state_glob: str, attacks: int = 2) -> str:
   """Python source that starts a daemon thread SIGKILLing its own process once a JSON state
   file matching `state_glob` (an expression evaluated in the child) lists `attacks` finished
