@@ -296,6 +296,11 @@ def machine() -> dict:
   except OSError:
     info["cpu"] = platform.processor()
   info["loadavg"] = list(os.getloadavg())
+  try:  # the code measured: commit, "-dirty" when the working tree has changes
+    info["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip()
+  except OSError:
+    pass
   return info
 
 

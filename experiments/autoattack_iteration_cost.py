@@ -1,13 +1,19 @@
-"""Where AutoAttack's time goes, one level down: one APGD-CE iteration inside `run_autoattack`
-against a bare jitted forward-backward of the same model on the same points, for about 16, 64 and
-256 points (the correctly classified among the first 2n), XLA's compile time taken out
-(jax.monitoring's compile events).
+"""Where AutoAttack's time goes, per iteration: one APGD-CE iteration and one FAB-T iteration of
+ours (the jitted pass `run_autoattack` runs) against the official PyTorch attack's, and one
+inference pass (a Square query), on the same network, the same points and the same cores, in one
+process, compile time excluded.
 
-  python experiments/autoattack_iteration_cost.py --workdir=/path/to/small_cnn_run
+  python experiments/autoattack_iteration_cost.py --model=small_cnn --workdir=/path/to/run
+  python experiments/autoattack_iteration_cost.py --model=resnet18 --points=32,64
 
-Weights and points as experiments/autoattack_benchmark.py loads them (a small_cnn run's
-checkpoint; the CIFAR-10 subset's test images). Results: experiments/results/autoattack_speed.md
-("One APGD iteration").
+Each side runs a pass of 10 and of 30 iterations (after a warm-up call of each), and the
+per-iteration cost is the difference over 20 iterations, so set-up, the clean forward passes
+and compilation drop out. Labels are the network's own predictions, so every point is attacked
+on both sides (the official attacks skip misclassified points). The small CNN's weights come
+from a small_cnn run (as experiments/autoattack_benchmark.py loads them); ResNet-18 is
+randomly initialised (the cost does not depend on the weights) and copied into the benchmark's
+PyTorch twin. Official: fra31/auto-attack at ../shared/reference/auto-attack, torch CPU with
+--torch_threads threads (2). Results: experiments/results/autoattack_speed.md.
 """
 
 from __future__ import annotations
@@ -25,42 +31,103 @@ sys.path.insert(0, HERE)
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="a small_cnn run (autoattack_benchmark's)")
+  p.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
+  p.add_argument("--workdir", default="", help="a small_cnn run (for --model=small_cnn)")
+  p.add_argument("--points", default="64,160")
+  p.add_argument("--torch_threads", type=int, default=2)
+  p.add_argument("--parts", default="apgd-ce,fab-t,forward",
+                 help="apgd-ce, fab-t (one iteration each), forward (one inference pass: one "
+                 "Square query)")
   args = p.parse_args()
   runtime.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
-  # pylint: disable=g-import-not-at-top  (after the CPU set-up above)
+  # pylint: disable=g-import-not-at-top  (after the CPU set-up above; torch only here)
   import jax
-  import jax.numpy as jnp
   import numpy as np
+  import torch
   import autoattack_benchmark as benchmark
-  from regmix_jax import attacks, models
+  from regmix_jax import models
+  from regmix_jax.attacks.autoattack import attack_specs
+  from regmix_jax.attacks.apgd import as_model, example_keys_for
   # pylint: enable=g-import-not-at-top
-  model_cfg, variables = benchmark.load_variables(args.workdir)
-  net = models.get_model(model_cfg["name"], 10, width=model_cfg["width"])
+  sys.path.insert(0, benchmark.REFERENCE)
+  from autoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
+  from autoattack.fab_pt import FABAttack_PT  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.torch_threads)
+  if args.model == "small_cnn":
+    model_cfg, variables = benchmark.load_variables(args.workdir)
+    net = models.get_model("small_cnn", 10, width=model_cfg["width"])
+  else:
+    model_cfg = {"name": "resnet18"}
+    net = models.get_model("resnet18", 10)
+    variables = net.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
   logits_fn = lambda z: net.apply(variables, z, train=False)
-  x, y = benchmark.load_points(512)
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda name, secs, **kw: compiles.append(secs) if name.startswith("/jax/core/compile/")
-      else None)
-  ce = lambda z, labels: -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits_fn(z)),
-                                                      labels[:, None], axis=1))
-  bare = jax.jit(jax.grad(ce))
-  for n in (16, 64, 256):
-    correct = np.argmax(np.asarray(jax.jit(logits_fn)(x[:2 * n])), -1) == y[:2 * n]
-    xs, ys = x[:2 * n][correct][:n], y[:2 * n][correct][:n]
-    bare(xs, ys).block_until_ready()
+  twin = benchmark.torch_twin(model_cfg, variables).eval()
+  eps = 8 / 255
+  x_all, _ = benchmark.load_points(max(int(n) for n in args.points.split(",")))
+
+  def timed(run, repeats=10):
+    """ms per call of `run()`, after a warm-up call."""
+    run()
     start = time.perf_counter()
-    for _ in range(10):
-      bare(xs, ys).block_until_ready()
-    bare_s = (time.perf_counter() - start) / 10
-    del compiles[:]
-    result = attacks.run_autoattack(logits_fn, xs, ys, jax.random.key(0), epsilon=8 / 255,
-                                    version=["apgd-ce"], batch_size=500, progress=False)
-    seconds, compiling = result.seconds["apgd-ce"], sum(compiles)
-    print(f"{len(xs)} points: APGD-CE {seconds:.2f} s, of which compiling {compiling:.2f} s -> "
-          f"{(seconds - compiling) / 100 * 1000:.1f} ms per iteration (100 iterations); bare "
-          f"forward-backward {bare_s * 1000:.1f} ms", flush=True)
+    for _ in range(repeats):
+      run()
+    return (time.perf_counter() - start) / repeats * 1000
+
+  def per_iteration(run):
+    """`run(num_steps)` blocks until done; the cost of one iteration in ms."""
+    seconds = {}
+    for steps in (10, 30):
+      run(steps)  # warm-up (compiles ours)
+      start = time.perf_counter()
+      run(steps)
+      seconds[steps] = time.perf_counter() - start
+    return (seconds[30] - seconds[10]) / 20 * 1000
+
+  print(f"{args.model}, torch {torch.__version__} ({args.torch_threads} threads), "
+        f"jax {jax.__version__}", flush=True)
+  for n in [int(v) for v in args.points.split(",")]:
+    x = x_all[:n]
+    y = np.asarray(jax.jit(logits_fn)(x)).argmax(-1).astype(np.int32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y.astype(np.int64))
+    keys = example_keys_for(jax.random.key(0), n)
+    model = as_model(logits_fn, False)
+    cost = {}
+    parts = args.parts.split(",")
+    if "forward" in parts:
+      forward = jax.jit(logits_fn)
+
+      def ours_forward():
+        jax.block_until_ready(forward(x))
+
+      def official_forward():
+        with torch.no_grad():
+          twin(xt)
+
+      cost["forward"] = tuple(timed(f) for f in (ours_forward, official_forward))
+    for name in [p for p in parts if p != "forward"]:
+      cache = {}
+
+      def ours(steps, name=name):
+        if steps not in cache:  # one compile per step count, outside the timed call
+          spec = {s.name: s for s in attack_specs(
+              "Linf", "standard", 10, epsilon=eps, overrides={name: {"num_steps": steps}})}[name]
+          cache[steps] = jax.jit(spec.pass_fn(model))
+        jax.block_until_ready(cache[steps](x, y, keys, np.int32(0)))
+
+      def official(steps, name=name):
+        if name == "apgd-ce":
+          attack = APGDAttack(twin, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=0,
+                              loss="ce", device="cpu")
+        else:
+          attack = FABAttack_PT(twin, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, seed=0,
+                                targeted=True, n_target_classes=1, device="cpu")
+        attack.perturb(xt, yt)
+
+      cost[name] = (per_iteration(ours), per_iteration(official))
+    print(f"{n} points: " + "; ".join(
+        f"{name} ours {o:.1f} ms, official {t:.1f} ms (ratio official/ours {t / o:.2f})"
+        for name, (o, t) in cost.items()), flush=True)
 
 
 if __name__ == "__main__":

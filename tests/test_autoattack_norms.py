@@ -156,10 +156,11 @@ def test_every_attack_stays_in_its_ball_and_the_box(norm):
   assert fooled_any[3:].sum() >= 5  # the radii fool some points in every norm
 
 
-@pytest.mark.parametrize("norm,version,split", [("Linf", "standard", False),
-                                                ("L1", "standard", True),
-                                                ("L2", ["apgd-dlr", "fab", "square"], False)])
-def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split):
+@pytest.mark.parametrize("norm,version,split,batch,grad_batch", [
+    ("Linf", "standard", False, 12, None), ("L1", "standard", True, 12, None),
+    ("L2", ["apgd-dlr", "fab", "square"], False, 12, None),
+    ("Linf", "standard", False, 40, 24)])  # gradient batches of 24 and 16 points
+def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split, batch, grad_batch):
   logits_fn, x = _linear(seed=3, shape=(5, 5, 3), n=40)
   labels = np.array(jnp.argmax(logits_fn(x), -1))
   labels[:3] = (labels[:3] + 1) % 10
@@ -173,8 +174,9 @@ def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split):
   x_fixed, robust_fixed = attacks.autoattack(logits_fn, x, labels, key, epsilon=eps, norm=norm,
                                              version=version, overrides=over)
   result = attacks.run_autoattack(logits_fn, np.asarray(x), labels, key, epsilon=eps,
-                                  norm=norm, version=version, batch_size=12, progress=False,
-                                  overrides=over, devices=jax.devices()[:2] if split else None)
+                                  norm=norm, version=version, batch_size=batch, progress=False,
+                                  overrides=over, devices=jax.devices()[:2] if split else None,
+                                  grad_batch_size=grad_batch)
   np.testing.assert_array_equal(result.robust, np.asarray(robust_fixed))
   # The same points too (the random starts come from the same per-example keys).
   np.testing.assert_allclose(result.x_adv, np.asarray(x_fixed), atol=1e-5)
@@ -197,3 +199,23 @@ def test_bucket_sizes_bound_the_padding_and_the_compiles():
     assert attacks.run.bucket_size(n, 500) < max(1.5 * n + 1, 17)
   assert attacks.run.bucket_size(5, 12) == 12
   assert all(attacks.run.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
+
+
+def test_gradient_batches_cover_the_points_with_the_least_padding():
+  """`split_sizes`: ladder sizes whose sum is the smallest one that holds the points, in as few
+  batches as that sum allows (both found here by brute force over the ladder)."""
+  for cap, multiple in ((64, 1), (64, 2), (24, 1)):
+    ladder = attacks.run._ladder(cap, multiple)  # pylint: disable=protected-access
+    fewest = {0: 0}  # exact sum -> fewest batches
+    for total in range(1, 700):
+      options = [fewest[total - s] + 1 for s in ladder if total - s in fewest]
+      if options:
+        fewest[total] = min(options)
+    for n in range(1, 600):
+      sizes = attacks.run.split_sizes(n, cap, multiple)
+      assert set(sizes) <= set(ladder), (n, sizes)
+      least = min(t for t in fewest if t >= n)
+      assert sum(sizes) == least, (n, sizes, least)
+      assert len(sizes) == fewest[least], (n, sizes)
+  assert attacks.run.split_sizes(70, 64) == [48, 24]
+  assert attacks.run.split_sizes(0, 64) == []

@@ -19,9 +19,14 @@ and each pass runs only on the points not yet fooled, as the official `perturb` 
 passes the still-unfooled points are gathered on the host into batches of at most `batch_size`,
 padded up to the next size of a fixed ladder (16, then powers of two and 1.5 times powers of two),
 so an attack compiles once per ladder size it meets (the pass index is a traced argument) and
-padding wastes less than a third of a batch (or of 16 points). Square's query loop stops for a batch once every point in it
-is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10, 50, 200, 500,
-1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those devices.
+padding wastes less than a third of a batch (or of 16 points). On CPU the gradient attacks'
+points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`: the fewest padded
+points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
+point in it is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10,
+50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
+devices. The attacks run the model through `fast_conv.with_fast_conv_grads` (`apgd.as_model`):
+inside their loops XLA:CPU would otherwise run every input-gradient convolution on its naive
+loop nest.
 
 Randomness: example b of `x` uses the key `fold_in(key, b)` and attack i folds in i, so the robust
 flags equal `attacks.autoattack(logits_fn, x, labels, key)`'s on the same points (for a
@@ -63,6 +68,13 @@ from regmix_jax.attacks.square import check_square_args, square_init, square_ste
 
 _LOG = logging.getLogger(__name__)
 STATE_FORMAT = 1
+# The gradient attacks' batch cap on CPU (`grad_batch_size`'s default there). XLA:CPU's
+# forward-backward of the small CNN costs 0.56-0.64 ms a point in batches of 16-64 and 0.85-0.93
+# in batches of 128-256 (2 AMD EPYC cores, jaxlib 0.10.2: the activations stop fitting the
+# caches); ResNet-18 costs the same per point from 16 to 128 (experiments/results/
+# autoattack_speed.md). Forward passes (Square, the checks) gain from larger batches and keep
+# `batch_size`.
+CPU_GRAD_BATCH_SIZE = 64
 # Square's segments: the unfooled points are re-gathered at these query counts.
 SQUARE_CUTS = (10, 50, 200, 500, 1000, 2000, 3000, 4000)
 
@@ -102,18 +114,44 @@ class AutoAttackResult:
     return self.accuracy["clean"]
 
 
-def bucket_size(n: int, batch_size: int, multiple: int = 1) -> int:
-  """The batch size a set of `n <= batch_size` points is padded to: the smallest size of the
-  ladder (16, 24, 32, 48, 64, ...: powers of two and 1.5 times powers of two from 16, rounded up
-  to a multiple of `multiple`) that holds them, at most `batch_size` (rounded up to `multiple`).
-  Sets under 16 points share one size: their padding costs little, and every size is a compile."""
+def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]:
+  """The batch sizes points are padded to: 16, 24, 32, 48, 64, ... (powers of two and 1.5 times
+  powers of two from 16; `fine`: also 1.25 and 1.75 times) below `batch_size`, and `batch_size`,
+  each rounded up to a multiple of `multiple`."""
   cap = -(-batch_size // multiple) * multiple
   ladder, k = {cap}, 16
   while k < cap:
-    ladder.update({k, 3 * k // 2})
+    ladder.update({k, 3 * k // 2} | ({5 * k // 4, 7 * k // 4} if fine else set()))
     k *= 2
-  ladder = sorted({-(-s // multiple) * multiple for s in ladder if 0 < s <= cap})
-  return next(s for s in ladder if s >= n)
+  return sorted({-(-s // multiple) * multiple for s in ladder if 0 < s <= cap})
+
+
+def bucket_size(n: int, batch_size: int, multiple: int = 1, fine: bool = False) -> int:
+  """The batch size a set of `n <= batch_size` points is padded to: the smallest size of the
+  ladder (`_ladder`) that holds them. Sets under 16 points share one size: their padding costs
+  little, and every size is a compile."""
+  return next(s for s in _ladder(batch_size, multiple, fine) if s >= n)
+
+
+def split_sizes(n: int, batch_size: int, multiple: int = 1) -> list[int]:
+  """Padded sizes, each on the ladder (`_ladder(batch_size)`), of the batches `n` points are cut
+  into for the gradient attacks: the fewest padded points in all, then the fewest batches and
+  sizes, the largest first (e.g. 70 points under a cap of 64: [48, 24], not [64, 16]). All but the last
+  `batch_size + n % batch_size` points go in full batches."""
+  if n <= 0:
+    return []
+  ladder = _ladder(batch_size, multiple)
+  full = max(n // ladder[-1] - 1, 0)
+  rest = n - full * ladder[-1]
+
+  def rank(sizes):  # fewest padded points, batches, distinct sizes (compiles); larger first
+    return sum(sizes), len(sizes), len(set(sizes)), tuple(-s for s in sizes)
+
+  best = [()] + [None] * rest  # best[m]: the sizes (largest first) that cover m points
+  for m in range(1, rest + 1):
+    best[m] = min((tuple(sorted(best[max(m - s, 0)] + (s,), reverse=True)) for s in ladder),
+                  key=rank)
+  return [ladder[-1]] * full + list(best[rest])
 
 
 def _key_data(key: jax.Array, n: int) -> np.ndarray:
@@ -136,12 +174,20 @@ class _Batcher:
       mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
       self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
-  def chunks(self, index: np.ndarray):
-    """`(chunk of index, padded index)` pairs covering `index`."""
+  def chunks(self, index: np.ndarray, split_at: int | None = None, fine: bool = False):
+    """`(chunk of index, padded index)` pairs covering `index`: batches of `batch_size`, each
+    padded to `bucket_size` (`fine`: on the finer ladder); or, with `split_at`, batches of at
+    most `split_at` points cut by `split_sizes`."""
     multiple = len(self.devices) if self.sharding is not None else 1
-    for start in range(0, len(index), self.batch_size):
-      chunk = index[start:start + self.batch_size]
-      size = bucket_size(len(chunk), self.batch_size, multiple)
+    if split_at is None:
+      sizes = [bucket_size(min(len(index) - start, self.batch_size), self.batch_size, multiple,
+                           fine) for start in range(0, len(index), self.batch_size)]
+    else:
+      sizes = split_sizes(len(index), split_at, multiple)
+    start = 0
+    for size in sizes:
+      chunk = index[start:start + size]
+      start += len(chunk)
       yield chunk, np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
 
   def put(self, *arrays):
@@ -212,7 +258,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
                    batch_size: int = 500, state_path: str | None = None, progress: bool = True,
                    randomized: bool = False,
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                   devices: Sequence[jax.Device] | None = None) -> AutoAttackResult:
+                   devices: Sequence[jax.Device] | None = None,
+                   grad_batch_size: int | None = None) -> AutoAttackResult:
   """AutoAttack's evaluation of `logits_fn` on `(x, labels)`, as the official
   `run_standard_evaluation` (see the module docstring).
 
@@ -237,6 +284,10 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     devices: devices to split each batch across (default: none, JAX's default device runs it
       unsplit; on this project's 2-core CPU, 2 CPU devices were not faster than one, see
       experiments/results/autoattack_speed.md).
+    grad_batch_size: the most points per batch of the gradient attacks (APGD, FAB), cut as
+      `split_sizes` does (fewest padded points). Default: `CPU_GRAD_BATCH_SIZE` (64) on CPU,
+      where smaller batches of input gradients run faster per point; elsewhere `batch_size`
+      batches, padded as the forward passes are. Results do not depend on it.
 
   Returns:
     An `AutoAttackResult`.
@@ -254,11 +305,17 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
                      "inside logits_fn).")
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  if grad_batch_size is not None and grad_batch_size <= 0:
+    raise ValueError(f"grad_batch_size must be positive or None, got {grad_batch_size}.")
   n = len(x)
   batch_size = min(batch_size, max(n, 1))
   model = as_model(logits_fn, randomized)
   key_data = _key_data(key, n)
   batcher = _Batcher(batch_size, devices)
+  platform = (list(devices)[0] if devices else jax.devices()[0]).platform
+  if grad_batch_size is None and platform == "cpu":
+    grad_batch_size = CPU_GRAD_BATCH_SIZE
+  grad_split = None if grad_batch_size is None else min(grad_batch_size, batch_size)
   say = (lambda s: tqdm.tqdm.write(s)) if progress else (lambda s: None)
   warnings_list: list[str] = []
 
@@ -361,7 +418,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
       zero = np.zeros(len(index), bool)
     else:
       candidate, fooled, zero = _passes_host(model, spec, x, labels, keys_i, index, batcher,
-                                             bar)
+                                             bar, grad_split)
     bar.close()
     if zero.any():
       warn(checks.zero_gradients_message(int(zero.sum())))
@@ -401,9 +458,9 @@ def target_counts_requested(norm, version, overrides) -> tuple[int, int]:
 _project = jax.jit(norms.project, static_argnames=("norm",))
 
 
-def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
+def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar, split_at):
   """APGD / FAB passes over the points `index`, each on the points not yet fooled, gathered into
-  padded batches. Returns `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with
+  padded batches (of at most `split_at` points, cut by `split_sizes`, when given). Returns `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with
   `index`."""
   pass_fn = jax.jit(spec.pass_fn(model))
   candidate = x[index].copy()
@@ -415,7 +472,7 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
       bar.update(spec.num_passes - p)
       break
     pending = []
-    for chunk, padded in batcher.chunks(todo):
+    for chunk, padded in batcher.chunks(todo, split_at):
       rows = index[padded]
       xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
       pending.append((chunk, pass_fn(xs, ys, ks, np.int32(p))))  # dispatched asynchronously
@@ -464,7 +521,9 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
       active = np.nonzero(margin > 0)[0]
       if len(active) and begin < cut:
         pending = []
-        for chunk, padded in batcher.chunks(active):
+        # Square runs 5000 forward passes on a set that rarely shrinks: the finer ladder pads
+        # less (70 points: 80, not 96) for a few more compiles.
+        for chunk, padded in batcher.chunks(active, fine=True):
           rows = index[todo[padded]]
           xs, ys, ks, xb = batcher.put(x[rows], labels[rows], keys[rows], x_best[padded])
           m, l = batcher.put(margin[padded], loss[padded])

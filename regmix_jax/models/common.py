@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from regmix_jax import fast_conv
+
 INITS = ("torch", "wrn")
 # kaiming_uniform_(a=sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
 TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -49,12 +51,13 @@ def check_init(init: str) -> None:
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None,
          init: str = "torch") -> nn.Conv:
   """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on every side), so strided
-  convs see the same pixels as `nn.Conv2d(..., padding=kernel // 2)`."""
+  convs see the same pixels as `nn.Conv2d(..., padding=kernel // 2)`. Its input gradient runs on
+  XLA:CPU's fast kernels inside attack loops too (`fast_conv`); values are lax's."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  kernel_init=WRN_CONV_INIT if init == "wrn" else TORCH_DEFAULT_INIT,
-                 dtype=dtype, name=name)
+                 dtype=dtype, name=name, conv_general_dilated=fast_conv.conv_general_dilated)
 
 
 class BatchNorm(nn.Module):

@@ -151,3 +151,28 @@ def test_square_alone_matches_the_official_code(trained, norm):
                                 overrides={"square": {"num_queries": SQUARE_QUERIES}})
   assert ours.robust_accuracy < 0.99  # Square fools some points
   assert abs(ours.robust_accuracy - official) <= 0.03, (ours.robust_accuracy, official)
+
+
+def test_fab_linf_projection_matches_the_official_on_image_sized_rows():
+  """The sort-free `projection_linf` against the official sort-based one on CIFAR-sized rows
+  (3072 coordinates): points on the box faces, zero normals, and hyperplanes that the box meets
+  before the first break point, between break points, and not at all."""
+  sys.path.insert(0, REFERENCE)
+  try:
+    from autoattack import fab_projections  # pylint: disable=g-import-not-at-top  (test-only)
+  finally:
+    sys.path.remove(REFERENCE)
+  from regmix_jax.attacks.fab import projection_linf  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(0)
+  n, dims = 96, 3072
+  t = rs.rand(n, dims).astype(np.float32)
+  t[:16] = np.round(t[:16])
+  t[16:32, :1000] = 0.0
+  w = rs.randn(n, dims).astype(np.float32)
+  w[rs.rand(n, dims) < 0.2] = 0.0
+  b = ((w * rs.rand(n, dims)).sum(1) * rs.choice([0.01, 0.3, 1.0, 3.0], n)).astype(np.float32)
+  ours = np.asarray(projection_linf(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+  official = fab_projections.projection_linf(torch.from_numpy(t), torch.from_numpy(w),
+                                             torch.from_numpy(b)).numpy()
+  np.testing.assert_allclose(ours, official, atol=2e-6)
+  assert np.abs(official).max() > 0.05  # not a trivial set of steps

@@ -1,0 +1,157 @@
+"""Convolutions whose input gradient XLA:CPU runs on its fast kernels, also inside loops.
+
+Why. Reverse-mode differentiation of `lax.conv_general_dilated` with respect to its input emits
+a convolution whose kernel has its feature dimensions swapped (HLO `dim_labels=b01f_01oi->b01f`
+for an NHWC / HWIO model). XLA:CPU runs only "canonical" convolutions (kernel `01io`) with its
+Eigen kernels; its `ConvCanonicalization` pass makes the others canonical, but only in the entry
+computation ("all top-level convolutions", xla/service/cpu/conv_canonicalization.h). Anything
+inside a `lax.fori_loop` / `while_loop` or a `lax.cond` is not top-level, so there the input
+gradient runs on XLA's naive elemental loop nest (`conv_general_dilated.N_elemental_kernel_module`
+in an XLA dump). Every gradient attack iterates in a loop (PGD, APGD, FAB, and the attack of
+PGD-AT, TRADES and MART training), so on CPU each of their input gradients paid this: one PGD
+iteration of the small CNN on 48 points took 43 ms inside `fori_loop` against 27 ms for the same
+jitted gradient alone, and 21 ms with this module (jaxlib 0.10.2, 2 AMD EPYC cores,
+experiments/results/autoattack_speed.md). GPU and TPU compilers assign convolution layouts
+themselves; there this module changes nothing measurable.
+
+What. `conv_general_dilated` is `lax.conv_general_dilated` with a custom JVP: the input tangent is
+convolved with the kernel physically transposed (its input and output feature dimensions
+swapped) under dimension numbers swapped to match. That is the same linear map, so values are
+unchanged, but its transpose, the input gradient, now sees a canonical kernel. The kernel tangent
+and the forward pass are lax's own. Grouped convolutions (`feature_group_count` or
+`batch_group_count` above 1) keep lax's rule. The library's models use it (`models.common.conv`);
+`with_fast_conv_grads(fn)` rewrites the convolutions of any function, for models the library did
+not build (the attacks apply it to the `logits_fn` they are given).
+
+Limits: only the kernel's feature order is fixed; a model whose activations are not NHWC-like
+(e.g. NCHW) is not canonical on XLA:CPU in any case. `with_fast_conv_grads` rewrites the
+convolutions it meets at the top level of the traced function and inside nested `jit`s; those
+inside a model's own loops, conditionals or custom derivative rules are left as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+from jax import lax
+
+_CONV = lax.conv_general_dilated_p
+# Primitives whose body is inlined by `with_fast_conv_grads` (a nested `jax.jit`).
+_INLINED = ("jit", "pjit", "closed_call", "core_call")
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+  return tuple(sorted(params.items()))
+
+
+def _swapped(rhs: jax.Array, params: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
+  """The kernel with its input and output feature dimensions physically swapped, and the
+  parameters that describe it: the same convolution."""
+  dn = params["dimension_numbers"]
+  out_dim, in_dim = dn.rhs_spec[0], dn.rhs_spec[1]
+  rhs_t = jnp.swapaxes(rhs, out_dim, in_dim)
+  dn_t = lax.ConvDimensionNumbers(dn.lhs_spec, (in_dim, out_dim) + tuple(dn.rhs_spec[2:]),
+                                  dn.out_spec)
+  return rhs_t, dict(params, dimension_numbers=dn_t)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv(lhs, rhs, params_key):
+  return _CONV.bind(lhs, rhs, **dict(params_key))
+
+
+def _conv_jvp(params_key, primals, tangents):
+  lhs, rhs = primals
+  d_lhs, d_rhs = tangents
+  params = dict(params_key)
+  out = _conv(lhs, rhs, params_key)
+  tangent = None
+  if not isinstance(d_lhs, jax.custom_derivatives.SymbolicZero):
+    rhs_t, params_t = _swapped(rhs, params)
+    tangent = _CONV.bind(d_lhs, rhs_t, **params_t)
+  if not isinstance(d_rhs, jax.custom_derivatives.SymbolicZero):
+    t_rhs = _CONV.bind(lhs, d_rhs, **params)
+    tangent = t_rhs if tangent is None else tangent + t_rhs
+  if tangent is None:
+    tangent = jnp.zeros_like(out)
+  return out, tangent
+
+
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+
+
+def _bind_fast(lhs: jax.Array, rhs: jax.Array, **params) -> jax.Array:
+  """The `conv_general_dilated` primitive with the fast input gradient (its full parameters)."""
+  if params.get("feature_group_count", 1) != 1 or params.get("batch_group_count", 1) != 1:
+    return _CONV.bind(lhs, rhs, **params)
+  return _conv(lhs, rhs, _params_key(params))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` (same arguments, same values) whose input gradient XLA:CPU runs
+  on its fast kernels inside loops (module docstring). Pass it to `flax.linen.Conv` as
+  `conv_general_dilated=`."""
+  # lax's own argument handling (padding strings, defaults, dimension-number specs) traced to
+  # its primitive, which is then bound through the custom rule.
+  return with_fast_conv_grads(functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type))(lhs, rhs)
+
+
+def _evaluate(jaxpr: jex.Jaxpr, consts, args) -> list:
+  """Evaluates `jaxpr`, binding every `conv_general_dilated` through `_bind_fast` and inlining
+  nested jits."""
+  env: dict = {}
+
+  def read(v):
+    return v.val if isinstance(v, jex.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if eqn.primitive is _CONV:
+      outs = [_bind_fast(*invals, **eqn.params)]
+    elif name in _INLINED and isinstance(eqn.params.get("jaxpr"), jex.ClosedJaxpr):
+      inner = eqn.params["jaxpr"]
+      outs = _evaluate(inner.jaxpr, inner.consts, invals)
+    else:
+      params = eqn.primitive.get_bind_params(eqn.params)
+      # JAX < 0.7 returned `(subfuns, params)`.
+      subfuns, params = params if isinstance(params, tuple) else ((), params)
+      with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*subfuns, *invals, **params)
+      if not eqn.primitive.multiple_results:
+        outs = [outs]
+    env.update(zip(eqn.outvars, outs))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def with_fast_conv_grads(fn: Callable) -> Callable:
+  """`fn` with every convolution it runs (at its top level and in nested jits) replaced by
+  `conv_general_dilated`: the same values, and an input gradient that XLA:CPU runs on its fast
+  kernels inside loops. `fn` takes and returns pytrees of arrays (e.g. a `logits_fn`); it is
+  traced once per call (under an outer `jax.jit`, once per compile). Idempotent."""
+  if getattr(fn, "_fast_conv_grads", False):
+    return fn
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    flat, in_tree = jax.tree.flatten(args)
+    closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree.unflatten(in_tree, a)),
+                                       return_shape=True)(*flat)
+    outs = _evaluate(closed.jaxpr, closed.consts, flat)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+  wrapped._fast_conv_grads = True  # pylint: disable=protected-access
+  return wrapped

@@ -1,0 +1,126 @@
+"""`fast_conv`: the same values and derivatives as `lax.conv_general_dilated`, and, inside a loop,
+only convolutions XLA:CPU runs on its Eigen kernels (kernel `01io`) where lax's input gradient
+there has its kernel's feature dimensions swapped (`01oi`, XLA's naive loop nest)."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from regmix_jax import attacks, fast_conv, models
+
+
+class _UserNet(nn.Module):
+  """A model as a user would write it: Flax's own Conv (lax's convolution), strided and grouped
+  convolutions (grouped ones keep lax's rule), a nested jit, a rematerialised block."""
+
+  groups: int = 2
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    x = jax.jit(nn.gelu)(x)
+    x = nn.Conv(8, (3, 3), feature_group_count=self.groups)(x)
+    x = jax.checkpoint(lambda z: jax.nn.softplus(z))(x)
+    x = nn.Conv(6, (1, 1))(x)
+    return nn.Dense(5)(x.mean((1, 2)))
+
+
+def _user_model(groups=2):
+  net = _UserNet(groups)
+  x = jax.random.uniform(jax.random.key(0), (4, 9, 9, 3))
+  variables = net.init(jax.random.key(1), x)
+  return net, variables, x
+
+
+def _conv_labels(fn, *args) -> set[str]:
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  return set(re.findall(r"dim_labels=(\S+?)[,\s]", hlo))
+
+
+def _in_a_loop(loss):
+  """Three signed input-gradient steps in a `fori_loop`, as the attacks take them."""
+  return lambda x: lax.fori_loop(0, 3, lambda i, z: z + 0.01 * jnp.sign(jax.grad(loss)(z)), x)
+
+
+@pytest.mark.parametrize("strides,dilation,padding", [((1, 1), (1, 1), "SAME"),
+                                                      ((2, 2), (1, 1), ((1, 1), (1, 1))),
+                                                      ((1, 1), (2, 2), "VALID")])
+def test_values_and_derivatives_are_lax_s(strides, dilation, padding):
+  k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+  x = jax.random.normal(k1, (3, 11, 11, 4))
+  k = jax.random.normal(k2, (3, 3, 4, 6))
+  dx = jax.random.normal(k3, x.shape)
+
+  def make(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, rhs_dilation=dilation,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+  ref, fast = make(lax.conv_general_dilated), make(fast_conv.conv_general_dilated)
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                  atol=1e-5)
+  close(fast(x, k), ref(x, k))
+  for argnums in (0, 1, (0, 1)):
+    jax.tree.map(close, jax.grad(fast, argnums)(x, k), jax.grad(ref, argnums)(x, k))
+  # Second order (a gradient of an input gradient) and forward mode.
+  second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(f)(x, k) ** 2))(x)
+  close(second(fast), second(ref))
+  close(jax.jvp(lambda x: fast(x, k), (x,), (dx,))[1], jax.jvp(lambda x: ref(x, k), (x,), (dx,))[1])
+
+
+def test_with_fast_conv_grads_keeps_a_user_model_s_values_and_gradients():
+  net, variables, x = _user_model()
+  logits_fn = lambda z: net.apply(variables, z)
+  fast = fast_conv.with_fast_conv_grads(logits_fn)
+  np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(logits_fn(x)), rtol=1e-6, atol=1e-6)
+  loss = lambda f: lambda z: jnp.sum(jax.nn.log_softmax(f(z))[:, 0])
+  np.testing.assert_allclose(np.asarray(jax.grad(loss(fast))(x)),
+                             np.asarray(jax.grad(loss(logits_fn))(x)), rtol=1e-5, atol=1e-7)
+  assert fast_conv.with_fast_conv_grads(fast) is fast
+  # Pytrees in and out, and a key among the inputs.
+  noisy = fast_conv.with_fast_conv_grads(
+      lambda z, key: {"logits": logits_fn(z + 0.01 * jax.random.normal(key, z.shape))})
+  out = noisy(x, jax.random.key(3))
+  np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(
+      logits_fn(x + 0.01 * jax.random.normal(jax.random.key(3), x.shape))), rtol=1e-6, atol=1e-6)
+
+
+def test_inside_a_loop_every_convolution_is_canonical():
+  """The guarded behaviour: in a loop body (not XLA:CPU's entry computation) lax's input
+  gradient keeps a `01oi` kernel; with `fast_conv` every convolution has a `01io` kernel, for a
+  user's model through `with_fast_conv_grads` and for the library's models as built."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the layouts checked are XLA:CPU's")
+  net, variables, x = _user_model(groups=1)
+  loss = lambda f: lambda z: jnp.sum(jax.nn.log_softmax(f(z))[:, 0])
+  logits_fn = lambda z: net.apply(variables, z)
+  plain = _conv_labels(_in_a_loop(loss(logits_fn)), x)
+  fast = _conv_labels(_in_a_loop(loss(fast_conv.with_fast_conv_grads(logits_fn))), x)
+  assert any("01oi" in label for label in plain), plain  # what this guards against, today
+  assert fast == {"b01f_01io->b01f"}, fast
+  # CIFAR-sized input: on 8x8 images the last layer's 2x2 input is smaller than its kernel and
+  # XLA swaps the operands of that convolution (`01fb_o01i->f01b`), whatever the kernel layout.
+  model = models.get_model("small_cnn", 10, width=8)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
+  ours = _conv_labels(_in_a_loop(loss(lambda z: model.apply(variables, z, train=False))),
+                      jnp.zeros((2, 32, 32, 3)))
+  assert ours == {"b01f_01io->b01f"}, ours
+
+
+def test_the_attacks_run_a_user_model_through_it():
+  if jax.default_backend() != "cpu":
+    pytest.skip("the layouts checked are XLA:CPU's")
+  net = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda z: z.mean((1, 2)), nn.Dense(5)])
+  x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 3))
+  variables = net.init(jax.random.key(1), x)
+  logits_fn = lambda z: net.apply(variables, z)
+  labels = jnp.zeros(2, jnp.int32)
+  for attack in (lambda x: attacks.pgd(logits_fn, x, labels, jax.random.key(2), epsilon=0.1,
+                                       step_size=0.02, num_steps=3),
+                 lambda x: attacks.apgd(logits_fn, x, labels, jax.random.key(2), epsilon=0.1,
+                                        num_steps=3)):
+    assert _conv_labels(attack, x) == {"b01f_01io->b01f"}
