@@ -219,3 +219,15 @@ def test_gradient_batches_cover_the_points_with_the_least_padding():
       assert len(sizes) == fewest[least], (n, sizes)
   assert attacks.run.split_sizes(70, 64) == [48, 24]
   assert attacks.run.split_sizes(0, 64) == []
+
+
+def test_batches_hold_every_point_once_and_none_is_empty():
+  """`_Batcher.chunks` in both modes, batch sizes that are not a multiple of the device count
+  included (padded sizes rounded up to it must not shift the points between batches)."""
+  for devices, batch_size, n, split_at in ((2, 499, 1000, None), (1, 500, 501, None),
+                                           (1, 500, 70, 64), (2, 12, 37, 12), (2, 63, 200, 63)):
+    batcher = attacks.run._Batcher(batch_size, jax.devices()[:devices])  # pylint: disable=protected-access
+    pairs = list(batcher.chunks(np.arange(n), split_at))
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in pairs]), np.arange(n))
+    assert all(len(c) > 0 and len(p) % devices == 0 for c, p in pairs), pairs
+    assert all(set(p) == set(c) for c, p in pairs)  # padding repeats a point of its own batch

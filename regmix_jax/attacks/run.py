@@ -180,14 +180,16 @@ class _Batcher:
     most `split_at` points cut by `split_sizes`."""
     multiple = len(self.devices) if self.sharding is not None else 1
     if split_at is None:
-      sizes = [bucket_size(min(len(index) - start, self.batch_size), self.batch_size, multiple,
-                           fine) for start in range(0, len(index), self.batch_size)]
-    else:
+      counts = [min(self.batch_size, len(index) - start)
+                for start in range(0, len(index), self.batch_size)]
+      sizes = [bucket_size(c, self.batch_size, multiple, fine) for c in counts]
+    else:  # each batch filled in turn; the least padding leaves none of them empty
       sizes = split_sizes(len(index), split_at, multiple)
+      counts = np.diff(np.minimum(np.cumsum([0] + sizes), len(index))).tolist()
     start = 0
-    for size in sizes:
-      chunk = index[start:start + size]
-      start += len(chunk)
+    for count, size in zip(counts, sizes):
+      chunk = index[start:start + count]
+      start += count
       yield chunk, np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
 
   def put(self, *arrays):
