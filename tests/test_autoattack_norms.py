@@ -199,6 +199,9 @@ def test_bucket_sizes_bound_the_padding_and_the_compiles():
     assert attacks.run.bucket_size(n, 500) < max(1.5 * n + 1, 17)
   assert attacks.run.bucket_size(5, 12) == 12
   assert all(attacks.run.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
+  # Square's finer ladder: at most 7 padded points up to 128, a quarter above.
+  for n in range(1, 501):
+    assert attacks.run.bucket_size(n, 500, fine=True) < max(n + 8, 1.25 * n + 1, 17), n
 
 
 def test_gradient_batches_cover_the_points_with_the_least_padding():

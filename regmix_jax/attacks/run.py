@@ -116,10 +116,13 @@ class AutoAttackResult:
 
 def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]:
   """The batch sizes points are padded to: 16, 24, 32, 48, 64, ... (powers of two and 1.5 times
-  powers of two from 16; `fine`: also 1.25 and 1.75 times) below `batch_size`, and `batch_size`,
-  each rounded up to a multiple of `multiple`."""
+  powers of two from 16; `fine`: every multiple of 8 up to 128, then also 1.25 and 1.75 times
+  powers of two) below `batch_size`, and `batch_size`, each rounded up to a multiple of
+  `multiple`."""
   cap = -(-batch_size // multiple) * multiple
   ladder, k = {cap}, 16
+  if fine:
+    ladder.update(range(16, 129, 8))
   while k < cap:
     ladder.update({k, 3 * k // 2} | ({5 * k // 4, 7 * k // 4} if fine else set()))
     k *= 2
@@ -524,7 +527,7 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
       if len(active) and begin < cut:
         pending = []
         # Square runs 5000 forward passes on a set that rarely shrinks: the finer ladder pads
-        # less (70 points: 80, not 96) for a few more compiles.
+        # less (70 points: 72, not 96) for a few more compiles.
         for chunk, padded in batcher.chunks(active, fine=True):
           rows = index[todo[padded]]
           xs, ys, ks, xb = batcher.put(x[rows], labels[rows], keys[rows], x_best[padded])
