@@ -69,6 +69,10 @@ from regmix_jax.attacks.apgd import (CLEAN_CALL, RANK_CALL, Model, as_model,
                                      example_keys_for, model_key, run_passes)
 
 
+def _safe_div(num, den):
+  return num / jnp.where(den == 0, 1.0, den)
+
+
 def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   """The L-inf projection of each point onto `{z : <w, z> = b}` within `[0, 1]^D`, as a step.
 
@@ -138,19 +142,12 @@ def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   s_t = jnp.sum(aw * moving, axis=1)
   sb_t = b0 + jnp.sum(aw * p * moving, axis=1)
 
-  def safe_div(num, den):
-    return num / jnp.where(den == 0, 1.0, den)
-
-  lam_low = jnp.maximum(safe_div(c - total_wp, -total_w), 0.0)[:, None]
+  lam_low = jnp.maximum(_safe_div(c - total_wp, -total_w), 0.0)[:, None]
   d_low = (2 * a - 1) * lam_low
-  lam_mid = jnp.maximum(safe_div(c - sb_t, -s_t), 0.0)[:, None]
+  lam_mid = jnp.maximum(_safe_div(c - sb_t, -s_t), 0.0)[:, None]
   d_mid = jnp.minimum(lam_mid, d) * a + jnp.maximum(-lam_mid, d) * (1 - a)
   d = jnp.where(low[:, None], d_low, jnp.where(mid[:, None], d_mid, d))
   return d * moves
-
-
-def _safe_div(num, den):
-  return num / jnp.where(den == 0, 1.0, den)
 
 
 def _oriented(t: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
