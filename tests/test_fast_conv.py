@@ -124,3 +124,67 @@ def test_the_attacks_run_a_user_model_through_it():
                  lambda x: attacks.apgd(logits_fn, x, labels, jax.random.key(2), epsilon=0.1,
                                         num_steps=3)):
     assert _conv_labels(attack, x) == {"b01f_01io->b01f"}
+
+
+# Kernel gradients on CPU (`fast_conv._kernel_tangent`): batches of 8 or more with a divisor in
+# [8, 32] take the batch-minor layout, 1x1 convolutions the matrix product; the others lax's rule.
+_KERNEL_CASES = [
+    # (batch, image, kernel, strides, padding, dimension numbers, dtype)
+    (16, (9, 9, 4), (3, 3, 4, 6), (1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.float32),
+    (40, (10, 10, 5), (3, 3, 5, 7), (2, 2), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.float32),
+    (24, (4, 9, 9), (6, 4, 3, 3), (1, 2), ((2, 0), (1, 1)), ("NCHW", "OIHW", "NCHW"), jnp.float32),
+    (24, (9, 9, 4), (1, 1, 4, 6), (2, 2), "VALID", ("NHWC", "HWIO", "NHWC"), jnp.float32),
+    (5, (4, 9, 9), (6, 4, 1, 1), (2, 1), "VALID", ("NCHW", "OIHW", "NCHW"), jnp.float32),
+    (16, (8, 8, 4), (3, 4, 1, 1), (1, 2), "VALID", ("NHWC", "OIHW", "NHCW"), jnp.float32),
+    (32, (8, 8, 4), (3, 3, 4, 4), (1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.bfloat16),
+]
+
+
+@pytest.mark.parametrize("batch,image,kernel,strides,padding,dn,dtype", _KERNEL_CASES)
+def test_kernel_gradients_are_lax_s(batch, image, kernel, strides, padding, dn, dtype):
+  k1, k2, k3 = jax.random.split(jax.random.key(batch), 3)
+  x = jax.random.normal(k1, (batch, *image), dtype)
+  k = jax.random.normal(k2, kernel, dtype)
+
+  def make(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=dn)
+                                        .astype(jnp.float32)))
+
+  ref, fast = make(lax.conv_general_dilated), make(fast_conv.conv_general_dilated)
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32),
+                                                  np.asarray(b, np.float32), rtol=tol, atol=tol)
+  for argnums in (1, (0, 1)):
+    jax.tree.map(close, jax.jit(jax.grad(fast, argnums))(x, k),
+                 jax.jit(jax.grad(ref, argnums))(x, k))
+  dk = jax.random.normal(k3, kernel, dtype)
+  close(jax.jvp(lambda k: fast(x, k), (k,), (dk,))[1], jax.jvp(lambda k: ref(x, k), (k,), (dk,))[1])
+
+
+def _fusions(hlo: str) -> list[str]:
+  return re.findall(r"\n%fused[\w.\-]* \(.*?\n\}", hlo, re.S)
+
+
+def test_kernel_gradients_read_their_input_as_computed():
+  """The guarded behaviour (XLA:CPU): lax's kernel gradient of a convolution whose input is
+  computed elementwise (here a ReLU) has XLA fuse that computation into the transpose that
+  moves the batch dimension minor-most, which then reads its inputs strided by a whole image;
+  ours moves the batch by a matrix product, so no fusion both computes and transposes. A 1x1
+  convolution's kernel gradient is a matrix product, not a convolution."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the fusions checked are XLA:CPU's")
+  x = jax.random.normal(jax.random.key(0), (32, 8, 8, 16))
+  k3, k1 = jnp.ones((3, 3, 16, 16)), jnp.ones((1, 1, 16, 16))
+
+  def kernel_grad(conv, k, strides):
+    loss = lambda k, x: jnp.sum(conv(jax.nn.relu(x * 2.0 - 1.0), k, strides, "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+    return jax.jit(jax.grad(loss)).lower(k, x).compile().as_text()
+
+  both = lambda hlo: [f for f in _fusions(hlo) if "transpose(" in f and "maximum(" in f]
+  assert both(kernel_grad(lax.conv_general_dilated, k3, (1, 1)))  # what this guards against
+  assert not both(kernel_grad(fast_conv.conv_general_dilated, k3, (1, 1)))
+  # The forward pass is a convolution in both; lax's kernel gradient is a second one.
+  assert kernel_grad(lax.conv_general_dilated, k1, (2, 2)).count(" convolution(") == 2
+  pointwise = kernel_grad(fast_conv.conv_general_dilated, k1, (2, 2))
+  assert pointwise.count(" convolution(") == 1 and " dot(" in pointwise
