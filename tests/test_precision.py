@@ -13,6 +13,7 @@ import pytest
 
 from regmix_jax import config as config_lib
 from regmix_jax import methods, models, train, train_state
+from regmix_jax.methods import trades
 from regmix_jax.train_step import bind_method, train_step
 
 
@@ -27,6 +28,8 @@ def _config(name, dtype="bfloat16"):
   config.model.name, config.model.width = "small_cnn", 4
   config.guide_model.name, config.guide_model.width = "small_cnn", 2
   config.model.dtype = dtype
+  if name == "trades":  # its attack's first step is float32 by design: tested below
+    config.method.first_step_float32 = False
   config.model.sync_batch_norm = False  # the step runs on one device, outside a mapping
   config.ema.enabled = True
   config.eval.attacks = "clean,pgd2"
@@ -83,6 +86,29 @@ def test_bfloat16_policy_computes_convolutions_in_bf16_and_keeps_the_rest_float3
       if jnp.issubdtype(leaf.dtype, jnp.floating):
         assert leaf.dtype == jnp.float32
   assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+
+
+def test_trades_first_attack_step_is_float32_s_under_a_bf16_policy():
+  """The guarded behaviour: from x + 0.001 N(0, I) TRADES' first KL step has a second-order
+  gradient, whose signs bf16 rounding scrambles (here half of the pixels of x' differ from
+  float32's). With `first_step_float32` (the default) the bf16 policy's one-step x' is float32's,
+  bit for bit, from the same start."""
+  cfg = {**trades.DEFAULTS, "num_steps": 1}
+  x = jax.random.uniform(jax.random.key(0), (16, 16, 16, 3))
+  nets = {d: {"target": models.get_model("small_cnn", 10, width=8, dtype=d)}
+          for d in ("float32", "bfloat16")}
+  variables = nets["float32"]["target"].init(jax.random.key(1), x, train=False)
+  params, stats = {"target": variables["params"]}, {"target": variables["batch_stats"]}
+  keys = jax.random.split(jax.random.key(2), 16)
+  adversarial = lambda dtype, cfg: trades.adversarial_examples(params, stats, x, keys,
+                                                               models=nets[dtype], cfg=cfg)
+  reference = adversarial("float32", cfg)
+  np.testing.assert_array_equal(np.asarray(adversarial("bfloat16", cfg)), np.asarray(reference))
+  scrambled = adversarial("bfloat16", {**cfg, "first_step_float32": False})
+  assert float(jnp.mean(scrambled != reference)) > 0.3  # what the float32 step avoids
+  # Later steps run in the policy's dtype: with 3 steps, x' is no longer float32's.
+  three = {**cfg, "num_steps": 3}
+  assert float(jnp.mean(adversarial("bfloat16", three) != adversarial("float32", three))) > 0
 
 
 def test_float32_policy_has_no_bf16_and_evaluation_defaults_to_float32():

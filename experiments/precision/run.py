@@ -63,8 +63,12 @@ def main():
            f"{SEEDS}; SE = std / sqrt(3). Written {time.strftime('%Y-%m-%d')}.", "",
            "The img/s column is each run's own wall-clock training speed: it depends on what "
            "else ran on the machine then, and is no speed comparison (that is "
-           "`experiments/benchmark.py`'s).", "",
-           "| method | metric | float32 | bfloat16 | bf16 - fp32 | within 1 SE of fp32 | "
+           "`experiments/benchmark.py`'s).", ""]
+  notes = os.path.join(RESULTS, "precision_accuracy.notes.md")
+  if os.path.exists(notes):  # the hand-written reading and history
+    with open(notes) as f:
+      lines += [f.read().rstrip(), ""]
+  lines += ["| method | metric | float32 | bfloat16 | bf16 - fp32 | within 1 SE of fp32 | "
            "per seed fp32 / bf16 | train img/s fp32 / bf16 |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   summary = {}

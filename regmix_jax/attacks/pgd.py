@@ -49,6 +49,7 @@ def pgd(
     project_radius: float | None = None,
     early_stop: bool = False,
     model_state=None,
+    start: jax.Array | None = None,
 ):
   """Projected gradient ascent with signed steps (Madry et al. 2018).
 
@@ -75,6 +76,9 @@ def pgd(
       BatchNorm running averages, as the released FGSM-RS, N-FGSM and PGD-AT scripts attack):
       then `logits_fn(x, model_state) -> (logits, new model_state)`, threaded through the
       attack's passes in order (no gradient flows through it).
+    start: `[B, H, W, C]`, where the steps start instead of the random start (e.g. where a first
+      step taken with another model ended: `methods.trades` under a bf16 policy); the ball is
+      still the one around `x`.
 
   Returns:
     `x_adv [B, H, W, C]`, no gradient path; with `model_state`, `(x_adv, model_state)` after the
@@ -106,7 +110,9 @@ def pgd(
       step = jnp.where(still_correct[:, None, None, None], step, 0.0)
     return project(x_adv + step, x, project_radius), jax.lax.stop_gradient(state)
 
-  if random_start and init_std is not None:
+  if start is not None:
+    x_adv = jax.lax.stop_gradient(start)
+  elif random_start and init_std is not None:
     x_adv = x + init_std * rng.normal_like(key, x)
   elif random_start:
     x_adv = jnp.clip(x + rng.uniform_like(key, x, -init_radius, init_radius), 0.0, 1.0)
