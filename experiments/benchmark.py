@@ -8,7 +8,9 @@ Measures, at batch 128 on real CIFAR-10 images (the subset's first shuffled batc
   pipeline  the same step fed by the real input pipeline (`train.feed`: shuffled loader, the
             method's per-example state gathered and written back, two batches put ahead), in
             blocks alternating with blocks on a resident batch in the same process.
-  torch     the PyTorch eager FGSM-PGK step (`torch_reference.FGSMPGKStep`) on the same batch.
+  torch     the PyTorch eager step of each method in --methods that has one
+            (`torch_reference`: FGSM-PGK; PGD-AT and TRADES both as released and doing the same
+            work as ours, `TORCH_STEPS`) on the same batch.
   eval      PGD-20 as the training loop evaluates (`evaluate.eval_step`, 3 batches incl. a padded
             one: one compile), and AutoAttack's worst case: every point stays robust to the end,
             so every attack runs its full budget on every point (a model with logits
@@ -278,9 +280,34 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
   return out
 
 
-def run_torch(model, threads, data, blocks, block_steps, dtype="float32") -> dict:
-  """The eager PyTorch FGSM-PGK step; `dtype="bfloat16"` runs its forward passes under
-  `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a CPU)."""
+# PyTorch eager steps (`torch_reference`) -> the regmix_jax method each is the reference of.
+TORCH_STEPS = {"fgsm_pgk": "fgsm_pgk", "pgd_at": "pgd_at", "pgd_at_same_work": "pgd_at",
+               "trades": "trades", "trades_same_work": "trades"}
+
+
+def torch_case(method: str, model: str, threads: str, dtype: str | None = None) -> str:
+  """The case name of a PyTorch step: `torch:<model>:<threads>[:bfloat16]` for FGSM-PGK (the
+  name its earlier records carry), `torch-<step>:<model>:<threads>[:bfloat16]` for the others."""
+  kind = "torch" if method == "fgsm_pgk" else f"torch-{method}"
+  return ":".join([kind, model, threads] + ([dtype] if dtype else []))
+
+
+def is_torch_step(case: str) -> bool:
+  """Whether a case name is a PyTorch step's (`torch_case`)."""
+  return case.startswith(("torch:", "torch-"))
+
+
+def torch_step_of(case: str) -> str:
+  """The `TORCH_STEPS` key of a PyTorch case name (`torch_case`)."""
+  kind = case.split(":")[0]
+  return "fgsm_pgk" if kind == "torch" else kind[len("torch-"):]
+
+
+def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
+              method="fgsm_pgk") -> dict:
+  """The eager PyTorch step of `method` (a `TORCH_STEPS` key); `dtype="bfloat16"` runs it under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a CPU;
+  FGSM-PGK: its forward passes)."""
   # torch is no dependency of the library: imported only by the cases that run it.
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
@@ -294,20 +321,32 @@ def run_torch(model, threads, data, blocks, block_steps, dtype="float32") -> dic
   x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))).float() / 255
   y = torch.from_numpy(batch["label"].astype(np.int64))
   net = torch_reference.MODELS[model](dataset.num_classes)
-  step = torch_reference.FGSMPGKStep(net, autocast_dtype=(torch.bfloat16 if dtype == "bfloat16"
-                                                          else None))
-  prior = (torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255)
-  momentum = torch.zeros_like(x)
+  autocast = torch.bfloat16 if dtype == "bfloat16" else None
+  if method == "fgsm_pgk":
+    fgsm_pgk = torch_reference.FGSMPGKStep(net, autocast_dtype=autocast)
+    state = {"prior": (torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255),
+             "momentum": torch.zeros_like(x)}
+
+    def step():
+      loss, state["prior"], state["momentum"] = fgsm_pgk(x, y, state["prior"], state["momentum"])
+      return loss
+  else:
+    other = {"pgd_at": torch_reference.PGDATStep,
+             "pgd_at_same_work": functools.partial(torch_reference.PGDATStep, same_work=True),
+             "trades": torch_reference.TRADESStep,
+             "trades_same_work": functools.partial(torch_reference.TRADESStep, same_work=True)}
+    step = functools.partial(other[method](net, autocast_dtype=autocast), x, y)
   times = []
   for i in range(blocks + 1):
     start = time.perf_counter()
     for _ in range(1 if i == 0 else block_steps):  # block 0: the first step alone
-      loss, prior, momentum = step(x, y, prior, momentum)
+      loss = step()
     times.append(time.perf_counter() - start)
   rate = block_steps * BATCH / float(np.median(times[1:]))
   return {"images_per_s": rate, "step_s": BATCH / rate,
           "best_images_per_s": block_steps * BATCH / min(times[1:]), "block_s": times[1:],
-          "first_step_s": times[0], "timed_steps": blocks * block_steps, "loss": float(loss),
+          "first_step_s": times[0], "timed_steps": blocks * block_steps,
+          "loss": None if loss is None else float(loss), "method": method,
           "threads": threads, "torch": torch.__version__, "dtype": dtype}
 
 
@@ -501,10 +540,11 @@ def child(case: str, args) -> dict:
   elif kind == "micro":
     runtime.configure_cpu_devices(1, ynn_fusion_type({}))
     out = run_conv_micro()
-  elif kind == "torch":  # torch:<model>:<threads>[:bfloat16]
+  elif is_torch_step(case):
     model, threads, *dtype = rest
     blocks, block_steps = block_plan(case, args)
-    out = run_torch(model, int(threads), args.data, blocks, block_steps, *dtype)
+    out = run_torch(model, int(threads), args.data, blocks, block_steps, *dtype,
+                    method=torch_step_of(case))
   else:
     attack, model, _ = rest
     out = run_eval(attack, model, variant, args.data)
@@ -534,10 +574,10 @@ def cases(args) -> list[str]:
       out += [f"train:{me}:{mo}:{v}" for mo in models for me in methods for v in variants]
     elif suite == "pipeline":
       out += [f"pipeline:fgsm_pgk:{mo}:{v}" for mo in models for v in variants]
-    elif suite == "torch":
-      out += [f"torch:{mo}:{t}" for mo in models for t in args.torch_threads.split(",")]
-    elif suite == "torch-bf16":  # the same step under torch.autocast(bfloat16)
-      out += [f"torch:{mo}:{t}:bfloat16" for mo in models for t in args.torch_threads.split(",")]
+    elif suite in ("torch", "torch-bf16"):  # torch-bf16: the same steps under autocast(bf16)
+      steps = [st for st, me in TORCH_STEPS.items() if me in methods]
+      out += [torch_case(st, mo, t, "bfloat16" if suite == "torch-bf16" else None)
+              for mo in models for st in steps for t in args.torch_threads.split(",")]
     elif suite == "dtype":
       out += [f"dtype:{v}" for v in (variants or ("2dev",))]
       out += [f"torchdtype:{t}" for t in args.torch_threads.split(",")]
@@ -615,29 +655,30 @@ def _table(title: str, header, rows) -> list[str]:
 
 
 def torch_references(ok: dict) -> dict:
-  """(model, dtype) -> the PyTorch FGSM-PGK case with the most threads (the machine's whole
-  CPU); bfloat16 is PyTorch's autocast."""
-  return {(k.split(":")[1], v.get("dtype", "float32")): v
+  """(PyTorch step, model, dtype) -> its case with the most threads (the machine's whole CPU);
+  bfloat16 is PyTorch's autocast."""
+  return {(torch_step_of(k), k.split(":")[1], v.get("dtype", "float32")): v
           for k, v in sorted(ok.items(), key=lambda kv: kv[1].get("threads", 0))
-          if k.startswith("torch:")}
+          if is_torch_step(k)}
 
 
 def ratios(results: dict) -> list[str]:
-  """One line per FGSM-PGK train case with a PyTorch reference of its dtype: the ratio the
-  issue's targets are about, fp32 against fp32 and bf16 against autocast bf16."""
+  """One line per train case and PyTorch step of its method and dtype: the ratios the issue's
+  targets are about, fp32 against fp32 and bf16 against autocast bf16."""
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
   torch = torch_references(ok)
   out = []
   for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
     parts = key.split(":")
-    if parts[0] != "train" or parts[1] != "fgsm_pgk":
+    if parts[0] != "train":
       continue
     dtype = VARIANTS.get(parts[3], {}).get("dtype", "float32")
-    ref = torch.get((parts[2], dtype))
-    if ref:
-      out.append(f"{parts[2]} {parts[3]} ({dtype}): {r['images_per_s']:.1f} img/s, PyTorch "
-                 f"{'autocast ' if dtype == 'bfloat16' else ''}{dtype} {ref['images_per_s']:.1f}"
-                 f" -> {r['images_per_s'] / ref['images_per_s']:.2f}x")
+    for step in (st for st, me in TORCH_STEPS.items() if me == parts[1]):
+      ref = torch.get((step, parts[2], dtype))
+      if ref:
+        out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}): {r['images_per_s']:.1f} img/s, "
+                   f"PyTorch {step} {'autocast ' if dtype == 'bfloat16' else ''}{dtype} "
+                   f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x")
   return out
 
 
@@ -660,7 +701,7 @@ def write_markdown(results: dict, path: str) -> None:
       continue
     _, method, model, variant = key.split(":")
     dtype = VARIANTS.get(variant, {}).get("dtype", "float32")
-    ref = torch.get((model, dtype)) if method == "fgsm_pgk" else None
+    ref = torch.get((method, model, dtype))  # TRADES: the released step
     train_rows.append((
         method, model, variant, dtype,
         r.get("ynn_fusion_type", ynn_in_effect({"xla": r.get("xla_flags", ""), "ynn": "default"})),
@@ -680,13 +721,13 @@ def write_markdown(results: dict, path: str) -> None:
                   ("model", "variant", "resident img/s", "pipeline img/s", "pipeline / resident"),
                   [(m, v, _f(r["images_per_s"]), _f(r["pipeline_images_per_s"]),
                     _f(r["pipeline_ratio"], 3)) for m, v, r in pipeline])
-  lines += _table("PyTorch eager FGSM-PGK step (`experiments/torch_reference.py`)",
-                  ("model", "threads", "dtype", "img/s", "step s", "first step s",
+  lines += _table("PyTorch eager steps (`experiments/torch_reference.py`)",
+                  ("step", "model", "threads", "dtype", "img/s", "step s", "first step s",
                    "peak RSS GiB"),
-                  [(k.split(":")[1], r["threads"], r.get("dtype", "float32"),
+                  [(torch_step_of(k), k.split(":")[1], r["threads"], r.get("dtype", "float32"),
                     _f(r["images_per_s"]), _f(r["step_s"], 3),
                     _f(r["first_step_s"]), _f(r["peak_rss_gib"], 2))
-                   for k, r in ok.items() if k.startswith("torch:")])
+                   for k, r in ok.items() if is_torch_step(k)])
   precision = [(k, r) for k, r in sorted(ok.items())
                if k.startswith("dtype:") or k.startswith("torchdtype:")]
   if precision:
@@ -717,7 +758,7 @@ def write_markdown(results: dict, path: str) -> None:
   if failed:
     lines += ["", "## Failed cases", ""]
     lines += [f"- `{k}`: {v['error'].strip().splitlines()[-1][:300]}" for k, v in failed.items()]
-  variants = sorted({k.split(":")[-1] for k in ok if not k.startswith("torch:")})
+  variants = sorted({k.split(":")[-1] for k in ok if not is_torch_step(k)})
   lines += ["", "Variants: " + "; ".join(
       f"`{v}` = {RETIRED_VARIANTS[v]} (retired)" if v in RETIRED_VARIANTS else
       f"`{v}` = {VARIANTS[v]['devices']} CPU device(s), {VARIANTS[v].get('parallel', 'pmap')}, "

@@ -3,9 +3,11 @@
 The models are the PyTorch twins of regmix_jax.models' architectures
 (`tests/crosscheck/torch_models.py`, written as the released code writes them, with the same
 attribute names, so `regmix_jax.models.torch_weights` moves weights between the two);
-`FGSMPGKStep` is an eager FGSM-PGK training step as the released code runs it. Used by
-`experiments/benchmark.py` (the JAX/PyTorch speed ratio) and `experiments/autoattack_vs_torch`
-(identical weights). Install: `pip install torch==2.13.0`.
+`FGSMPGKStep` is an eager FGSM-PGK training step as the released code runs it; `PGDATStep` and
+`TRADESStep` run the released PGD-AT and TRADES steps through their line-for-line ports in
+`tests/crosscheck/torch_steps.py`. Used by `experiments/benchmark.py` (the JAX/PyTorch speed
+ratios) and `experiments/autoattack_vs_torch` (identical weights). Install:
+`pip install torch==2.13.0`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from regmix_jax.models import torch_weights
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
-from crosscheck import torch_models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from crosscheck import torch_models, torch_steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def load_flax(net: torch.nn.Module, variables) -> torch.nn.Module:
@@ -134,3 +136,115 @@ class FGSMPGKStep:
           e.mul_(decay).add_((1 - decay) * b)
     self.steps += 1
     return loss.detach(), prior, momentum
+
+
+class _AutocastStep:
+  """What the PGD-AT and TRADES steps share: the augmentation of `FGSMPGKStep`, a generator for
+  the step's random draws, and, with `autocast_dtype`, the whole step (attack, loss, backward)
+  under `torch.autocast("cpu", ...)`."""
+
+  def __init__(self, seed, autocast_dtype):
+    self.generator = torch.Generator().manual_seed(seed)
+    self.autocast_dtype = autocast_dtype
+
+  def __call__(self, x, y):
+    """`x [B, 3, H, W]` float in [0, 1], `y [B]` int64. Returns the loss (a tensor; None for
+    PGD-AT)."""
+    x = augment(x, self.generator)
+    if self.autocast_dtype is None:
+      return self._step(x, y)
+    with torch.autocast("cpu", dtype=self.autocast_dtype):
+      return self._step(x, y)
+
+
+class PGDATStep(_AutocastStep):
+  """One eager PGD-AT step of robust_overfitting's train_cifar.py (`torch_steps.PgdAt`, line for
+  line): 10 train-mode PGD steps from a uniform start, the restart's bookkeeping pass, the
+  training pass and its backward, SGD, and the logging pass on x (l.339).
+
+  `same_work=True` computes what regmix_jax's `pgd_at` computes, no more: the released attack
+  calls `loss.backward()` (l.102), which also computes every parameter's gradient at each of
+  the 10 steps; here each step takes the input gradient alone (`torch.autograd.grad`), the
+  passes and the update otherwise the same."""
+
+  def __init__(self, net, *, seed=0, autocast_dtype=None, same_work=False):
+    super().__init__(seed, autocast_dtype)
+    self.trainer = torch_steps.PgdAt(net.train(), epochs=200, steps_per_epoch=390)
+    self.same_work = same_work
+
+  def _step(self, x, y):
+    eps = self.trainer.epsilon
+    start = torch.rand(x.shape, generator=self.generator) * 2 * eps - eps  # l.78's uniform_
+    if not self.same_work:
+      self.trainer.step(x, y, [start])  # the port keeps its loss to itself
+      return None
+    t = self.trainer
+    net, normalize, alpha = t.model, t.normalize, t.pgd_alpha
+    delta = torch.max(torch.min(start, 1 - x), -x)
+    for _ in range(t.attack_iters):
+      delta.requires_grad_(True)
+      (grad,) = torch.autograd.grad(F.cross_entropy(net(normalize(x + delta)), y), [delta])
+      delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+      delta = torch.max(torch.min(delta, 1 - x), -x)
+    with torch.no_grad():
+      net(normalize(x + delta))  # l.120's bookkeeping pass (one restart: its choice is moot)
+    loss = F.cross_entropy(net(normalize(torch.clamp(x + delta, 0, 1))), y)
+    t.opt.zero_grad()
+    loss.backward()
+    t.opt.step()
+    with torch.no_grad():
+      net(normalize(x))  # l.339's logging pass
+    return loss.detach()
+
+
+class TRADESStep(_AutocastStep):
+  """One eager TRADES step of train_trades_cifar10.py (`torch_steps.trades_loss`, line for line,
+  beta 6, 10 steps of 0.007 in 0.031), SGD (lr 0.1, momentum 0.9, weight decay 2e-4).
+
+  `same_work=True` computes what regmix_jax's `trades` computes, no more: the released loop runs
+  the clean forward pass again in every attack iteration (trades.py:36-37, eval mode: the same
+  values each time) and a third training pass on x for the KL's reference (l.81-82, train mode:
+  the same values as the first); here the attack's reference is computed once and the loss
+  takes both terms from the one clean pass, the third pass only moving BatchNorm's running
+  averages (same values, gradients and statistics; 10 forward passes and one backward pass
+  fewer), as `regmix_jax.methods.trades` does."""
+
+  def __init__(self, net, *, seed=0, autocast_dtype=None, same_work=False, beta=6.0,
+               epsilon=0.031, step_size=0.007, steps=10):
+    super().__init__(seed, autocast_dtype)
+    self.net, self.same_work = net.train(), same_work
+    self.beta, self.epsilon, self.step_size, self.steps = beta, epsilon, step_size, steps
+    self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+
+  def _step(self, x, y):
+    noise = torch.randn(x.shape, generator=self.generator)
+    if not self.same_work:
+      loss = torch_steps.trades_loss(self.net, x, y, self.opt, step_size=self.step_size,
+                                     epsilon=self.epsilon, perturb_steps=self.steps,
+                                     beta=self.beta, noise=noise)
+    else:
+      loss = self._same_work_loss(x, y, noise)
+    loss.backward()
+    self.opt.step()
+    return loss.detach()
+
+  def _same_work_loss(self, x, y, noise):
+    net = self.net
+    net.eval()
+    with torch.no_grad():
+      reference = F.softmax(net(x), dim=1)
+    x_adv = x + 0.001 * noise
+    for _ in range(self.steps):
+      x_adv.requires_grad_(True)
+      kl = F.kl_div(F.log_softmax(net(x_adv), dim=1), reference, reduction="sum")
+      (grad,) = torch.autograd.grad(kl, [x_adv])
+      x_adv = x_adv.detach() + self.step_size * grad.sign()
+      x_adv = torch.min(torch.max(x_adv, x - self.epsilon), x + self.epsilon).clamp(0.0, 1.0)
+    net.train()
+    self.opt.zero_grad()
+    logits = net(x)
+    robust = F.kl_div(F.log_softmax(net(x_adv), dim=1), F.softmax(logits, dim=1),
+                      reduction="sum") / len(x)
+    with torch.no_grad():
+      net(x)  # l.82's third pass, for the running averages only
+    return F.cross_entropy(logits, y) + self.beta * robust
