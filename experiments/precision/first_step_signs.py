@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import config as config_lib, evaluate, losses, methods, models, runtime
+from regmix_jax import attacks, config as config_lib, evaluate, losses, methods, models, runtime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -59,8 +59,7 @@ def main():
     g16 = grads["bfloat16"](references["bfloat16"], z)
     agree = float(jnp.mean(jnp.sign(g32) == jnp.sign(g16)))
     print(f"step {i + 1}: gradient signs agree on {100 * agree:.1f}% of the pixels")
-    z = jnp.clip(jnp.clip(z + cfg["step_size"] * jnp.sign(g32), x - cfg["epsilon"],
-                          x + cfg["epsilon"]), 0.0, 1.0)
+    z = attacks.project(z + cfg["step_size"] * jnp.sign(g32), x, cfg["epsilon"])
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def adversarial_examples(params, batch_stats, x, keys, *, models, cfg):
   attack = functools.partial(attacks.pgd, epsilon=cfg["epsilon"], step_size=cfg["step_size"],
                              loss="kl", init_std=cfg["init_std"])
   if (cfg["first_step_float32"] and cfg["num_steps"] > 0
-      and models["target"].dtype != jnp.float32):
+      and jnp.dtype(models["target"].dtype) != jnp.float32):  # a dtype or its name
     float32 = {**models, "target": models["target"].clone(dtype=jnp.float32)}
     logits32 = base.logits_fn(float32, "target", params, batch_stats, train=False)
     first = attack(logits32, x, jax.lax.stop_gradient(logits32(x)), keys, num_steps=1)
