@@ -22,16 +22,19 @@ is lax's own. Grouped convolutions (`feature_group_count` or `batch_group_count`
 lax's rule.
 
 Kernel gradients, on CPU only (`lax.platform_dependent`; GPU and TPU keep lax's rule). lax's
-kernel gradient convolves the layer's input with its batch dimension moved minor-most; XLA:CPU
-fuses the elementwise work that produced the input (BatchNorm, ReLU, a residual sum) into that
-transpose, and the fused loop reads with a stride of a whole image: on ResNet-18's first stage
-157 ms an activation, against 88 ms for the convolution itself, a third of a FGSM-PGK step.
-Here the input is moved by a product with identity blocks that XLA does not fuse
-(`_batch_minor`; exact), and 1x1 convolutions' kernel gradients are one matrix product
-(`_pointwise`, where XLA's convolution takes 4x longer); values equal lax's up to rounding.
+kernel gradient convolves the layer's input, with its batch dimension moved minor-most, with the
+output gradient, its batch moved next to its features; XLA:CPU fuses the elementwise work that
+produced each (BatchNorm, ReLU, a residual sum, or their gradients) into those transposes, and
+the fused loops read with a stride of a whole image: on ResNet-18's first stage 157 ms an
+activation, against 88 ms for the convolution itself, a third of a FGSM-PGK step. Here both are
+moved by plain transposes of computed arrays, in conditionals XLA cannot fuse across
+(`_batch_minor`, `_unfused_transpose`; exact), and 1x1 convolutions' kernel gradients are one
+matrix product (`_pointwise`, where XLA's convolution takes 4x longer); values equal lax's up to
+rounding.
 
-The library's models use it (`models.common.conv`); `with_fast_conv_grads(fn)` rewrites the convolutions of any function, for models the library did
-not build (the attacks apply it to the `logits_fn` they are given).
+The library's models use it (`models.common.conv`); `with_fast_conv_grads(fn)` rewrites the
+convolutions of any function, for models the library did not build (the attacks apply it to
+the `logits_fn` they are given).
 
 Limits: only the kernel's feature order is fixed; a model whose activations are not NHWC-like
 (e.g. NCHW) is not canonical on XLA:CPU in any case. `with_fast_conv_grads` rewrites the
@@ -52,12 +55,6 @@ from jax import lax
 _CONV = lax.conv_general_dilated_p
 # Primitives whose body is inlined by `with_fast_conv_grads` (a nested `jax.jit`).
 _INLINED = ("jit", "pjit", "closed_call", "core_call")
-# Batch block sizes of the identity product that moves the batch dimension for the kernel
-# gradient (`_batch_minor`): larger blocks cost more flops, smaller ones shorter contiguous runs
-# (32 measured best of 8 / 16 / 32 / the whole batch on ResNet-18's first stage).
-_MIN_BLOCK, _MAX_BLOCK = 8, 32
-
-
 def _params_key(params: dict[str, Any]) -> tuple:
   return tuple(sorted(params.items()))
 
@@ -73,44 +70,17 @@ def _swapped(rhs: jax.Array, params: dict[str, Any]) -> tuple[jax.Array, dict[st
   return rhs_t, dict(params, dimension_numbers=dn_t)
 
 
-def _batch_block(lhs_shape, params: dict[str, Any]) -> int | None:
-  """The block of examples `_batch_minor` moves at a time: the largest divisor of the batch in
-  [_MIN_BLOCK, _MAX_BLOCK]; None if there is none or the batch is not `lhs`'s first dimension."""
-  if params["dimension_numbers"].lhs_spec[0] != 0:
-    return None
-  batch = lhs_shape[0]
-  return next((b for b in range(min(batch, _MAX_BLOCK), _MIN_BLOCK - 1, -1) if batch % b == 0),
-              None)
-
-
-def _batch_minor(lhs: jax.Array, params: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
-  """`lhs` rearranged to `[feature, spatial..., batch]`, with the parameters that describe it (the
-  same convolution); for an `lhs` that `_batch_block` gives a block.
-
-  The kernel gradient convolves `lhs` with the output gradient over the batch, so XLA:CPU needs
-  `lhs` with its batch dimension minor-most (`dim_labels=f01b_...` made canonical); lax's rule
-  leaves that transpose to XLA, which fuses the elementwise work that produced `lhs` (BatchNorm,
-  ReLU, the residual sum) into it and runs the result with reads strided by a whole image: 157 ms
-  for one [128, 32, 32, 64] activation of ResNet-18, against 18 ms for the bare transpose and 88
-  ms for the convolution itself (jaxlib 0.10.2, 2 AMD EPYC cores). Here the batch is moved by a
-  product with an identity matrix per block of `b` examples (`b` <= 32: 2b flops an element),
-  which XLA does not fuse, then by a transpose that moves contiguous runs of `b` elements. Values
-  are exact: each output is one input times 1 plus zeros (a non-finite input spreads to the other
-  examples of its block, where the kernel gradient is non-finite anyway)."""
-  dn = params["dimension_numbers"]
-  feature_dim, spatial = dn.lhs_spec[1], tuple(dn.lhs_spec[2:])
-  batch, block = lhs.shape[0], _batch_block(lhs.shape, params)
-  eye = jnp.broadcast_to(jnp.eye(block, dtype=lhs.dtype), (batch // block, block, block))
-  moved = lax.dot_general(lhs.reshape(batch // block, block, -1), eye,
-                          (((1,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
-  # [B / b, rest, b] -> [B / b, *lhs.shape[1:], b] (dimension d >= 1 of lhs stays at d) ->
-  # [feature, *spatial, B / b, b] -> [feature, *spatial, B].
-  moved = moved.reshape(batch // block, *lhs.shape[1:], block)
-  moved = moved.transpose(feature_dim, *spatial, 0, lhs.ndim)
-  lhs_t = moved.reshape(*moved.shape[:-2], batch)
-  spec_t = (lhs.ndim - 1, 0, *range(1, lhs.ndim - 1))
-  return lhs_t, dict(params, dimension_numbers=lax.ConvDimensionNumbers(
-      spec_t, dn.rhs_spec, dn.out_spec))
+def _unfused_transpose(x: jax.Array, perm: tuple[int, ...], witness: jax.Array) -> jax.Array:
+  """`x.transpose(perm)`, computed where XLA cannot fuse `x`'s producers into it: inside a
+  conditional whose predicate is true for every value of the scalar `witness` (`w == w` or
+  `w != w`) but that XLA cannot fold. A transpose fused with the elementwise work that produced
+  its input (BatchNorm, ReLU, a residual sum, or their gradients) runs that work at the
+  transpose's strided reads: 58.6 against 18 ms for one [128, 32, 32, 64] ReLU output moved
+  batch-minor (jaxlib 0.10.2, 2 AMD EPYC cores). `witness` must not be a tangent (it comes from
+  a primal), so that the conditional can be transposed; the other branch (zeros) never runs."""
+  shape = tuple(x.shape[d] for d in perm)
+  return lax.cond((witness == witness) | (witness != witness),
+                  lambda x: x.transpose(perm), lambda x: jnp.zeros(shape, x.dtype), x)
 
 
 def _is_pointwise(rhs_shape, params: dict[str, Any]) -> bool:
@@ -152,18 +122,45 @@ def _pointwise(lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Ar
 
 def _kernel_tangent(lhs: jax.Array, d_rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
   """`conv(lhs, d_rhs)`, whose transpose is the kernel gradient. On CPU: a 1x1 convolution as a
-  matrix product (`_pointwise`), any other with `lhs` laid out by `_batch_minor` (the value is
-  the same); elsewhere as lax has it."""
+  matrix product (`_pointwise`); any other with `lhs` and the output in the layouts XLA:CPU's
+  kernel-gradient convolution reads (`_batch_minor`); elsewhere as lax has it."""
   plain = lambda lhs, d_rhs: _CONV.bind(lhs, d_rhs, **params)
   if _is_pointwise(d_rhs.shape, params):
     on_cpu = lambda lhs, d_rhs: _pointwise(lhs, d_rhs, params)
-  elif _batch_block(lhs.shape, params) is not None:
-    def on_cpu(lhs, d_rhs):
-      lhs_t, params_t = _batch_minor(lhs, params)
-      return _CONV.bind(lhs_t, d_rhs, **params_t)
   else:
-    return plain(lhs, d_rhs)
+    on_cpu = lambda lhs, d_rhs: _batch_minor(lhs, d_rhs, params)
   return lax.platform_dependent(lhs, d_rhs, cpu=on_cpu, default=plain)
+
+
+def _batch_minor(lhs: jax.Array, d_rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+  """`conv(lhs, d_rhs)` (the same values) with `lhs` moved to `[feature, spatial..., batch]` and
+  the output computed as `[spatial..., batch, feature]`, each by `_unfused_transpose`.
+
+  Its transpose, the kernel gradient, convolves `lhs` with the output gradient over the batch:
+  XLA:CPU runs that convolution (made canonical) on `lhs` as `[feature, spatial..., batch]` and
+  the output gradient as `[spatial..., batch, feature]`, and, left to itself, transposes both
+  with their producers fused in: the transpose of `lhs` with the forward pass's BatchNorm and
+  ReLU, the output gradient's with the next layer's BatchNorm and ReLU gradients. Here both moves
+  are plain transposes of computed arrays (the output's, transposed by JAX, moves the gradient).
+  On 2 AMD EPYC cores (jaxlib 0.10.2), ResNet-18's forward pass and parameter gradient at batch
+  128 took 2823-2859 ms (best of 12, two runs) against 2921-2947 with the batch moved by
+  products with identity blocks, this function's previous form, and the FGSM-PGK step 19.35
+  against 18.98 img/s (means of 4 and 5 alternating runs). A plain transpose of a
+  [128, 32, 32, 64] array costs 19 ms, 1.4x an elementwise pass over it (13 ms): the layer's
+  kernel gradient is then its bare convolution (59 ms) plus about two such passes. Values are
+  exact: only data movement changes."""
+  dn = params["dimension_numbers"]
+  n = lhs.ndim
+  witness = lax.stop_gradient(lhs.reshape(-1)[0])
+  lhs_t = _unfused_transpose(lhs, (dn.lhs_spec[1], *dn.lhs_spec[2:], dn.lhs_spec[0]), witness)
+  out_spec_t = (n - 2, n - 1, *range(n - 2))  # [spatial..., batch, feature]
+  params_t = dict(params, dimension_numbers=lax.ConvDimensionNumbers(
+      (n - 1, 0, *range(1, n - 1)), dn.rhs_spec, out_spec_t))
+  out_t = _CONV.bind(lhs_t, d_rhs, **params_t)
+  # Dimension d of the output as `params` lays it out is dimension role[d] of `out_t`.
+  role = {dn.out_spec[0]: n - 2, dn.out_spec[1]: n - 1,
+          **{d: i for i, d in enumerate(dn.out_spec[2:])}}
+  return _unfused_transpose(out_t, tuple(role[d] for d in range(n)), witness)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

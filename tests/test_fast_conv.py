@@ -126,8 +126,8 @@ def test_the_attacks_run_a_user_model_through_it():
     assert _conv_labels(attack, x) == {"b01f_01io->b01f"}
 
 
-# Kernel gradients on CPU (`fast_conv._kernel_tangent`): batches of 8 or more with a divisor in
-# [8, 32] take the batch-minor layout, 1x1 convolutions the matrix product; the others lax's rule.
+# Kernel gradients on CPU (`fast_conv._kernel_tangent`): 1x1 convolutions take the matrix
+# product, the others the batch-minor layouts (`_batch_minor`), whatever the batch.
 _KERNEL_CASES = [
     # (batch, image, kernel, strides, padding, dimension numbers, dtype)
     (16, (9, 9, 4), (3, 3, 4, 6), (1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.float32),
@@ -137,6 +137,7 @@ _KERNEL_CASES = [
     (5, (4, 9, 9), (6, 4, 1, 1), (2, 1), "VALID", ("NCHW", "OIHW", "NCHW"), jnp.float32),
     (16, (8, 8, 4), (3, 4, 1, 1), (1, 2), "VALID", ("NHWC", "OIHW", "NHCW"), jnp.float32),
     (32, (8, 8, 4), (3, 3, 4, 4), (1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.bfloat16),
+    (3, (7, 7, 2), (3, 3, 2, 5), (2, 1), "SAME", ("NHWC", "HWIO", "NHWC"), jnp.float32),
 ]
 
 
@@ -169,7 +170,8 @@ def test_kernel_gradients_read_their_input_as_computed():
   """The guarded behaviour (XLA:CPU): lax's kernel gradient of a convolution whose input is
   computed elementwise (here a ReLU) has XLA fuse that computation into the transpose that
   moves the batch dimension minor-most, which then reads its inputs strided by a whole image;
-  ours moves the batch by a matrix product, so no fusion both computes and transposes. A 1x1
+  likewise the output gradient's producer (here the square's gradient, a multiply) into its
+  transpose. Ours transposes computed arrays, so no fusion both computes and transposes. A 1x1
   convolution's kernel gradient is a matrix product, not a convolution."""
   if jax.default_backend() != "cpu":
     pytest.skip("the fusions checked are XLA:CPU's")
@@ -181,9 +183,12 @@ def test_kernel_gradients_read_their_input_as_computed():
                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
     return jax.jit(jax.grad(loss)).lower(k, x).compile().as_text()
 
-  both = lambda hlo: [f for f in _fusions(hlo) if "transpose(" in f and "maximum(" in f]
-  assert both(kernel_grad(lax.conv_general_dilated, k3, (1, 1)))  # what this guards against
-  assert not both(kernel_grad(fast_conv.conv_general_dilated, k3, (1, 1)))
+  fused = lambda hlo, op: [f for f in _fusions(hlo) if "transpose(" in f and f"{op}(" in f]
+  plain, ours = (kernel_grad(conv, k3, (1, 1))
+                 for conv in (lax.conv_general_dilated, fast_conv.conv_general_dilated))
+  for op in ("maximum", "multiply"):
+    assert fused(plain, op), op  # what this guards against
+    assert not fused(ours, op), op
   # The forward pass is a convolution in both; lax's kernel gradient is a second one.
   assert kernel_grad(lax.conv_general_dilated, k1, (2, 2)).count(" convolution(") == 2
   pointwise = kernel_grad(fast_conv.conv_general_dilated, k1, (2, 2))
