@@ -55,6 +55,8 @@ from jax import lax
 _CONV = lax.conv_general_dilated_p
 # Primitives whose body is inlined by `with_fast_conv_grads` (a nested `jax.jit`).
 _INLINED = ("jit", "pjit", "closed_call", "core_call")
+
+
 def _params_key(params: dict[str, Any]) -> tuple:
   return tuple(sorted(params.items()))
 

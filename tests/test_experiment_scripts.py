@@ -1,6 +1,6 @@
 """The CIFAR-10-subset study's scripts: a missing data file stops each stage at once with a
 message naming the path and the fix (before any run starts or JAX loads), and the
-catastrophic-overfitting rule of the report."""
+catastrophic-overfitting rule of the report. `step_breakdown.py`'s stand-ins and arithmetic."""
 
 import os
 import subprocess
@@ -151,3 +151,48 @@ def test_every_final_run_of_the_study_builds_a_valid_config(eps):
     config_lib.validate(config)
     assert config.seed == 1 and config.num_epochs == study.EPOCHS
     assert abs(config.eval.epsilon - eps / 255) < 1e-12
+
+
+def _step_breakdown():
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  try:
+    import step_breakdown  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  return step_breakdown
+
+
+@pytest.mark.parametrize("cin,cout,size,kernel,stride", [
+    (3, 64, 32, 3, 1), (64, 128, 32, 3, 2), (64, 128, 32, 1, 2), (512, 512, 4, 3, 1)])
+def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size, kernel, stride):
+  """`experiments/step_breakdown.py` replaces convolutions by stand-ins whose output must be the
+  convolution's, in JAX (NHWC) and PyTorch (NCHW), or the step around them changes."""
+  import jax  # pylint: disable=g-import-not-at-top  (JAX and torch only for this test)
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  step_breakdown = _step_breakdown()
+  pad = ((kernel // 2, kernel // 2),) * 2
+  x = jax.numpy.ones((2, size, size, cin))
+  w = jax.random.normal(jax.random.key(0), (kernel, kernel, cin, cout))
+  ours = step_breakdown._jax_conv_stand_in(x, w, (stride, stride), pad)
+  conv = lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert ours.shape == conv.shape
+  # Input ones: every output channel is the kernel's sum over its taps and inputs.
+  assert jax.numpy.allclose(ours[0, 0, 0], w.sum((0, 1, 2)))
+  torch = pytest.importorskip("torch")
+  layer = torch.nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
+  xt = torch.ones(2, cin, size, size)
+  stand_in = step_breakdown._stand_in(
+      xt, cout, stride, layer.weight.sum(dim=(1, 2, 3))[:, None, None], 1,
+      lambda t, repeats: t.repeat(*repeats))
+  assert stand_in.shape == layer(xt).shape
+
+
+def test_step_breakdown_rows():
+  step_s = {"jax:full": 7.0, "jax:no_convs": 1.5, "jax:no_kernel_grads": 4.5,
+            "jax:no_input_grads": 5.0, "torch:full": 6.0, "torch:no_convs": 1.0}
+  rows = {row.strip(): (ours, theirs) for row, ours, theirs in _step_breakdown().breakdown(step_s)}
+  assert rows["convolutions (difference)"] == (5.5, 5.0)
+  assert rows["of which kernel gradients"] == (2.5, None)
+  assert rows["of which input gradients"] == (2.0, None)
+  assert rows["of which forward passes (the rest)"] == (1.0, None)

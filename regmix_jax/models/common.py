@@ -70,6 +70,14 @@ class BatchNorm(nn.Module):
   statistics are those of the batch over every device of that mapped axis (synchronised BN).
   Statistics are computed in float32 whatever `dtype` (the output's); variables as Flax's
   BatchNorm: params `scale`, `bias`; batch_stats `mean`, `var`.
+
+  The output is `x * a + b`, `a = scale / sqrt(var + eps)`, `b = bias - mean * a`, as PyTorch's
+  CPU kernel computes it (aten/src/ATen/native/cpu/batch_norm_kernel.cpp,
+  `batch_norm_cpu_collect_linear_and_constant_terms`): one multiply-add per value, so XLA:CPU
+  writes no `x - mean` of its own and the input gradient is one pass after the reductions.
+  Written as `(x - mean) * a + bias`, train-mode BatchNorm and ReLU wrote an activation-sized
+  array four times for their gradient, now twice; ResNet-18's FGSM-PGK step on 2 AMD EPYC cores
+  ran at 18.95 against 17.73 img/s (means of 4 alternating runs).
   """
   use_running_average: bool
   axis_name: str | None = None
@@ -99,7 +107,8 @@ class BatchNorm(nn.Module):
         unbiased = var * (count / jnp.maximum(count - 1, 1))
         running_mean.value = (1.0 - self.momentum) * running_mean.value + self.momentum * mean
         running_var.value = (1.0 - self.momentum) * running_var.value + self.momentum * unbiased
-    y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    a = jax.lax.rsqrt(var + self.epsilon) * scale
+    y = x32 * a + (bias - mean * a)
     return y.astype(self.dtype)
 
 
