@@ -592,21 +592,27 @@ def cases(args) -> list[str]:
   return out
 
 
-def run_case(case: str, args) -> dict:
-  variant = VARIANTS.get(case.split(":")[-1], {})
+def run_child(command: list[str], xla: str) -> dict:
+  """Runs `command`, a child process that prints `RESULT <json>`, with `xla` added to XLA_FLAGS;
+  returns that result, or `{"error": its last output}`, with `wall_s`."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), variant.get("xla", "")]))
-  command = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--data={args.data}",
-             f"--blocks={args.blocks}", f"--block_steps={args.block_steps}"]
+  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), xla]))
   start = time.time()
   proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:
     return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_s": time.time() - start}
-  result = json.loads(lines[-1][len("RESULT "):])
-  result.update(wall_s=time.time() - start, xla_flags=variant.get("xla", ""),
-                ynn_fusion_type=ynn_in_effect(variant), date=time.strftime("%Y-%m-%d %H:%M"),
-                cpu_flags=cpu_flags())
+  return {**json.loads(lines[-1][len("RESULT "):]), "wall_s": time.time() - start}
+
+
+def run_case(case: str, args) -> dict:
+  variant = VARIANTS.get(case.split(":")[-1], {})
+  command = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--data={args.data}",
+             f"--blocks={args.blocks}", f"--block_steps={args.block_steps}"]
+  result = run_child(command, variant.get("xla", ""))
+  if "error" not in result:
+    result.update(xla_flags=variant.get("xla", ""), ynn_fusion_type=ynn_in_effect(variant),
+                  date=time.strftime("%Y-%m-%d %H:%M"), cpu_flags=cpu_flags())
   return result
 
 

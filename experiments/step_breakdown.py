@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -120,18 +119,14 @@ def child(case: str, args) -> dict:
 
 def run_case(case: str, args) -> float:
   """The case's step seconds (its median block), from a child process."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""),
-                                            benchmark.VARIANTS[args.variant].get("xla", "")]))
   command = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--data={args.data}",
              f"--method={args.method}", f"--model={args.model}", f"--variant={args.variant}",
              f"--blocks={args.blocks}", f"--block_steps={args.block_steps}",
              f"--torch_threads={args.torch_threads}"]
-  proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode or not lines:
-    raise RuntimeError(f"case {case} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
-  return json.loads(lines[-1][len("RESULT "):])["step_s"]
+  result = benchmark.run_child(command, benchmark.VARIANTS[args.variant].get("xla", ""))
+  if "error" in result:
+    raise RuntimeError(f"case {case} failed:\n{result['error']}")
+  return result["step_s"]
 
 
 def breakdown(step_s: dict[str, float]) -> list[tuple[str, float | None, float | None]]:

@@ -144,10 +144,11 @@ def _batch_minor(lhs: jax.Array, d_rhs: jax.Array, params: dict[str, Any]) -> ja
   with their producers fused in: the transpose of `lhs` with the forward pass's BatchNorm and
   ReLU, the output gradient's with the next layer's BatchNorm and ReLU gradients. Here both moves
   are plain transposes of computed arrays (the output's, transposed by JAX, moves the gradient).
-  On 2 AMD EPYC cores (jaxlib 0.10.2), ResNet-18's forward pass and parameter gradient at batch
-  128 took 2823-2859 ms (best of 12, two runs) against 2921-2947 with the batch moved by
-  products with identity blocks, this function's previous form, and the FGSM-PGK step 19.35
-  against 18.98 img/s (means of 4 and 5 alternating runs). A plain transpose of a
+  On 2 AMD EPYC cores (avx512_bf16, no AMX; jaxlib 0.10.2), ResNet-18's forward pass and
+  parameter gradient at batch 128 took 2823-2859 ms (best of 12, two runs) against 2921-2947
+  with the batch moved by products with identity blocks, this function's previous form, and the
+  FGSM-PGK step 19.35 against 18.98 img/s (means of 4 and 5 alternating runs;
+  experiments/results/benchmark_steps_cpu.md). A plain transpose of a
   [128, 32, 32, 64] array costs 19 ms, 1.4x an elementwise pass over it (13 ms): the layer's
   kernel gradient is then its bare convolution (59 ms) plus about two such passes. Values are
   exact: only data movement changes."""

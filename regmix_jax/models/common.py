@@ -72,12 +72,15 @@ class BatchNorm(nn.Module):
   BatchNorm: params `scale`, `bias`; batch_stats `mean`, `var`.
 
   The output is `x * a + b`, `a = scale / sqrt(var + eps)`, `b = bias - mean * a`, as PyTorch's
-  CPU kernel computes it (aten/src/ATen/native/cpu/batch_norm_kernel.cpp,
-  `batch_norm_cpu_collect_linear_and_constant_terms`): one multiply-add per value, so XLA:CPU
-  writes no `x - mean` of its own and the input gradient is one pass after the reductions.
-  Written as `(x - mean) * a + bias`, train-mode BatchNorm and ReLU wrote an activation-sized
-  array four times for their gradient, now twice; ResNet-18's FGSM-PGK step on 2 AMD EPYC cores
-  ran at 18.95 against 17.73 img/s (means of 4 alternating runs).
+  CPU kernel computes it (pytorch/pytorch@d618569, aten/src/ATen/native/cpu/
+  batch_norm_kernel.cpp:25-41, `batch_norm_cpu_inference_collect_linear_and_constant_terms`;
+  later versions apply the same terms in train mode, `batch_norm_cpu_collect_linear_and_constant_
+  terms`; the torch 2.13 wheel we test against ships no source): one multiply-add per value, so
+  XLA:CPU writes no `x - mean` of its own and the input gradient is one pass after the
+  reductions. Written as `(x - mean) * a + bias`, train-mode BatchNorm and ReLU wrote an
+  activation-sized array four times for their gradient, now twice; ResNet-18's FGSM-PGK step ran
+  at 18.95 against 17.73 img/s (means of 4 alternating runs; 2 AMD EPYC cores, avx512_bf16, no
+  AMX; experiments/results/benchmark_steps_cpu.md).
   """
   use_running_average: bool
   axis_name: str | None = None
