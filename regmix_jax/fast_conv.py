@@ -30,7 +30,11 @@ activation, against 88 ms for the convolution itself, a third of a FGSM-PGK step
 moved by plain transposes of computed arrays, in conditionals XLA cannot fuse across
 (`_batch_minor`, `_unfused_transpose`; exact), and 1x1 convolutions' kernel gradients are one
 matrix product (`_pointwise`, where XLA's convolution takes 4x longer); values equal lax's up to
-rounding.
+rounding. Input gradients of strided convolutions, on CPU only: lax's convolves the output
+gradient dilated by the stride, and XLA:CPU computes the inserted zeros (4x the work at stride 2
+in 2-D); here the input tangent is a sum over the stride's phases of unstrided convolutions
+(`_phases`), whose transposes read only the output gradient (ResNet-18's three stride-2 3x3
+layers: 93 + 46 + 29 -> 46 + 25 + 26 ms at batch 128).
 
 The library's models use it (`models.common.conv`); `with_fast_conv_grads(fn)` rewrites the
 convolutions of any function, for models the library did not build (the attacks apply it to
@@ -45,6 +49,7 @@ inside a model's own loops, conditionals or custom derivative rules are left as 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable
 
 import jax
@@ -166,6 +171,95 @@ def _batch_minor(lhs: jax.Array, d_rhs: jax.Array, params: dict[str, Any]) -> ja
   return _unfused_transpose(out_t, tuple(role[d] for d in range(n)), witness)
 
 
+def _canonical(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+  """`conv(d_lhs, rhs)` with the kernel physically swapped (`_swapped`): its transpose, the
+  input gradient, convolves with a canonical kernel."""
+  rhs_t, params_t = _swapped(rhs, params)
+  return _CONV.bind(d_lhs, rhs_t, **params_t)
+
+
+def _is_strided(params: dict[str, Any]) -> bool:
+  """Whether the convolution has a window stride above 1 and no dilation."""
+  return (any(s > 1 for s in params["window_strides"])
+          and all(d == 1 for d in (params.get("lhs_dilation") or ()))
+          and all(d == 1 for d in (params.get("rhs_dilation") or ())))
+
+
+def _input_tangent(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+  """`conv(d_lhs, rhs)`, whose transpose is the input gradient, with a canonical kernel
+  (`_canonical`). On CPU a strided convolution is taken as a sum over its stride's phases
+  (`_phases`); elsewhere, and without strides, as one convolution."""
+  if not _is_strided(params):
+    return _canonical(d_lhs, rhs, params)
+  return lax.platform_dependent(d_lhs, rhs, cpu=lambda d, r: _phases(d, r, params),
+                                default=lambda d, r: _canonical(d, r, params))
+
+
+def _phases(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+  """A strided convolution as a sum of unstrided ones, one per phase of the stride: the same
+  values up to rounding.
+
+  Along a spatial dimension with stride `s`, padding `lo` and `k` taps, output `i` reads input
+  `s * i + t - lo` with tap `t`. Write `t - lo = s * q + r` (`0 <= r < s`): tap `t` reads
+  element `i + q` of the phase `x_r = x[r::s]`, so the convolution is the sum over phases `r`
+  (products over the spatial dimensions) of `x_r` convolved without stride with the taps
+  `t = t0, t0 + s, ...` of phase `r` (`t0 = (lo + r) % s`), padded by `-q` of its first tap
+  (negative paddings are slices of `x_r`). A phase without taps adds nothing.
+
+  Why: the transpose of a strided convolution, its input gradient, is a convolution of the
+  output gradient dilated by the stride; XLA:CPU's Eigen kernel computes the inserted zeros
+  (4x the work for stride 2 in 2-D). The transposes here are unstrided convolutions of the
+  output gradient with each phase's taps, and one fusion that interleaves them (the transposed
+  slices). ResNet-18's stride-2 3x3 layers at batch 128 (2 AMD EPYC cores, jaxlib 0.10.2):
+  input gradient 93 -> 46 ms (64 -> 128 channels, 32 x 32), 46 -> 25 (128 -> 256), 29 -> 26
+  (256 -> 512); PyTorch's 82, 39, 25. The FGSM-PGK ResNet-18 step (2 host devices): 6.58 ->
+  6.34 s, medians of 6 alternating pairs in one process (experiments/results/
+  benchmark_steps_cpu.notes.md).
+  """
+  dn = params["dimension_numbers"]
+  lhs_spatial, rhs_spatial = dn.lhs_spec[2:], dn.rhs_spec[2:]
+  strides, padding = params["window_strides"], params["padding"]
+  n_out = [(d_lhs.shape[d] + lo + hi - rhs.shape[r]) // s + 1
+           for d, r, s, (lo, hi) in zip(lhs_spatial, rhs_spatial, strides, padding)]
+  phase_params = dict(params, window_strides=(1,) * len(strides))
+  tangent = None
+  for phase in itertools.product(*(range(s) for s in strides)):
+    lhs_start, lhs_limit, lhs_step = [0] * d_lhs.ndim, list(d_lhs.shape), [1] * d_lhs.ndim
+    rhs_start, rhs_step = [0] * rhs.ndim, [1] * rhs.ndim
+    pads, out_pads = [], [(0, 0, 0)] * d_lhs.ndim
+    for i, r in enumerate(phase):
+      s, lo, k, n = strides[i], padding[i][0], rhs.shape[rhs_spatial[i]], d_lhs.shape[lhs_spatial[i]]
+      t0 = (lo + r) % s
+      taps = len(range(t0, k, s))
+      q0 = (t0 - lo - r) // s  # the first tap reads x_r[i + q0]
+      pad_lo, pad_hi = -q0, n_out[i] + q0 + taps - 1 - len(range(r, n, s))
+      skip_lo, skip_hi = max(0, -pad_lo), max(0, -pad_hi)  # negative padding: slice x_r
+      used = len(range(r, n, s)) - skip_lo - skip_hi
+      if taps == 0 or used <= 0:
+        break  # no tap reads this phase
+      start = r + s * skip_lo
+      lhs_start[lhs_spatial[i]], lhs_step[lhs_spatial[i]] = start, s
+      lhs_limit[lhs_spatial[i]] = start + s * (used - 1) + 1
+      rhs_start[rhs_spatial[i]], rhs_step[rhs_spatial[i]] = t0, s
+      # Padding beyond `taps - 1` gives outputs that read padding alone: they are zeros
+      # padded onto the output, so that the transpose's padding is not negative (XLA:CPU
+      # reads uninitialised memory for a negatively padded convolution, jaxlib 0.10.2).
+      pad_lo, pad_hi = max(pad_lo, 0), max(pad_hi, 0)
+      pads.append((min(pad_lo, taps - 1), min(pad_hi, taps - 1)))
+      out_pads[dn.out_spec[2 + i]] = (pad_lo - pads[-1][0], pad_hi - pads[-1][1], 0)
+    else:
+      x_r = lax.slice(d_lhs, lhs_start, lhs_limit, lhs_step)
+      w_r = lax.slice(rhs, rhs_start, rhs.shape, rhs_step)
+      term = _canonical(x_r, w_r, dict(phase_params, padding=tuple(pads)))
+      if any(p != (0, 0, 0) for p in out_pads):
+        term = lax.pad(term, jnp.zeros((), term.dtype), out_pads)
+      tangent = term if tangent is None else tangent + term
+  if tangent is None:  # every tap reads padding
+    out = jax.eval_shape(lambda: _CONV.bind(d_lhs, rhs, **params))
+    tangent = jnp.zeros(out.shape, out.dtype)
+  return tangent
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv(lhs, rhs, params_key):
   return _CONV.bind(lhs, rhs, **dict(params_key))
@@ -178,8 +272,7 @@ def _conv_jvp(params_key, primals, tangents):
   out = _conv(lhs, rhs, params_key)
   tangent = None
   if not isinstance(d_lhs, jax.custom_derivatives.SymbolicZero):
-    rhs_t, params_t = _swapped(rhs, params)
-    tangent = _CONV.bind(d_lhs, rhs_t, **params_t)
+    tangent = _input_tangent(d_lhs, rhs, params)
   if not isinstance(d_rhs, jax.custom_derivatives.SymbolicZero):
     t_rhs = _kernel_tangent(lhs, d_rhs, params)
     tangent = t_rhs if tangent is None else tangent + t_rhs
