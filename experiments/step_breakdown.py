@@ -11,7 +11,7 @@ Cases (`benchmark.run_train` / `benchmark.run_torch`, batch 128, the `--variant`
                        the output's size; its gradients are elementwise too)
   jax:no_kernel_grads  convolutions' kernel gradients replaced (`fast_conv._kernel_tangent` gives
                        the sum of the kernel tangent, broadcast; its transpose is a broadcast)
-  jax:no_input_grads   convolutions' input gradients replaced likewise
+  jax:no_input_grads   convolutions' input gradients replaced likewise (`fast_conv._input_tangent`)
   torch:full           the PyTorch eager step (`torch_reference`), --torch_threads threads
   torch:no_convs       every `nn.Conv2d` replaced by the same stand-in
 Then: convolutions = full - no_convs; kernel gradients = full - no_kernel_grads; input gradients
@@ -81,17 +81,10 @@ def _no_kernel_grads():
 
 
 def _no_input_grads():
-  def rule(params_key, primals, tangents):  # fast_conv._conv_jvp, the input tangent replaced
-    lhs, rhs = primals
-    d_lhs, d_rhs = tangents
-    out = fast_conv._conv(lhs, rhs, params_key)  # pylint: disable=protected-access
-    parts = []
-    if not isinstance(d_lhs, jax.custom_derivatives.SymbolicZero):
-      parts.append(jnp.broadcast_to(jnp.sum(d_lhs), out.shape).astype(out.dtype))
-    if not isinstance(d_rhs, jax.custom_derivatives.SymbolicZero):
-      parts.append(fast_conv._kernel_tangent(lhs, d_rhs, dict(params_key)))  # pylint: disable=protected-access
-    return out, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(out)
-  fast_conv._conv.defjvp(rule, symbolic_zeros=True)  # pylint: disable=protected-access
+  def tangent(d_lhs, rhs, params):
+    out = _output_shape(d_lhs, rhs, params)
+    return jnp.broadcast_to(jnp.sum(d_lhs), out.shape).astype(out.dtype)
+  fast_conv._input_tangent = tangent  # pylint: disable=protected-access
 
 
 def child(case: str, args) -> dict:
