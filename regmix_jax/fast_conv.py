@@ -228,7 +228,8 @@ def _phases(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Arr
     rhs_start, rhs_step = [0] * rhs.ndim, [1] * rhs.ndim
     pads, out_pads = [], [(0, 0, 0)] * d_lhs.ndim
     for i, r in enumerate(phase):
-      s, lo, k, n = strides[i], padding[i][0], rhs.shape[rhs_spatial[i]], d_lhs.shape[lhs_spatial[i]]
+      s, lo = strides[i], padding[i][0]
+      k, n = rhs.shape[rhs_spatial[i]], d_lhs.shape[lhs_spatial[i]]
       t0 = (lo + r) % s
       taps = len(range(t0, k, s))
       q0 = (t0 - lo - r) // s  # the first tap reads x_r[i + q0]

@@ -141,6 +141,7 @@ _STRIDED_CASES = [
     # Padding beyond a phase's taps (output rows that read padding alone) and a stride of 1.
     ((3, 6, 4), (2, 3, 2, 3), (1, 2), ((3, 1), (3, 0)), ("NCHW", "OIHW", "NCHW")),
     ((11, 3), (5, 3, 2), (3,), ((2, 1),), ("NWC", "WIO", "NWC")),  # 1-D, stride 3
+    ((1, 2), (1, 2, 3), (3,), ((1, 1),), ("NWC", "WIO", "NWC")),  # every tap reads padding
 ]
 
 
