@@ -210,7 +210,8 @@ def _phases(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Arr
   output gradient dilated by the stride; XLA:CPU's Eigen kernel computes the inserted zeros
   (4x the work for stride 2 in 2-D). The transposes here are unstrided convolutions of the
   output gradient with each phase's taps, and one fusion that interleaves them (the transposed
-  slices). ResNet-18's stride-2 3x3 layers at batch 128 (2 AMD EPYC cores, jaxlib 0.10.2):
+  slices). ResNet-18's stride-2 3x3 layers at batch 128 (2 AMD EPYC cores, avx512_bf16, no
+  AMX; jaxlib 0.10.2), each side timed in one process:
   input gradient 93 -> 46 ms (64 -> 128 channels, 32 x 32), 46 -> 25 (128 -> 256), 29 -> 26
   (256 -> 512); PyTorch's 82, 39, 25. The FGSM-PGK ResNet-18 step (2 host devices): 6.58 ->
   6.34 s, medians of 6 alternating pairs in one process (experiments/results/
@@ -229,13 +230,13 @@ def _phases(d_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Arr
     pads, out_pads = [], [(0, 0, 0)] * d_lhs.ndim
     for i, r in enumerate(phase):
       s, lo = strides[i], padding[i][0]
-      k, n = rhs.shape[rhs_spatial[i]], d_lhs.shape[lhs_spatial[i]]
+      k, n_r = rhs.shape[rhs_spatial[i]], len(range(r, d_lhs.shape[lhs_spatial[i]], s))
       t0 = (lo + r) % s
       taps = len(range(t0, k, s))
-      q0 = (t0 - lo - r) // s  # the first tap reads x_r[i + q0]
-      pad_lo, pad_hi = -q0, n_out[i] + q0 + taps - 1 - len(range(r, n, s))
+      q0 = (t0 - lo - r) // s  # the first tap reads x_r[i + q0]; x_r has n_r elements
+      pad_lo, pad_hi = -q0, n_out[i] + q0 + taps - 1 - n_r
       skip_lo, skip_hi = max(0, -pad_lo), max(0, -pad_hi)  # negative padding: slice x_r
-      used = len(range(r, n, s)) - skip_lo - skip_hi
+      used = n_r - skip_lo - skip_hi
       if taps == 0 or used <= 0:
         break  # no tap reads this phase
       start = r + s * skip_lo
