@@ -19,11 +19,14 @@ Measures, at batch 128 on real CIFAR-10 images (the subset's first shuffled batc
             the latency of one in-process all-reduce between 2 host devices (sync BatchNorm's).
 
 Each case runs in its own Python process (its compile, peak memory and XLA flags are its own),
-one at a time; results go to a JSON file keyed by case, so a stopped run resumes, and then to a
-markdown table. Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
+one at a time, each train case right next to the PyTorch steps it is compared with; results go
+to a JSON file keyed by case, so a stopped run resumes, and then to a markdown table.
+`--rounds=N` runs the compared cases N times, alternating which side of a pair goes first,
+and reports medians and every round's ratio (`schedule`). Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
 
   python experiments/benchmark.py --data=../shared/data/cifar10_subset.npz            # all
   python experiments/benchmark.py --suites=train --models=resnet18 --variants=1dev,2dev
+  python experiments/benchmark.py --suites=torch,train --methods=fgsm_pgk --models=resnet18 --rounds=5
 
 torch is imported only by the `torch` cases (pip install torch==2.13.0; not a dependency).
 Importing JAX starts no backend: each child sets its device count and XLA flags (`child`) before
@@ -130,6 +133,9 @@ def parse_args(argv=None):
   p.add_argument("--results", default=os.path.join(HERE, "results", "benchmark_cpu.json"))
   p.add_argument("--markdown", default=os.path.join(HERE, "results", "benchmark_cpu.md"))
   p.add_argument("--force", action="store_true", help="rerun cases already in --results")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="run every case this many times, each train case next to its PyTorch "
+                      "steps, the pair's order alternating (see `schedule`); rates are medians")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run one case here
   return p.parse_args(argv)
 
@@ -592,6 +598,60 @@ def cases(args) -> list[str]:
   return out
 
 
+def schedule(case_list: list[str], rounds: int) -> list[tuple[str, int]]:
+  """(case, round) in the order to run them: round by round, each train case right after the
+  PyTorch steps it is compared with (`ratios`) in even rounds and right before them in odd ones,
+  so that the machine's drift (10-20% within an hour here) enters a ratio only through the few
+  minutes between its two sides, and not always with the same sign; other cases keep their
+  place and run in round 0 only. A PyTorch step compared with several train cases goes with
+  the first."""
+  refs = {c: [t for t in case_list if is_torch_step(t) and _compared(c, t)]
+          for c in case_list if c.startswith("train:")}
+  groups, placed = [], set()  # (PyTorch steps, case): one pair, or a case alone
+  for case in case_list:
+    if case in placed:
+      continue
+    if case in refs:
+      mine = [t for t in refs[case] if t not in placed]
+      placed.update(mine)
+      groups.append((mine, case))
+    elif not (is_torch_step(case) and any(case in r for r in refs.values())):
+      groups.append(([], case))
+  order = []
+  for r in range(rounds):
+    for torch_steps, case in groups:
+      if r and not (torch_steps or case in refs or is_torch_step(case)):
+        continue  # repeated: the cases with a rate that a ratio compares
+      pair = torch_steps + [case] if r % 2 == 0 else [case] + torch_steps
+      order += [(c, r) for c in pair]
+  return order
+
+
+def _compared(train_case: str, torch_case_name: str) -> bool:
+  """Whether `ratios` compares a train case with a PyTorch step's case: the same model, a step of
+  the train case's method, fp32 with fp32 and bf16 with autocast bf16."""
+  _, method, model, variant = train_case.split(":")
+  dtype = VARIANTS.get(variant, {}).get("dtype", "float32")
+  parts = torch_case_name.split(":")
+  return (TORCH_STEPS.get(torch_step_of(torch_case_name)) == method and parts[1] == model
+          and (parts[3] if len(parts) > 3 else "float32") == dtype)
+
+
+def merge_round(old: dict | None, new: dict, r: int) -> dict:
+  """A case's record after its round `r`: round 0's record as it is; later ones add their rate,
+  date and block times to `rounds_*` and make `images_per_s` / `step_s` the median over the
+  rounds (the other fields stay round 0's)."""
+  if "images_per_s" not in new:  # failed, or a micro case
+    return new
+  if r == 0 or old is None or "error" in old:
+    return dict(new, rounds_images_per_s=[new["images_per_s"]])
+  rates = old.get("rounds_images_per_s", [old["images_per_s"]]) + [new["images_per_s"]]
+  median = float(np.median(rates))
+  return dict(old, rounds_images_per_s=rates, images_per_s=median, step_s=BATCH / median,
+              rounds_dates=old.get("rounds_dates", [old.get("date")]) + [new.get("date")],
+              rounds_block_s=old.get("rounds_block_s", [old.get("block_s")]) + [new.get("block_s")])
+
+
 def run_child(command: list[str], xla: str) -> dict:
   """Runs `command`, a child process that prints `RESULT <json>`, with `xla` added to XLA_FLAGS;
   returns that result, or `{"error": its last output}`, with `wall_s`."""
@@ -670,7 +730,9 @@ def torch_references(ok: dict) -> dict:
 
 def ratios(results: dict) -> list[str]:
   """One line per train case and PyTorch step of its method and dtype: the ratios the issue's
-  targets are about, fp32 against fp32 and bf16 against autocast bf16."""
+  targets are about, fp32 against fp32 and bf16 against autocast bf16. With rounds
+  (`--rounds`), the ratio of the medians, then each round's (its two sides run one after the
+  other, `schedule`)."""
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
   torch = torch_references(ok)
   out = []
@@ -684,8 +746,16 @@ def ratios(results: dict) -> list[str]:
       if ref:
         out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}): {r['images_per_s']:.1f} img/s, "
                    f"PyTorch {step} {'autocast ' if dtype == 'bfloat16' else ''}{dtype} "
-                   f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x")
+                   f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x"
+                   + _round_ratios(r, ref))
   return out
+
+
+def _round_ratios(r: dict, ref: dict) -> str:
+  ours, theirs = r.get("rounds_images_per_s", []), ref.get("rounds_images_per_s", [])
+  if len(ours) < 2 or len(ours) != len(theirs):
+    return ""
+  return " (rounds: " + ", ".join(f"{a / b:.2f}x" for a, b in zip(ours, theirs)) + ")"
 
 
 def write_markdown(results: dict, path: str) -> None:
@@ -700,6 +770,8 @@ def write_markdown(results: dict, path: str) -> None:
       lines += [f.read().rstrip(), ""]
   ok = {k: v for k, v in results.items() if not k.startswith("_") and "error" not in v}
   torch = torch_references(ok)
+  lines += ["## Ratios (ours / PyTorch; img/s are medians over rounds)", ""]
+  lines += [f"- {line}" for line in ratios(results)]
 
   train_rows = []
   for key, r in sorted(ok.items(), key=lambda kv: _order(kv[0])):
@@ -787,11 +859,13 @@ def main(argv=None):
     with open(args.results) as f:
       results = json.load(f)
   results.setdefault("_machine", machine())
-  for case in cases(args):
-    if case in results and "error" not in results[case] and not args.force:
+  for case, r in schedule(cases(args), args.rounds):
+    done = results.get(case, {"error": ""})
+    if "error" not in done and len(done.get("rounds_images_per_s", [0])) > r and (
+        r or not args.force):
       continue
-    print(f"running {case} ...", flush=True)
-    results[case] = run_case(case, args)
+    print(f"running {case} (round {r + 1} of {args.rounds}) ...", flush=True)
+    results[case] = merge_round(results.get(case), run_case(case, args), r)
     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results[case].items()}
     print(f"  {shown}", flush=True)
     os.makedirs(os.path.dirname(args.results), exist_ok=True)

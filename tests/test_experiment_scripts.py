@@ -196,3 +196,50 @@ def test_step_breakdown_rows():
   assert rows["of which kernel gradients"] == (2.5, None)
   assert rows["of which input gradients"] == (2.0, None)
   assert rows["of which forward passes (the rest)"] == (1.0, None)
+
+
+def _benchmark():
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  try:
+    import benchmark  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  return benchmark
+
+
+def test_benchmark_schedule_pairs_each_train_case_with_its_pytorch_steps():
+  """`benchmark.py --rounds`: each train case runs next to the PyTorch steps its ratios use (the
+  same model and dtype), the pair's order alternating by round; other cases once."""
+  benchmark = _benchmark()
+  cases = benchmark.cases(benchmark.parse_args([
+      "--suites=train,torch,torch-bf16,micro", "--methods=fgsm_pgk,trades",
+      "--models=resnet18", "--variants=2dev,2dev-bf16"]))
+  order = benchmark.schedule(cases, 2)
+  assert sorted(order) == sorted([(c, 0) for c in cases] + [
+      (c, 1) for c in cases if not c.startswith("micro:")])
+  round0 = [c for c, r in order if r == 0]
+  round1 = [c for c, r in order if r == 1]
+  assert round0[:2] == ["torch:resnet18:2", "train:fgsm_pgk:resnet18:2dev"]
+  assert round1[:2] == ["train:fgsm_pgk:resnet18:2dev", "torch:resnet18:2"]
+  trades = round0.index("train:trades:resnet18:2dev")
+  assert round0[trades - 2:trades] == ["torch-trades:resnet18:2",
+                                       "torch-trades_same_work:resnet18:2"]
+  bf16 = round1.index("train:trades:resnet18:2dev-bf16")
+  assert round1[bf16 + 1:bf16 + 3] == ["torch-trades:resnet18:2:bfloat16",
+                                       "torch-trades_same_work:resnet18:2:bfloat16"]
+
+
+def test_benchmark_rounds_keep_every_rate_and_report_medians():
+  benchmark = _benchmark()
+  record = None
+  for r, rate in enumerate((20.0, 16.0, 18.5)):
+    record = benchmark.merge_round(record, {"images_per_s": rate, "step_s": 128 / rate,
+                                            "date": f"d{r}"}, r)
+  assert record["rounds_images_per_s"] == [20.0, 16.0, 18.5]
+  assert record["images_per_s"] == 18.5 and record["step_s"] == 128 / 18.5
+  assert record["rounds_dates"] == ["d0", "d1", "d2"]
+  torch = {"images_per_s": 18.0, "rounds_images_per_s": [18.0, 20.0, 17.0]}
+  results = {"train:fgsm_pgk:resnet18:2dev": record, "torch:resnet18:2": dict(torch, threads=2)}
+  (line,) = benchmark.ratios(results)
+  assert line.endswith("18.5 img/s, PyTorch fgsm_pgk float32 18.0 -> 1.03x "
+                       "(rounds: 1.11x, 0.80x, 1.09x)"), line
