@@ -22,11 +22,12 @@ Each case runs in its own Python process (its compile, peak memory and XLA flags
 one at a time, each train case right next to the PyTorch steps it is compared with; results go
 to a JSON file keyed by case, so a stopped run resumes, and then to a markdown table.
 `--rounds=N` runs the compared cases N times, alternating which side of a pair goes first,
-and reports medians and every round's ratio (`schedule`). Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
+and reports medians and every round's ratio (`schedule`). Take N even: here the side that ran
+first was faster by about 4% on average (2026-11-28, results/benchmark_steps_cpu.notes.md). Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
 
   python experiments/benchmark.py --data=../shared/data/cifar10_subset.npz            # all
   python experiments/benchmark.py --suites=train --models=resnet18 --variants=1dev,2dev
-  python experiments/benchmark.py --suites=torch,train --methods=fgsm_pgk --models=resnet18 --rounds=5
+  python experiments/benchmark.py --suites=torch,train --methods=fgsm_pgk --models=resnet18 --rounds=6
 
 torch is imported only by the `torch` cases (pip install torch==2.13.0; not a dependency).
 Importing JAX starts no backend: each child sets its device count and XLA flags (`child`) before
@@ -134,8 +135,9 @@ def parse_args(argv=None):
   p.add_argument("--markdown", default=os.path.join(HERE, "results", "benchmark_cpu.md"))
   p.add_argument("--force", action="store_true", help="rerun cases already in --results")
   p.add_argument("--rounds", type=int, default=1,
-                 help="run every case this many times, each train case next to its PyTorch "
-                      "steps, the pair's order alternating (see `schedule`); rates are medians")
+                 help="run the compared cases this many times, each train case next to its "
+                      "PyTorch steps, the pair's order alternating (see `schedule`; take it "
+                      "even); rates are medians")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run one case here
   return p.parse_args(argv)
 
@@ -859,6 +861,10 @@ def main(argv=None):
     with open(args.results) as f:
       results = json.load(f)
   results.setdefault("_machine", machine())
+  if args.rounds > 1 and args.rounds % 2:
+    print(f"note: --rounds={args.rounds} is odd: PyTorch goes first in one round more than ours, "
+          "and the side that runs first tends to be faster; an even count weighs both alike",
+          flush=True)
   for case, r in schedule(cases(args), args.rounds):
     done = results.get(case, {"error": ""})
     if "error" not in done and len(done.get("rounds_images_per_s", [0])) > r and (
