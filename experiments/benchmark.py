@@ -23,7 +23,8 @@ one at a time, each train case right next to the PyTorch steps it is compared wi
 to a JSON file keyed by case, so a stopped run resumes, and then to a markdown table.
 `--rounds=N` runs the compared cases N times, alternating which side of a pair goes first,
 and reports medians and every round's ratio (`schedule`). Take N even: here the side that ran
-first was faster by about 4% on average (2026-11-28, results/benchmark_steps_cpu.notes.md). Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
+first was faster by about 4% on average (2026-11-28, results/benchmark_steps_cpu.notes.md).
+Variants name the device count, the mapping, the dtype and XLA flags (VARIANTS).
 
   python experiments/benchmark.py --data=../shared/data/cifar10_subset.npz            # all
   python experiments/benchmark.py --suites=train --models=resnet18 --variants=1dev,2dev
@@ -642,7 +643,11 @@ def _compared(train_case: str, torch_case_name: str) -> bool:
 def merge_round(old: dict | None, new: dict, r: int) -> dict:
   """A case's record after its round `r`: round 0's record as it is; later ones add their rate,
   date and block times to `rounds_*` and make `images_per_s` / `step_s` the median over the
-  rounds (the other fields stay round 0's)."""
+  rounds (the other fields stay round 0's). A later round that failed leaves the rates as they
+  were and adds its error to `rounds_errors`."""
+  if "error" in new and r and old and "error" not in old:
+    return dict(old, rounds_errors=old.get("rounds_errors", []) + [
+        f"round {r + 1}: {new['error'][-300:]}"])
   if "images_per_s" not in new:  # failed, or a micro case
     return new
   if r == 0 or old is None or "error" in old:

@@ -238,6 +238,9 @@ def test_benchmark_rounds_keep_every_rate_and_report_medians():
   assert record["rounds_images_per_s"] == [20.0, 16.0, 18.5]
   assert record["images_per_s"] == 18.5 and record["step_s"] == 128 / 18.5
   assert record["rounds_dates"] == ["d0", "d1", "d2"]
+  failed = benchmark.merge_round(record, {"error": "Killed"}, 3)  # earlier rounds are kept
+  assert failed["rounds_images_per_s"] == [20.0, 16.0, 18.5] and failed["images_per_s"] == 18.5
+  assert failed["rounds_errors"] == ["round 4: Killed"]
   torch = {"images_per_s": 18.0, "rounds_images_per_s": [18.0, 20.0, 17.0]}
   results = {"train:fgsm_pgk:resnet18:2dev": record, "torch:resnet18:2": dict(torch, threads=2)}
   (line,) = benchmark.ratios(results)
