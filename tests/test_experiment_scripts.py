@@ -2,6 +2,7 @@
 message naming the path and the fix (before any run starts or JAX loads), and the
 catastrophic-overfitting rule of the report. `step_breakdown.py`'s stand-ins and arithmetic."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -153,13 +154,13 @@ def test_every_final_run_of_the_study_builds_a_valid_config(eps):
     assert abs(config.eval.epsilon - eps / 255) < 1e-12
 
 
-def _step_breakdown():
+def _experiment(name: str):
+  """The module `experiments/<name>.py` (the scripts import each other from that folder)."""
   sys.path.insert(0, os.path.join(ROOT, "experiments"))
   try:
-    import step_breakdown  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(name)
   finally:
     sys.path.pop(0)
-  return step_breakdown
 
 
 @pytest.mark.parametrize("cin,cout,size,kernel,stride", [
@@ -169,7 +170,7 @@ def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size
   convolution's, in JAX (NHWC) and PyTorch (NCHW), or the step around them changes."""
   import jax  # pylint: disable=g-import-not-at-top  (JAX and torch only for this test)
   from jax import lax  # pylint: disable=g-import-not-at-top
-  step_breakdown = _step_breakdown()
+  step_breakdown = _experiment("step_breakdown")
   pad = ((kernel // 2, kernel // 2),) * 2
   x = jax.numpy.ones((2, size, size, cin))
   w = jax.random.normal(jax.random.key(0), (kernel, kernel, cin, cout))
@@ -191,26 +192,18 @@ def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size
 def test_step_breakdown_rows():
   step_s = {"jax:full": 7.0, "jax:no_convs": 1.5, "jax:no_kernel_grads": 4.5,
             "jax:no_input_grads": 5.0, "torch:full": 6.0, "torch:no_convs": 1.0}
-  rows = {row.strip(): (ours, theirs) for row, ours, theirs in _step_breakdown().breakdown(step_s)}
+  breakdown = _experiment("step_breakdown").breakdown(step_s)
+  rows = {row.strip(): (ours, theirs) for row, ours, theirs in breakdown}
   assert rows["convolutions (difference)"] == (5.5, 5.0)
   assert rows["of which kernel gradients"] == (2.5, None)
   assert rows["of which input gradients"] == (2.0, None)
   assert rows["of which forward passes (the rest)"] == (1.0, None)
 
 
-def _benchmark():
-  sys.path.insert(0, os.path.join(ROOT, "experiments"))
-  try:
-    import benchmark  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return benchmark
-
-
 def test_benchmark_schedule_pairs_each_train_case_with_its_pytorch_steps():
   """`benchmark.py --rounds`: each train case runs next to the PyTorch steps its ratios use (the
   same model and dtype), the pair's order alternating by round; other cases once."""
-  benchmark = _benchmark()
+  benchmark = _experiment("benchmark")
   cases = benchmark.cases(benchmark.parse_args([
       "--suites=train,torch,torch-bf16,micro", "--methods=fgsm_pgk,trades",
       "--models=resnet18", "--variants=2dev,2dev-bf16"]))
@@ -230,7 +223,7 @@ def test_benchmark_schedule_pairs_each_train_case_with_its_pytorch_steps():
 
 
 def test_benchmark_rounds_keep_every_rate_and_report_medians():
-  benchmark = _benchmark()
+  benchmark = _experiment("benchmark")
   record = None
   for r, rate in enumerate((20.0, 16.0, 18.5)):
     record = benchmark.merge_round(record, {"images_per_s": rate, "step_s": 128 / rate,
