@@ -102,6 +102,10 @@ VARIANTS = {
     "1dev-onednn": dict(devices=1, xla="--xla_cpu_use_onednn=true"),
     "2dev-bf16-onednn": dict(devices=2, dtype="bfloat16", xla="--xla_cpu_use_onednn=true"),
     "1dev-xnn": dict(devices=1, xla="--xla_cpu_use_xnnpack=true"),
+    # Matrix products to YNNPACK as well (2026-11-28): its bf16 products use AVX512-BF16, where
+    # Eigen's, under the default `reduce`, run slower than in fp32 (`--suites=dtype`).
+    "2dev-ynndot": dict(devices=2, ynn="reduce,individual_dot"),
+    "2dev-bf16-ynndot": dict(devices=2, dtype="bfloat16", ynn="reduce,individual_dot"),
 }
 # The CPU features that decide how bf16 can run: AVX512-BF16 (bf16 dot products in vector
 # registers) and AMX (bf16 matrix tiles).
@@ -439,34 +443,71 @@ def run_conv_micro() -> dict:
   return {"ms": out}
 
 
+# `run_dtype_micro`'s matrix products ([M, K] x [K, N]): the first-stage layer's as one product
+# over its 9 taps (M = batch x 32 x 32), and the last stage's (batch x 4 x 4, 9 x 512, 512).
+DTYPE_PRODUCTS = ((BATCH * 32 * 32, 9 * 64, 64), (BATCH * 16, 9 * 512, 512))
+
+
+def shifted_products_conv(x, w):
+  """A 3x3 stride-1 'same' convolution (NHWC, HWIO) as 9 matrix products of the shifted input with
+  each tap's [in, out] kernel, accumulated in float32 and cast back to `x.dtype`."""
+  h, w_ = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return sum(jnp.einsum("bhwc,co->bhwo", xp[:, i:i + h, j:j + w_], w[i, j],
+                        preferred_element_type=jnp.float32)
+             for i in range(3) for j in range(3)).astype(x.dtype)
+
+
 def run_dtype_micro() -> dict:
-  """Milliseconds (best of 3) of ResNet-18's first-stage convolution (batch 128, 32x32x64 ->
-  64, 3x3) on one device in float32 and bfloat16 (inputs and kernel cast, output kept in the
-  dtype), forward, input gradient and kernel gradient: how the case's XLA flags treat bf16."""
+  """Milliseconds (best of 3) on one device in float32 and bfloat16 (inputs and kernel cast,
+  output kept in the dtype), under the case's XLA flags: ResNet-18's first-stage convolution
+  (batch 128, 32x32x64 -> 64, 3x3) forward, input gradient and kernel gradient; its last stage's
+  (4x4x512 -> 512) forward as one convolution and as 9 shifted matrix products
+  (`shifted_products_conv`); and the bare matrix products of `DTYPE_PRODUCTS` (float32
+  accumulation). Whether XLA:CPU's bf16 products or convolutions use the CPU's bf16 units."""
   out = {}
   rng = np.random.RandomState(0)
-  x32 = jnp.asarray(rng.rand(BATCH, 32, 32, 64), np.float32)
-  w32 = jnp.asarray(rng.rand(3, 3, 64, 64) * 0.01, np.float32)
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x32 = jnp.asarray(rng.rand(BATCH, 32, 32, 64), np.float32)
+  w32 = jnp.asarray(rng.rand(3, 3, 64, 64) * 0.01, np.float32)
+  deep_x32 = jnp.asarray(rng.rand(BATCH, 4, 4, 512), np.float32)
+  deep_w32 = jnp.asarray(rng.rand(3, 3, 512, 512) * 0.01, np.float32)
+  products = [(jnp.asarray(rng.rand(m, k), np.float32), jnp.asarray(rng.rand(k, n), np.float32))
+              for m, k, n in DTYPE_PRODUCTS]
+  product = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
   for dtype in (jnp.float32, jnp.bfloat16):
+    name = jnp.dtype(dtype).name
     x, w = x32.astype(dtype), w32.astype(dtype)
     fns = {"forward": conv, "input_grad": jax.grad(lambda x, w: conv(x, w).astype(jnp.float32)
                                                    .sum()),
            "kernel_grad": jax.grad(lambda x, w: conv(x, w).astype(jnp.float32).sum(), argnums=1)}
-    for name, fn in fns.items():
-      out[f"{jnp.dtype(dtype).name} {name}"] = 1000 * _best_seconds(jax.jit(fn), (x, w), 3)
+    for kind, fn in fns.items():
+      out[f"{name} {kind}"] = 1000 * _best_seconds(jax.jit(fn), (x, w), 3)
+    deep = (deep_x32.astype(dtype), deep_w32.astype(dtype))
+    out[f"{name} 4x4x512 forward"] = 1000 * _best_seconds(jax.jit(conv), deep, 3)
+    out[f"{name} 4x4x512 forward as 9 shifted products"] = 1000 * _best_seconds(
+        jax.jit(shifted_products_conv), deep, 3)
+    for (m, k, n), (a, b) in zip(DTYPE_PRODUCTS, products):
+      out[f"{name} product {m}x{k}x{n}"] = 1000 * _best_seconds(
+          jax.jit(product), (a.astype(dtype), b.astype(dtype)), 3)
   return {"ms": out}
 
 
 def run_torch_dtype_micro(threads: int) -> dict:
-  """`run_dtype_micro` in eager PyTorch (NCHW, channels_last memory format, as oneDNN prefers)."""
+  """`run_dtype_micro` in eager PyTorch (NCHW, channels_last memory format, as oneDNN prefers;
+  the shifted products are JAX's alone)."""
   import torch  # pylint: disable=g-import-not-at-top  (only this case)
   torch.set_num_threads(threads)
   rng = np.random.RandomState(0)
   x32 = torch.from_numpy(rng.rand(BATCH, 64, 32, 32).astype(np.float32)).contiguous(
       memory_format=torch.channels_last)
   w32 = torch.from_numpy((rng.rand(64, 64, 3, 3) * 0.01).astype(np.float32))
+  deep_x32 = torch.from_numpy(rng.rand(BATCH, 512, 4, 4).astype(np.float32)).contiguous(
+      memory_format=torch.channels_last)
+  deep_w32 = torch.from_numpy((rng.rand(512, 512, 3, 3) * 0.01).astype(np.float32))
+  products = [(torch.from_numpy(rng.rand(m, k).astype(np.float32)),
+               torch.from_numpy(rng.rand(k, n).astype(np.float32))) for m, k, n in DTYPE_PRODUCTS]
   out = {}
   for dtype in (torch.float32, torch.bfloat16):
     x, w = x32.to(dtype).requires_grad_(True), w32.to(dtype).requires_grad_(True)
@@ -476,8 +517,16 @@ def run_torch_dtype_micro(threads: int) -> dict:
     def grads(which):
       y = torch.nn.functional.conv2d(x, w, padding=1)
       torch.autograd.grad(y.float().sum(), [which])
-    for name, fn in (("forward", forward), ("input_grad", lambda: grads(x)),
-                     ("kernel_grad", lambda: grads(w))):
+    deep_x, deep_w = deep_x32.to(dtype), deep_w32.to(dtype)
+    def deep_forward():
+      with torch.no_grad():
+        torch.nn.functional.conv2d(deep_x, deep_w, padding=1)
+    cases = [("forward", forward), ("input_grad", lambda: grads(x)),
+             ("kernel_grad", lambda: grads(w)), ("4x4x512 forward", deep_forward)]
+    for (m, k, n), (a, b) in zip(DTYPE_PRODUCTS, products):
+      cases.append((f"product {m}x{k}x{n}", functools.partial(
+          torch.matmul, a.to(dtype), b.to(dtype))))
+    for name, fn in cases:
       fn()
       times = []
       for _ in range(3):
@@ -817,10 +866,11 @@ def write_markdown(results: dict, path: str) -> None:
                if k.startswith("dtype:") or k.startswith("torchdtype:")]
   if precision:
     names = sorted({n for _, r in precision for n in r["ms"]})
-    lines += _table("ResNet-18's first-stage convolution, float32 and bfloat16 (ms, best of 3; "
-                    "`--suites=dtype`)", ("case", *names),
-                    [(k.replace("torchdtype:", "PyTorch, threads ").replace("dtype:", "JAX "),
-                      *(_f(r["ms"].get(n)) for n in names)) for k, r in precision])
+    lines += _table("Convolutions and matrix products, float32 and bfloat16 (ms, best of 3; "
+                    "`--suites=dtype`, `run_dtype_micro`)",
+                    ("operation", *(k.replace("torchdtype:", "PyTorch, threads ")
+                                    .replace("dtype:", "JAX ") for k, _ in precision)),
+                    [(n, *(_f(r["ms"].get(n)) for _, r in precision)) for n in names])
   lines += _table("Evaluation", ("attack", "model", "variant", "img/s", "examples (batches)",
                                   "compiles", "compile s", "peak RSS GiB"),
                   [(*k.split(":")[1:], _f(r["images_per_s"], 2),

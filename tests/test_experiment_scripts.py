@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,6 +188,23 @@ def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size
       xt, cout, stride, layer.weight.sum(dim=(1, 2, 3))[:, None, None], 1,
       lambda t, repeats: t.repeat(*repeats))
   assert stand_in.shape == layer(xt).shape
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_benchmark_shifted_products_are_the_convolution(dtype):
+  """`benchmark.run_dtype_micro` times `shifted_products_conv` as a 3x3 'same' convolution: its
+  values must be lax's (in bf16 up to the output's rounding)."""
+  import jax  # pylint: disable=g-import-not-at-top  (JAX only for this test)
+  benchmark = _experiment("benchmark")
+  kx, kw = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (2, 5, 6, 8)).astype(dtype)
+  w = jax.random.normal(kw, (3, 3, 8, 4)).astype(dtype)
+  conv = jax.lax.conv_general_dilated(x.astype("float32"), w.astype("float32"), (1, 1),
+                                      ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = benchmark.shifted_products_conv(x, w)
+  assert ours.dtype == x.dtype
+  tol = 1e-5 if dtype == "float32" else 2e-2
+  np.testing.assert_allclose(np.asarray(ours, np.float32), conv, rtol=tol, atol=tol * 8)
 
 
 def test_step_breakdown_rows():
