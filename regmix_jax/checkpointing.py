@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 
@@ -98,6 +99,35 @@ def check_layout(saved: dict[str, Any], current: dict[str, Any], directory: str)
         "(on CPU, `--config.cpu_devices` sets the device count), or use a new --workdir.")
 
 
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...] | None]:
+  """Each leaf's shape (None without one), keyed by its path as `a/b/0`."""
+  def name(path):
+    return "/".join(str(next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)),
+                             k)) for k in path)
+  return {name(path): (tuple(leaf.shape) if hasattr(leaf, "shape") else None)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _shape_mismatches(path: str, targets: dict[str, Any]) -> list[str]:
+  """The arrays of the checkpoint at `path` whose stored shape differs from the target's, as
+  `item/array: stored S, this config T`, read from Orbax's metadata before any array is (a failed
+  restore's error names whichever array a thread met first, and leaves dozens of tracebacks).
+  Only items whose stored arrays have the same paths as the target's are compared; [] also when
+  the metadata cannot be read: the restore itself then decides."""
+  out = []
+  for name, target in targets.items():
+    try:
+      stored = _leaf_shapes(ocp.StandardCheckpointHandler().metadata(
+          epath.Path(path) / name).tree)
+    except Exception:  # pylint: disable=broad-except  (unreadable: the restore will say why)
+      return []
+    wanted = _leaf_shapes(target)
+    if set(stored) == set(wanted):
+      out += [f"{name}/{k}: stored {stored[k]}, this config {v}"
+              for k, v in wanted.items() if v is not None and stored[k] != v]
+  return out
+
+
 def saved_steps(directory: str) -> list[int]:
   """The steps of the finished checkpoints in `directory` (its sub-directories named by a step;
   Orbax's unfinished temporary ones are not), sorted; [] when there is none. Reads the listing
@@ -159,6 +189,15 @@ class Checkpointer:
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     path = os.path.join(self.directory, str(step))
+    targets = {"state": target_state}
+    if sample_target is not None:
+      targets["sample"] = sample_target
+    mismatched = _shape_mismatches(path, targets)
+    if mismatched:
+      raise CheckpointError(
+          f"The checkpoint at {path} holds arrays of other shapes than this config's "
+          f"({len(mismatched)} of them; {'; '.join(mismatched[:3])}): it was written by a "
+          "different config (compare the workdir's config.json).")
     try:
       items = {"state": ocp.args.StandardRestore(target_state), "meta": ocp.args.JsonRestore()}
       if sample_target is not None:
@@ -167,8 +206,9 @@ class Checkpointer:
     except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
       raise CheckpointError(
           f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}\n"
-          "It is corrupted or was written by a different config (model, method, optimiser). "
-          f"Delete {path} to resume from the previous checkpoint, or use a new --workdir."
+          "It was written by a different config (model, method, optimiser; compare the "
+          "workdir's config.json), or it is damaged: then move it out of "
+          f"{self.directory} to resume from the previous checkpoint."
       ) from e
     meta = dict(restored["meta"])
     saved = meta.pop("fingerprints", None)  # absent in checkpoints of earlier versions
@@ -180,8 +220,8 @@ class Checkpointer:
         if fingerprint(tree) != saved[name][jax.process_index()]:
           raise CheckpointError(
               f"The checkpoint at {path} is damaged: its {name} arrays do not match the "
-              f"fingerprint saved with them. Delete {path} to resume from the previous "
-              "checkpoint, or use a new --workdir.")
+              f"fingerprint saved with them. Move it out of {self.directory} to resume from "
+              "the previous checkpoint, or use a new --workdir.")
     if sample_target is not None:
       return restored["state"], meta, restored["sample"]
     return restored["state"], meta

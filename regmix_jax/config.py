@@ -188,6 +188,26 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   return config
 
 
+def changed_fields(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
+                   ) -> list[str]:
+  """The fields whose values differ between two configs, as `path: before -> after` (a field
+  one of them lacks shows as `(absent)`), in the order of `before`'s fields."""
+  def flat(config):
+    out = {}
+
+    def walk(values, prefix):
+      for key, value in values.items():
+        if isinstance(value, dict):
+          walk(value, f"{prefix}{key}.")
+        else:
+          out[f"{prefix}{key}"] = value
+    walk(json.loads(config.to_json_best_effort()), "")
+    return out
+  old, new = flat(before), flat(after)
+  return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+          for k in list(old) + [k for k in new if k not in old] if old.get(k) != new.get(k)]
+
+
 def _check_types(config, schema, prefix: str = "") -> None:
   """Every field of `config` must exist in `schema` and have a compatible type."""
   for key in config.keys():

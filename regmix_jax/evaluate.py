@@ -44,7 +44,8 @@ class EvalRecord:
   step: the checkpoint's step. role: the model evaluated ("target", "guide"). weights: "ema" or
   "live". split: "test" or "val". n_examples: the first N examples of the split. epsilon,
   step_size: the attacks' radius and PGD/C&W step. accuracy: {attack name: fraction}; AutoAttack
-  adds the robust accuracy after each of its attacks as "aa:<attack>". seconds: {attack: wall s}.
+  adds the robust accuracy after each of its attacks as "aa:<attack>". seconds: {attack: wall s}
+  (AutoAttack's own attacks' too, as "aa:<attack>"; those it skipped have none).
   norm: the threat model of `epsilon` ("Linf", "L2", "L1"). version: AutoAttack's version.
   warnings: AutoAttack's check warnings (`attacks.checks`). dtype: the precision the model
   computed in (`eval.dtype` or `--dtype`). Records written before these fields existed read as
@@ -240,6 +241,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       # attacks skipped because no point was left robust show the accuracy they would keep.
       accuracy.update({f"aa:{k}": result.accuracy.get(k, result.robust_accuracy)
                        for k in result.attacks})
+      seconds.update({f"aa:{k}": result.seconds[k] for k in result.attacks
+                      if k in result.seconds})
       aa_warnings.extend(w for w in result.warnings if w not in aa_warnings)
       aa_states.append(state_path)
       continue
@@ -288,6 +291,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
+  runtime.quiet_console(f)
   try:
     config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
     runtime.configure_cpu_for(config)

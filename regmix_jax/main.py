@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from regmix_jax import checkpointing, config as config_lib, runtime, train
@@ -25,8 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO: keep the console for progress
-    logging.set_verbosity(logging.WARNING)
+  runtime.quiet_console(FLAGS)
   config = FLAGS.config
   try:
     runtime.configure_cpu_for(config)
@@ -46,9 +45,12 @@ def main(argv):
 
 def _parse_flags(argv):
   """absl's flag parsing, with a mistyped `--config.<field>` override reported as an unknown
-  config field with the closest name, not as ml_collections' KeyError."""
+  config field with the closest name, not as ml_collections' KeyError, and a value of the wrong
+  type in one line, not a traceback."""
   try:
     return FLAGS(argv)
+  except flags.Error as e:  # e.g. `--config.num_epochs=abc`: absl names the flag and the value
+    sys.exit(f"regmix_jax: {e}. Give the field a value of its type (see the config file).")
   except (KeyError, AttributeError) as e:
     files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if files:

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -259,12 +260,10 @@ class RunOutputs:
 
   @classmethod
   def open(cls, workdir: str, config: ml_collections.ConfigDict) -> "RunOutputs":
-    """Creates `workdir` and writes `config.json` (main process), then opens the writers."""
+    """Creates `workdir` and opens the writers. The config is written once the run's state is
+    known (`_record_config`)."""
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if is_main:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
@@ -301,9 +300,10 @@ class _Interrupted(Exception):
 
 def _restore_latest_good(trainer: Trainer, outputs: RunOutputs):
   """`(state, meta)` from the newest checkpoint that restores (its per-example state loaded into
-  `trainer.samples`), or a fresh state when there is none. A damaged checkpoint is skipped with a
-  warning naming its step and why, and moved aside to `<workdir>/checkpoints_damaged/<step>`;
-  with none restorable, CheckpointError lists every step tried."""
+  `trainer.samples`), or a fresh state when there is none. A damaged checkpoint is skipped, and
+  once an older one has restored, named in a warning with why and moved aside to
+  `<workdir>/checkpoints_damaged/<step>`; with none restorable, CheckpointError lists every step
+  tried, grouped by error, and the fields in which the config differs from the saved one."""
   state = trainer.create_state()
   meta = {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0, **trainer.layout()}
   checkpointer = outputs.checkpointer
@@ -317,12 +317,13 @@ def _restore_latest_good(trainer: Trainer, outputs: RunOutputs):
             state, step=step,
             sample_target=trainer.samples.abstract_global(trainer.data_parallel.mesh))
     except checkpointing.CheckpointError as e:
-      logging.warning("The checkpoint at step %d was skipped: %s", step, e)
       failures.append((step, e))
       continue
     checkpointing.check_layout(restored_meta, trainer.layout(), checkpointer.directory)
     if trainer.samples is not None:
       trainer.samples.load_global(sample)
+    for bad, error in failures:
+      logging.warning("The checkpoint at step %d was skipped: %s", bad, error)
     if failures and outputs.is_main:
       aside = os.path.join(outputs.workdir, "checkpoints_damaged")
       for bad, _ in failures:
@@ -331,15 +332,72 @@ def _restore_latest_good(trainer: Trainer, outputs: RunOutputs):
                       "%s) were moved to %s.", step, ", ".join(str(s) for s, _ in failures),
                       aside)
     if outputs.is_main:
-      print(f"Resuming from {checkpointer.directory}/{int(restored_state.step)} "
-            f"(epoch {restored_meta['epoch'] + 1}, step {restored_meta['step_in_epoch']}).",
+      where = (f"all {trainer.config.num_epochs} epochs trained: evaluating it"
+               if restored_meta["epoch"] >= trainer.config.num_epochs else
+               f"epoch {restored_meta['epoch'] + 1}, step {restored_meta['step_in_epoch']}")
+      print(f"Resuming from {checkpointer.directory}/{int(restored_state.step)} ({where}).",
             flush=True)
     return restored_state, restored_meta
   if failures:
+    changes = _saved_config_changes(outputs.workdir, trainer.config)
+    hint = ("\nThis run's config differs from the one the workdir's checkpoints were trained "
+            "with (its config.json, left as it was): " + "; ".join(changes) + ". Run with those "
+            "fields as they were, or use a new --workdir." if changes else "")
     raise checkpointing.CheckpointError(
         f"No checkpoint in {checkpointer.directory} could be restored; tried:\n" +
-        "\n".join(f"  step {step}: {error}" for step, error in failures))
+        _grouped_failures(failures, checkpointer.directory) + hint)
   return state, meta
+
+
+def _grouped_failures(failures: list[tuple[int, Exception]], directory: str) -> str:
+  """One line per distinct error (its checkpoint's path written `<directory>/<step>`), with the
+  steps that failed with it: 24 checkpoints of another config make one line, not 24."""
+  groups: dict[str, list[int]] = {}
+  for step, error in failures:
+    message = str(error).replace(os.path.join(directory, str(step)),
+                                 os.path.join(directory, "<step>"))
+    groups.setdefault(message, []).append(step)
+  return "\n".join(f"  step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}: {message}"
+                   for message, steps in groups.items())
+
+
+def _saved_config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+  """`config_lib.changed_fields` from the config saved in `<workdir>/config.json` to `config`
+  ([] without a saved one; one entry saying why when it cannot be read)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  try:
+    return config_lib.changed_fields(config_lib.load_json(path), config)
+  except (ValueError, TypeError) as e:
+    return [f"the saved config cannot be read ({e})"]
+
+
+def _record_config(workdir: str, config: ml_collections.ConfigDict,
+                   resumed_step: int | None) -> None:
+  """Writes `config` to `<workdir>/config.json` (the main process calls it) once the run's state
+  is known: for a new run; for one resumed from step `resumed_step` whose config differs from
+  the saved one, after copying that to `config.to_step_<resumed_step>.json` (unless a copy for
+  that step exists: the config of an earlier resume that trained no step is not the one that
+  trained up to it) and warning with the changed fields (e.g. more epochs), so the workdir
+  records which config trained which steps. A config that cannot restore the run's checkpoints
+  (another model, say) stops the run before this, and the saved config, which `evaluate` reads,
+  stays as it was. Written to a temporary file and renamed into place: a kill leaves the old or
+  the new file, never none or a truncated one."""
+  path = os.path.join(workdir, "config.json")
+  if resumed_step is not None and os.path.exists(path):
+    changes = _saved_config_changes(workdir, config)
+    if not changes:
+      return
+    kept = os.path.join(workdir, f"config.to_step_{resumed_step}.json")
+    if not os.path.exists(kept):
+      shutil.copyfile(path, kept)
+    logging.warning("Resuming at step %d with a changed config: %s. The config that trained the "
+                    "steps before is kept in %s.", resumed_step, "; ".join(changes), kept)
+  partial = path + ".tmp"
+  with open(partial, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(partial, path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -354,6 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   final: dict[str, float] = {}
   try:
     state, meta = _restore_latest_good(trainer, outputs)
+    if outputs.is_main:
+      _record_config(workdir, config,
+                     int(state.step) if outputs.checkpointer.all_steps() else None)
     device_state = trainer.data_parallel.put_state(state)
     del state  # the live state is `device_state`
     with _StopRequest() as stop:

@@ -41,6 +41,12 @@ def test_evaluate_checkpoint_writes_eval_json_and_aa_matches_the_composition(run
   acc = record["accuracy"]
   assert acc["clean"] >= acc["pgd3"] and acc["aa"] <= acc["clean"]
   assert acc["aa:apgd-ce"] >= acc["aa:apgd-t"] >= acc["aa:fab-t"] >= acc["aa:square"] == acc["aa"]
+  # Each of AutoAttack's attacks that ran has its time, within the whole evaluation's.
+  ran = [k for k in acc if k.startswith("aa:") and k in record["seconds"]]
+  assert "aa:apgd-ce" in ran
+  assert 0 < sum(record["seconds"][k] for k in ran) <= record["seconds"]["aa"]
+  row = next(r for r in evaluate.format_table(record).splitlines() if r.startswith("aa:apgd-ce"))
+  assert len(row.split()) == 3, row  # name, accuracy, seconds
   with open(os.path.join(workdir, "checkpoints", str(record["step"]), "eval.json")) as f:
     assert json.load(f)[-1]["accuracy"] == acc
   # The same points through the fixed-shape `attacks.autoattack` inside `eval_step`, at the same
