@@ -49,8 +49,10 @@ def _parse_flags(argv):
   type in one line, not a traceback."""
   try:
     return FLAGS(argv)
-  except flags.Error as e:  # e.g. `--config.num_epochs=abc`: absl names the flag and the value
+  except flags.IllegalFlagValueError as e:  # `--config.num_epochs=abc`: absl names flag, value
     sys.exit(f"regmix_jax: {e}. Give the field a value of its type (see the config file).")
+  except flags.Error as e:  # an unknown flag, a missing --workdir
+    sys.exit(f"regmix_jax: {e}")
   except (KeyError, AttributeError) as e:
     files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if files:

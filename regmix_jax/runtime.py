@@ -37,7 +37,8 @@ def _is_restore_echo(unraisable) -> bool:
   """Whether an unraisable exception (`sys.UnraisableHookArgs`) is one that Orbax's array reads
   leave behind after a failed restore (`quiet_console`); saves never match."""
   error = unraisable.exc_value
-  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+  if (unraisable.object is None and isinstance(error, RuntimeError)
+      and str(error) == "Event loop is closed"):
     return True
   code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
   return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename

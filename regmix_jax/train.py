@@ -332,7 +332,7 @@ def _restore_latest_good(trainer: Trainer, outputs: RunOutputs):
                       "%s) were moved to %s.", step, ", ".join(str(s) for s, _ in failures),
                       aside)
     if outputs.is_main:
-      where = (f"all {trainer.config.num_epochs} epochs trained: evaluating it"
+      where = (f"training complete at epoch {restored_meta['epoch']}: evaluating it"
                if restored_meta["epoch"] >= trainer.config.num_epochs else
                f"epoch {restored_meta['epoch'] + 1}, step {restored_meta['step_in_epoch']}")
       print(f"Resuming from {checkpointer.directory}/{int(restored_state.step)} ({where}).",
@@ -369,8 +369,8 @@ def _saved_config_changes(workdir: str, config: ml_collections.ConfigDict) -> li
     return []
   try:
     return config_lib.changed_fields(config_lib.load_json(path), config)
-  except (ValueError, TypeError) as e:
-    return [f"the saved config cannot be read ({e})"]
+  except (ValueError, TypeError, AttributeError, KeyError) as e:  # not a config's JSON
+    return [f"the saved config cannot be read ({type(e).__name__}: {e})"]
 
 
 def _record_config(workdir: str, config: ml_collections.ConfigDict,
@@ -391,7 +391,8 @@ def _record_config(workdir: str, config: ml_collections.ConfigDict,
       return
     kept = os.path.join(workdir, f"config.to_step_{resumed_step}.json")
     if not os.path.exists(kept):
-      shutil.copyfile(path, kept)
+      shutil.copyfile(path, kept + ".tmp")
+      os.replace(kept + ".tmp", kept)
     logging.warning("Resuming at step %d with a changed config: %s. The config that trained the "
                     "steps before is kept in %s.", resumed_step, "; ".join(changes), kept)
   partial = path + ".tmp"

@@ -11,7 +11,10 @@ ORBAX_READ = "/venv/site-packages/orbax/checkpoint/_src/serialization/serializat
 
 
 def _unraisable(error, filename=None):
-  code = None if filename is None else types.SimpleNamespace(co_filename=filename)
+  """Orbax's echoes: a closed loop's error with no object, a read error from its coroutine."""
+  if filename is None:
+    return types.SimpleNamespace(exc_value=error, object=None)
+  code = types.SimpleNamespace(co_filename=filename)
   return types.SimpleNamespace(exc_value=error, object=types.SimpleNamespace(cr_code=code))
 
 
@@ -31,7 +34,9 @@ def test_quiet_console_drops_only_a_failed_restore_s_echoes(forwarded):
             _unraisable(Exception("Encountered error while reading array index: ()"),
                         "/home/me/my_reader.py"),
             _unraisable(Exception("Encountered error while writing"), ORBAX_READ),
-            _unraisable(ValueError("Event loop is closed"))]
+            _unraisable(ValueError("Event loop is closed")),
+            types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"),
+                                  object=object())]  # e.g. a user's object's __del__
   for u in echoes + others:
     sys.unraisablehook(u)
   assert forwarded == others

@@ -149,7 +149,7 @@ def test_training_learns_and_restart_of_finished_run_only_evaluates(tmp_path, ca
   assert len(_records(str(tmp_path))) == 3
   out = capsys.readouterr().out
   assert "final (test): clean" in out and "epoch" in out
-  assert "(all 3 epochs trained: evaluating it)" in out
+  assert "(training complete at epoch 3: evaluating it)" in out
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
