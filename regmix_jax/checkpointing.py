@@ -108,24 +108,22 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...] | None]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _shape_mismatches(path: str, targets: dict[str, Any]) -> list[str]:
-  """The arrays of the checkpoint at `path` whose stored shape differs from the target's, as
-  `item/array: stored S, this config T`, read from Orbax's metadata before any array is (a failed
-  restore's error names whichever array a thread met first, and leaves dozens of tracebacks).
-  Only items whose stored arrays have the same paths as the target's are compared; [] also when
-  the metadata cannot be read: the restore itself then decides."""
-  out = []
-  for name, target in targets.items():
-    try:
-      stored = _leaf_shapes(ocp.StandardCheckpointHandler().metadata(
-          epath.Path(path) / name).tree)
-    except Exception:  # pylint: disable=broad-except  (unreadable: the restore will say why)
-      return []
-    wanted = _leaf_shapes(target)
-    if set(stored) == set(wanted):
-      out += [f"{name}/{k}: stored {stored[k]}, this config {v}"
-              for k, v in wanted.items() if v is not None and stored[k] != v]
-  return out
+def _shape_mismatches(path: str, item: str, target: Any) -> list[str]:
+  """The arrays of checkpoint item `item` at `path` whose stored shape differs from `target`'s,
+  as `item/array: stored S, this config T`, read from Orbax's metadata before any array is (a
+  failed restore's error names whichever array a thread met first, and leaves dozens of
+  tracebacks). Compared only when the stored arrays have the same paths as the target's; [] also
+  when the metadata cannot be read: the restore itself then decides."""
+  try:
+    stored = _leaf_shapes(ocp.StandardCheckpointHandler().metadata(
+        epath.Path(path) / item).tree)
+  except Exception:  # pylint: disable=broad-except  (unreadable: the restore will say why)
+    return []
+  wanted = _leaf_shapes(target)
+  if set(stored) != set(wanted):
+    return []
+  return [f"{item}/{k}: stored {stored[k]}, this config {v}"
+          for k, v in wanted.items() if v is not None and stored[k] != v]
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -191,7 +189,7 @@ class Checkpointer:
     path = os.path.join(self.directory, str(step))
     # The state only: the per-example rows' count depends on the data layout (device count),
     # which `check_layout` names after the restore.
-    mismatched = _shape_mismatches(path, {"state": target_state})
+    mismatched = _shape_mismatches(path, "state", target_state)
     if mismatched:
       raise CheckpointError(
           f"The checkpoint at {path} holds arrays of other shapes than this config's "
