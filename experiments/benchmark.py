@@ -106,6 +106,11 @@ VARIANTS = {
     # Eigen's, under the default `reduce`, run slower than in fp32 (`--suites=dtype`).
     "2dev-ynndot": dict(devices=2, ynn="reduce,individual_dot"),
     "2dev-bf16-ynndot": dict(devices=2, dtype="bfloat16", ynn="reduce,individual_dot"),
+    # Convolutions with input maps >= 16 wide on oneDNN through an FFI call
+    # (`config.cpu_convolutions="onednn"`, 2026-11-28; needs `pip install ".[onednn]"`).
+    "2dev-dnnl": dict(devices=2, convolutions="onednn"),
+    "1dev-dnnl": dict(devices=1, convolutions="onednn"),
+    "2dev-bf16-dnnl": dict(devices=2, dtype="bfloat16", convolutions="onednn"),
 }
 # The CPU features that decide how bf16 can run: AVX512-BF16 (bf16 dot products in vector
 # registers) and AMX (bf16 matrix tiles).
@@ -222,7 +227,8 @@ def load_config(method: str, model: str, variant: dict, data: str):
                "data.eval_batch_size": BATCH, "model.name": model,
                "cpu_devices": variant["devices"], "parallel": variant.get("parallel", "pmap"),
                "model.dtype": variant.get("dtype", "float32"),
-               "model.sync_batch_norm": not variant.get("local_bn", False)}
+               "model.sync_batch_norm": not variant.get("local_bn", False),
+               "cpu_convolutions": variant.get("convolutions", "xla")}
   if model == "small_cnn":
     overrides["model.width"] = 32
   if method == "d2r":
@@ -899,6 +905,7 @@ def write_markdown(results: dict, path: str) -> None:
       f"`{v}` = {VARIANTS[v]['devices']} CPU device(s), {VARIANTS[v].get('parallel', 'pmap')}, "
       f"{VARIANTS[v].get('dtype', 'float32')}"
       + (", BatchNorm statistics per device" if VARIANTS[v].get("local_bn") else "")
+      + (f", convolutions {VARIANTS[v]['convolutions']}" if VARIANTS[v].get("convolutions") else "")
       + (f", XLA_FLAGS `{VARIANTS[v]['xla']}`" if VARIANTS[v].get("xla") else "")
       for v in variants if v in VARIANTS or v in RETIRED_VARIANTS) + "."]
   with open(path, "w") as f:

@@ -20,7 +20,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from regmix_jax import attacks, data, methods, models, parallel, runtime, train_state
+from regmix_jax import attacks, data, fast_conv, methods, models, parallel, runtime, train_state
 
 # Fields renamed since earlier releases: old dotted path -> new one. An old name on the command
 # line or in a saved config.json still works (with a warning saying what it became).
@@ -42,6 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   # convolutions) a 3x3 kernel gradient at 32x32 takes 4x as long, and the FGSM-PGK ResNet-18
   # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
+  # CPU only: what runs the convolutions (`fast_conv.set_cpu_convolutions`): "xla", XLA:CPU's own
+  # (Eigen) kernels, or "onednn", oneDNN's through an XLA FFI call for every NHWC convolution whose
+  # input maps are at least 16 wide (regmix_jax/onednn.py; needs `pip install
+  # "regmix_jax[onednn]"` and g++, and compiles once per machine). The FGSM-PGK ResNet-18 step ran
+  # 1.11-1.26x faster with "onednn" on a 2-core Intel Xeon (2026-11-28,
+  # experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because oneDNN is an
+  # optional, compiled dependency. Values change by float rounding only.
+  c.cpu_convolutions = "xla"
   # CPU only: how long a host device may wait for the others at a collective (seconds) before
   # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy
   # machine (runtime.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.
@@ -300,6 +308,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check_numbers(config)
   _choice("parallel", config.parallel, parallel.KINDS)
   runtime.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
+  _choice("cpu_convolutions", config.cpu_convolutions, fast_conv.CPU_CONVOLUTIONS)
   _choice("data.source", config.data.source, data.SOURCES)
   _choice("data.pad_mode", config.data.pad_mode, data.PAD_MODES)
   _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))

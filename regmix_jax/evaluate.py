@@ -26,10 +26,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
-from regmix_jax import checkpointing, config as config_lib, data, methods, models, parallel
-from regmix_jax import rng, runtime, train_state
+from regmix_jax import checkpointing, config as config_lib, data, fast_conv, methods, models
+from regmix_jax import parallel
+from regmix_jax import onednn, rng, runtime, train_state
 from regmix_jax.attacks import AUTOATTACK_NORMS, parse_attacks, run_autoattack
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from regmix_jax.evaluation import accuracies, eval_step
@@ -205,6 +206,13 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   attack_list = parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size, norm=norm,
                               version=version)
   config_lib.validate(config)
+  try:
+    fast_conv.set_cpu_convolutions(config.cpu_convolutions)
+  except onednn.OnednnUnavailable as e:  # a run trained elsewhere: the same values on XLA's
+    logging.warning("The run was trained with cpu_convolutions=%r, unavailable here (%s); "
+                    "evaluating with XLA's convolutions (the same values up to float rounding).",
+                    config.cpu_convolutions, e)
+    fast_conv.set_cpu_convolutions("xla")
 
   dataset = data.load_dataset(config.data)
   nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,

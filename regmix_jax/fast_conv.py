@@ -57,6 +57,8 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 from jax import lax
 
+from regmix_jax import onednn
+
 _CONV = lax.conv_general_dilated_p
 # Primitives whose body is inlined by `with_fast_conv_grads` (a nested `jax.jit`).
 _INLINED = ("jit", "pjit", "closed_call", "core_call")
@@ -286,11 +288,43 @@ def _conv_jvp(params_key, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
+# What runs the convolutions on CPU (`set_cpu_convolutions`): XLA's own, or oneDNN's.
+CPU_CONVOLUTIONS = ("xla", "onednn")
+_cpu_convolutions = "xla"
+
+
+def set_cpu_convolutions(name: str) -> None:
+  """Makes the convolutions traced from now on (`conv_general_dilated`, `with_fast_conv_grads`)
+  run on XLA:CPU's own kernels ("xla", the default) or, where `onednn.supports` them, on oneDNN
+  ("onednn", building it first; raises `onednn.OnednnUnavailable` naming the fix). CPU only: GPU
+  and TPU keep XLA's. A process-wide setting, like the XLA flags `runtime` sets at start (the
+  training and evaluation functions set it from `config.cpu_convolutions`). It is read when a
+  function is traced, and JAX caches traces per Python function: a function traced before a
+  change keeps its convolutions, even when jitted anew; set it before tracing."""
+  global _cpu_convolutions  # pylint: disable=global-statement
+  if name not in CPU_CONVOLUTIONS:
+    raise ValueError(f"Config field `cpu_convolutions`: {name!r} is not one of "
+                     f"{', '.join(CPU_CONVOLUTIONS)}.")
+  if name == "onednn":
+    onednn.load()
+  _cpu_convolutions = name
+
+
+def cpu_convolutions() -> str:
+  """The current `set_cpu_convolutions` choice."""
+  return _cpu_convolutions
+
+
 def _bind_fast(lhs: jax.Array, rhs: jax.Array, **params) -> jax.Array:
-  """The `conv_general_dilated` primitive with the fast input gradient (its full parameters)."""
+  """The `conv_general_dilated` primitive with the fast input gradient (its full parameters);
+  on oneDNN on CPU where `set_cpu_convolutions` asks and `onednn.supports` it."""
   if params.get("feature_group_count", 1) != 1 or params.get("batch_group_count", 1) != 1:
     return _CONV.bind(lhs, rhs, **params)
-  return _conv(lhs, rhs, _params_key(params))
+  key = _params_key(params)
+  if _cpu_convolutions == "onednn" and onednn.supports(lhs.shape, lhs.dtype, rhs.dtype, params):
+    return lax.platform_dependent(lhs, rhs, cpu=lambda l, r: onednn.conv_for(l, r, params),
+                                  default=lambda l, r: _conv(l, r, key))
+  return _conv(lhs, rhs, key)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,

@@ -31,7 +31,8 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from regmix_jax import checkpointing, config as config_lib, data, evaluation, methods, models
+from regmix_jax import checkpointing, config as config_lib, data, evaluation, fast_conv, methods
+from regmix_jax import models
 from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
@@ -208,6 +209,7 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   config_lib.validate(config)
   data_parallel = parallel.DataParallel(config.parallel)
   config_lib.validate(config, data_parallel.num_devices)
+  fast_conv.set_cpu_convolutions(config.cpu_convolutions)
   dataset = data.load_dataset(config.data)
   method = methods.get_method(config.method.name)
   nets = models.build_models(config, method.roles, dataset.num_classes)

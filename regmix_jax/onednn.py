@@ -1,0 +1,243 @@
+"""Convolutions on oneDNN for XLA:CPU, as an XLA FFI call (optional: `pip install
+"regmix_jax[onednn]"`, and a C++ compiler).
+
+Why. XLA:CPU (jaxlib 0.10.2) runs convolutions on Eigen's kernels; oneDNN, which PyTorch uses on
+CPUs, is faster on the large-map layers of a CIFAR ResNet, most of all for kernel gradients (ms,
+batch 128, 2 threads, 2026-11-28, Intel Xeon with AVX-512 and no AVX512-BF16; forward / input
+gradient / kernel gradient, `experiments/results/benchmark_onednn_cpu.md`): 64 channels at
+32 x 32, 66.9 / 64.9 / 110.5 on XLA against 58.1 / 81.4 / 65.0 here; the first layer 22.5 / 44.3 /
+42.5 against 19.7 / 20.0 / 7.5. At 8 x 8 and 4 x 4 Eigen is as fast or faster, so only
+convolutions whose input maps are at least `MIN_SIZE` wide are routed here (the FGSM-PGK
+ResNet-18 step: 1.11-1.26x, 4 pairs; all layers: 0.99-1.08x).
+
+What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
+HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
+with AVX512-BF16 or AMX, `cpu_has_bf16`; elsewhere oneDNN emulates it, slower): the forward pass, the input
+gradient and the kernel gradient are each one oneDNN primitive (`csrc/onednn_conv.cc`); each of
+the three is differentiable through the other two, so gradients of gradients (an attack inside a
+training loss) work. Values equal lax's up to float rounding. The handler is compiled on first
+use (`load`) into a per-user cache, keyed by the source, jaxlib's and oneDNN's versions.
+
+`fast_conv.conv_general_dilated`, which the library's models use, routes here when
+`config.cpu_convolutions = "onednn"` (the commands call `fast_conv.set_cpu_convolutions`), on CPU
+only (`lax.platform_dependent`): GPU and TPU keep XLA's convolutions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Sequence
+
+import jax
+import jaxlib
+import numpy as np
+from jax import lax
+
+TARGET = "regmix_onednn_conv"
+SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
+# The oneDNN build the handler links (CPU only, GNU OpenMP threads; `pip install
+# "regmix_jax[onednn]"`): its library and its headers.
+LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
+# Convolutions whose input maps are narrower than this stay on XLA (module docstring).
+MIN_SIZE = 16
+NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
+INSTALL_HINT = ('install oneDNN with `pip install "regmix_jax[onednn]"` (and a C++ compiler, '
+                'g++), or set config.cpu_convolutions="xla"')
+_FWD, _INPUT_GRAD, _KERNEL_GRAD = 0, 1, 2
+
+
+class OnednnUnavailable(RuntimeError):
+  """oneDNN's convolutions were asked for but cannot be built or loaded here."""
+
+
+def _dist_file(dist: str, suffix: str) -> pathlib.Path:
+  """The installed file of distribution `dist` whose path ends with `suffix`."""
+  try:
+    files = importlib.metadata.distribution(dist).files or []
+  except importlib.metadata.PackageNotFoundError:
+    raise OnednnUnavailable(f"{dist} is not installed: {INSTALL_HINT}.") from None
+  for f in files:  # RECORD paths are relative to site-packages ("../../libdnnl.so")
+    path = pathlib.Path(f.locate()).resolve()
+    if path.as_posix().endswith(suffix):
+      return path
+  raise OnednnUnavailable(f"{dist} has no {suffix}: reinstall it ({INSTALL_HINT}).")
+
+
+def cache_dir() -> pathlib.Path:
+  """Where the compiled handler is kept: $REGMIX_JAX_CACHE, else ~/.cache/regmix_jax."""
+  return pathlib.Path(os.environ.get("REGMIX_JAX_CACHE",
+                                     pathlib.Path.home() / ".cache" / "regmix_jax"))
+
+
+def build() -> pathlib.Path:
+  """The compiled handler's path, compiling it first if this source, jaxlib and oneDNN have not
+  been compiled together here before (written under a temporary name, then renamed, so that
+  processes building at once never load a partial file)."""
+  header = _dist_file(HEADERS_DIST, "include/oneapi/dnnl/dnnl.hpp")
+  library = _dist_file(LIBRARY_DIST, "lib/libdnnl.so")
+  source = SOURCE.read_bytes()
+  key = hashlib.sha256(b"\0".join([
+      source, jaxlib.__version__.encode(),
+      importlib.metadata.version(LIBRARY_DIST).encode(), str(library).encode()])).hexdigest()
+  target = cache_dir() / f"onednn_conv-{key[:16]}.so"
+  if target.exists():
+    return target
+  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if compiler is None:
+    raise OnednnUnavailable(f"No C++ compiler found to build {SOURCE.name}: {INSTALL_HINT}.")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+  os.close(fd)
+  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
+             f"-I{jax.ffi.include_dir()}", f"-I{header.parents[2]}", str(SOURCE), "-o", partial,
+             f"-L{library.parent}", "-ldnnl", f"-Wl,-rpath,{library.parent}"]
+  proc = subprocess.run(command, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    os.unlink(partial)
+    raise OnednnUnavailable(f"Compiling {SOURCE} failed ({' '.join(command)}):\n"
+                            f"{proc.stderr[-3000:]}")
+  os.replace(partial, target)
+  return target
+
+
+@functools.cache
+def load() -> pathlib.Path:
+  """Builds (`build`) and loads the handler, and registers it with XLA as TARGET for CPU; once
+  per process. Raises OnednnUnavailable naming the cause and the fix."""
+  path = build()
+  library = ctypes.cdll.LoadLibrary(str(path))
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.RegmixOnednnConv),
+                              platform="cpu")
+  return path
+
+
+# CPU features with which oneDNN computes bfloat16 natively (Linux /proc/cpuinfo names).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+  """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16: the
+  bf16 FGSM-PGK ResNet-18 step ran at 0.58x XLA's (7.2 against 12.4 img/s, Intel Xeon without
+  AVX512-BF16, 2026-11-28, `experiments/results/benchmark_onednn_cpu.notes.md`)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:  # not Linux: not known, so not assumed
+    return False
+  return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def supports(lhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
+             params: dict[str, Any]) -> bool:
+  """Whether `conv` computes `lax.conv_general_dilated` with these primitive `params` (a
+  `conv_general_dilated_p` equation's) and is used for it: a 2-D NHWC / HWIO convolution without
+  dilation or groups, float32 throughout, or bfloat16 on a CPU that computes it natively
+  (`cpu_has_bf16`), input maps at least MIN_SIZE wide."""
+  dn = params["dimension_numbers"]
+  dtypes = [np.dtype(np.float32)] + [np.dtype(jax.numpy.bfloat16)] * cpu_has_bf16()
+  return (len(lhs_shape) == 4
+          and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == NHWC
+          and params.get("feature_group_count", 1) == 1
+          and params.get("batch_group_count", 1) == 1
+          and all(d == 1 for d in params.get("lhs_dilation") or (1, 1))
+          and all(d == 1 for d in params.get("rhs_dilation") or (1, 1))
+          and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"])
+          and np.dtype(lhs_dtype) == np.dtype(rhs_dtype)
+          and np.dtype(lhs_dtype) in dtypes
+          and params.get("preferred_element_type") in (None, np.dtype(lhs_dtype))
+          and min(lhs_shape[1], lhs_shape[2]) >= MIN_SIZE)
+
+
+def threads_per_device() -> int:
+  """OpenMP threads for each call: the cores shared among the host devices, at least one (each
+  host device runs its own step at once)."""
+  return max(1, (os.cpu_count() or 1) // max(1, jax.local_device_count("cpu")))
+
+
+def _call(kind: int, a, b, out_shape, strides, padding, threads: int):
+  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(tuple(out_shape), a.dtype))(
+      a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
+      pad_lo=np.asarray([p[0] for p in padding], np.int64),
+      pad_hi=np.asarray([p[1] for p in padding], np.int64), threads=np.int64(threads))
+
+
+def _out_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
+  n, h, w, _ = x_shape
+  kh, kw, _, co = w_shape
+  return (n, (h + sum(padding[0]) - kh) // strides[0] + 1,
+          (w + sum(padding[1]) - kw) // strides[1] + 1, co)
+
+
+# The three bilinear maps of a convolution, each differentiable through the other two.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+         padding: tuple[tuple[int, int], tuple[int, int]], threads: int) -> jax.Array:
+  """`lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO",
+  "NHWC"))` on oneDNN (call `load` first): x [N, H, W, Ci], w [KH, KW, Ci, Co] ->
+  [N, OH, OW, Co], float32 or bfloat16 alike; `threads` OpenMP threads."""
+  return _call(_FWD, x, w, _out_shape(x.shape, w.shape, strides, padding), strides, padding,
+               threads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _input_grad(dy, w, x_shape, strides, padding, threads):
+  """dy [N, OH, OW, Co], w -> dx [N, H, W, Ci] (`conv`'s transpose in x)."""
+  return _call(_INPUT_GRAD, dy, w, x_shape, strides, padding, threads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _kernel_grad(x, dy, w_shape, strides, padding, threads):
+  """x, dy -> dw [KH, KW, Ci, Co] (`conv`'s transpose in w)."""
+  return _call(_KERNEL_GRAD, x, dy, w_shape, strides, padding, threads)
+
+
+def _conv_fwd(x, w, strides, padding, threads):
+  return conv(x, w, strides, padding, threads), (x, w)
+
+
+def _conv_bwd(strides, padding, threads, res, g):
+  x, w = res
+  return (_input_grad(g, w, x.shape, strides, padding, threads),
+          _kernel_grad(x, g, w.shape, strides, padding, threads))
+
+
+def _input_grad_fwd(dy, w, x_shape, strides, padding, threads):
+  return _input_grad(dy, w, x_shape, strides, padding, threads), (dy, w)
+
+
+def _input_grad_bwd(x_shape, strides, padding, threads, res, g):  # g like x
+  dy, w = res
+  return (conv(g, w, strides, padding, threads),
+          _kernel_grad(g, dy, w.shape, strides, padding, threads))
+
+
+def _kernel_grad_fwd(x, dy, w_shape, strides, padding, threads):
+  return _kernel_grad(x, dy, w_shape, strides, padding, threads), (x, dy)
+
+
+def _kernel_grad_bwd(w_shape, strides, padding, threads, res, g):  # g like w
+  x, dy = res
+  return (_input_grad(dy, g, x.shape, strides, padding, threads),
+          conv(x, g, strides, padding, threads))
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
+_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+
+
+def conv_for(lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+  """`conv` for a `conv_general_dilated_p` equation's `params` that `supports` accepts."""
+  return conv(lhs, rhs, tuple(params["window_strides"]),
+              tuple(tuple(p) for p in params["padding"]), threads_per_device())
+
+

@@ -1,0 +1,198 @@
+"""`onednn`: convolutions on oneDNN through an XLA FFI call give lax's values and derivatives (of
+any order), run only where asked and supported, and a missing oneDNN fails naming the fix.
+
+Needs the `onednn` extra and g++ (`.ci/run` installs it); the tests of oneDNN's values skip
+without them, the error-message tests do not."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from regmix_jax import config as config_lib
+from regmix_jax import evaluate, fast_conv, models, onednn, train
+
+import tiny_runs
+
+try:
+  onednn.load()
+  _MISSING = None
+except onednn.OnednnUnavailable as e:
+  _MISSING = str(e)
+needs_onednn = pytest.mark.skipif(_MISSING is not None, reason=f"oneDNN unavailable: {_MISSING}")
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture
+def onednn_convolutions():
+  fast_conv.set_cpu_convolutions("onednn")
+  yield
+  fast_conv.set_cpu_convolutions("xla")
+
+
+def _lax(strides, padding):
+  return lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+def _ours(strides, padding):
+  return lambda x, w: onednn.conv(x, w, strides, padding, 1)
+
+
+# ResNet's convolutions (3x3 stride 1 and 2, 1x1 stride 2), an odd size, asymmetric padding.
+CASES = [((16, 16), 3, (1, 1), ((1, 1), (1, 1))), ((16, 16), 3, (2, 2), ((1, 1), (1, 1))),
+         ((17, 17), 3, (2, 2), ((1, 1), (1, 1))), ((16, 16), 1, (2, 2), ((0, 0), (0, 0))),
+         ((16, 18), 3, (1, 2), ((0, 2), (1, 0)))]
+
+
+@needs_onednn
+@pytest.mark.parametrize("hw,k,strides,padding", CASES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (3, *hw, 5), dtype)
+  w = jax.random.normal(k2, (k, k, 5, 7), dtype)
+  ref, ours = _lax(strides, padding), _ours(strides, padding)
+  y = ref(x, w)
+  g = jax.random.normal(k3, y.shape, dtype)
+  tol = dict(rtol=1e-5, atol=1e-4) if dtype == jnp.float32 else dict(rtol=2e-2, atol=0.25)
+  f32 = lambda t: np.asarray(t, np.float32)
+  np.testing.assert_allclose(f32(jax.jit(ours)(x, w)), f32(y), **tol)
+  for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(ref, x, w)[1](g)):
+    assert a.dtype == b.dtype == dtype
+    np.testing.assert_allclose(f32(a), f32(b), **tol)
+
+
+@needs_onednn
+def test_second_order_gradients_are_lax_s():
+  """An input gradient inside a loss differentiated again (an attack in a training loss): each of
+  the three oneDNN maps differentiates through the other two."""
+  k1, k2 = jax.random.split(jax.random.key(1), 2)
+  x = jax.random.normal(k1, (2, 16, 16, 3))
+  w = jax.random.normal(k2, (3, 3, 3, 4)) * 0.3
+
+  def make(conv):
+    def loss(x, w):
+      inner = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, w))))(x)
+      return jnp.sum(jnp.cos(conv(x + 0.1 * inner, w))) + jnp.sum(
+          jax.grad(lambda w: jnp.sum(conv(x, w) ** 2))(w) ** 2)
+    return jax.jit(jax.grad(loss, (0, 1)))
+
+  strides, padding = (2, 2), ((1, 1), (1, 1))
+  for a, b in zip(make(_ours(strides, padding))(x, w), make(_lax(strides, padding))(x, w)):
+    # values up to 1e4 with cancellations: float32 rounding of the largest terms
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
+
+
+def _hlo(fn, *args) -> str:
+  return jax.jit(fn).lower(*args).as_text()
+
+
+@needs_onednn
+def test_routed_only_where_asked_and_supported(onednn_convolutions):
+  # A new function for each trace: JAX caches a function's traces, and the setting is read when
+  # tracing (`set_cpu_convolutions`).
+  conv = lambda: lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                             dimension_numbers=NHWC)
+  w = jnp.ones((3, 3, 4, 4))
+  assert onednn.TARGET in _hlo(conv(), jnp.ones((2, 16, 16, 4)), w)
+  assert onednn.TARGET not in _hlo(conv(), jnp.ones((2, 8, 8, 4)), w)  # below MIN_SIZE
+  grouped = lambda x, w: fast_conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)
+  assert onednn.TARGET not in _hlo(grouped, jnp.ones((2, 16, 16, 4)), jnp.ones((3, 3, 2, 4)))
+  fast_conv.set_cpu_convolutions("xla")
+  assert onednn.TARGET not in _hlo(conv(), jnp.ones((2, 16, 16, 4)), w)
+
+
+@needs_onednn
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_routed_only_on_a_cpu_with_bf16_units(onednn_convolutions, monkeypatch, native_bf16):
+  """Without AVX512-BF16 or AMX oneDNN emulates bf16, slower than XLA: those stay on XLA."""
+  monkeypatch.setattr(onednn, "cpu_has_bf16", lambda: native_bf16)
+  conv = lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                     dimension_numbers=NHWC)
+  x, w = jnp.ones((2, 16, 16, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
+  assert (onednn.TARGET in _hlo(conv, x, w)) == native_bf16
+  assert onednn.TARGET in _hlo(lambda x, w: conv(x, w), x.astype(jnp.float32),
+                               w.astype(jnp.float32))
+
+
+@needs_onednn
+def test_a_models_training_gradients_are_the_same(onednn_convolutions):
+  """The small CNN on 16x16 inputs (its first convolutions on oneDNN, the strided rest on XLA):
+  the gradient of a loss around an input-gradient step, both settings, traced afresh."""
+  net = models.get_model("small_cnn", 10, width=4)
+  x = jax.random.uniform(jax.random.key(2), (4, 16, 16, 3))
+  labels = jnp.arange(4)
+  variables = net.init(jax.random.key(3), x, train=False)
+
+  def loss(params):
+    ce = lambda x: optax.softmax_cross_entropy_with_integer_labels(
+        net.apply({**variables, "params": params}, x, train=False), labels).sum()
+    return ce(x + 0.5 * jax.grad(ce)(x))
+
+  grads = {}
+  for name in ("onednn", "xla"):
+    fast_conv.set_cpu_convolutions(name)
+    fn = jax.jit(jax.grad(loss))
+    assert (onednn.TARGET in fn.lower(variables["params"]).as_text()) == (name == "onednn")
+    grads[name] = fn(variables["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grads["onednn"], grads["xla"])
+
+
+def test_an_unknown_setting_names_the_field():
+  config = config_lib.base_config()
+  config.cpu_convolutions = "mkl"
+  with pytest.raises(ValueError, match="`cpu_convolutions`.*xla, onednn"):
+    config_lib.validate(config)
+  with pytest.raises(ValueError, match="`cpu_convolutions`"):
+    fast_conv.set_cpu_convolutions("mkl")
+  assert fast_conv.cpu_convolutions() == "xla"
+
+
+def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
+  monkeypatch.setenv("REGMIX_JAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(onednn, "HEADERS_DIST", "no-such-onednn-headers")
+  with pytest.raises(onednn.OnednnUnavailable,
+                     match=r'no-such-onednn-headers is not installed.*pip install "regmix_jax\[onednn\]"'
+                           r'.*cpu_convolutions="xla"'):
+    onednn.build()
+  assert fast_conv.cpu_convolutions() == "xla"
+
+
+@needs_onednn
+def test_a_failed_compile_says_why_and_leaves_no_file(monkeypatch, tmp_path):
+  source = tmp_path / "broken.cc"
+  source.write_text("this is not C++\n")
+  monkeypatch.setenv("REGMIX_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(onednn, "SOURCE", source)
+  with pytest.raises(onednn.OnednnUnavailable, match="Compiling .*broken.cc failed"):
+    onednn.build()
+  assert list((tmp_path / "cache").iterdir()) == []
+
+
+@needs_onednn
+def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monkeypatch, caplog):
+  """Training with cpu_convolutions="onednn" (its 16x16 layers on oneDNN) writes it into the
+  run's config; evaluating that run where oneDNN cannot load warns and uses XLA's convolutions,
+  with the same accuracies as on oneDNN."""
+  workdir = str(tmp_path / "run")
+  config = tiny_runs.tiny_config("fgsm_pgk", num_epochs=1, cpu_convolutions="onednn",
+                                 **{"eval.attacks": "clean"})
+  try:
+    train.train_and_evaluate(config, workdir)
+    assert fast_conv.cpu_convolutions() == "onednn"
+    on_onednn = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
+
+    def unavailable():
+      raise onednn.OnednnUnavailable("onednn-devel-cpu-gomp is not installed")
+    monkeypatch.setattr(onednn, "load", unavailable)
+    with caplog.at_level("WARNING"):
+      on_xla = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
+  finally:
+    fast_conv.set_cpu_convolutions("xla")
+  assert "trained with cpu_convolutions='onednn', unavailable here" in caplog.text
+  assert on_xla["accuracy"] == pytest.approx(on_onednn["accuracy"], abs=1 / 32)
