@@ -43,11 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
   # CPU only: what runs the convolutions (`fast_conv.set_cpu_convolutions`): "xla", XLA:CPU's own
-  # (Eigen) kernels, or "onednn", oneDNN's through an XLA FFI call for every NHWC convolution whose
-  # input maps are at least 16 wide (regmix_jax/onednn.py; needs `pip install
-  # "regmix_jax[onednn]"` and g++, and compiles once per machine). The FGSM-PGK ResNet-18 step ran
-  # 1.11-1.26x faster with "onednn" on a 2-core Intel Xeon (2026-11-28,
-  # experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because oneDNN is an
+  # (Eigen) kernels, or "onednn", oneDNN's through an XLA FFI call for the NHWC convolutions
+  # without dilation or groups whose input maps are at least 16 wide, float32 (bfloat16 only on
+  # CPUs with AVX512-BF16 or AMX; `onednn.supports`) (regmix_jax/onednn.py; needs `pip install
+  # "regmix_jax[onednn]"` (x86_64 Linux) and g++, and compiles once per machine). The FGSM-PGK
+  # ResNet-18 step ran 1.15-1.24x faster with "onednn" on a 2-core Intel Xeon (4 rounds,
+  # 2026-11-28, experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because oneDNN is an
   # optional, compiled dependency. Values change by float rounding only.
   c.cpu_convolutions = "xla"
   # CPU only: how long a host device may wait for the others at a collective (seconds) before

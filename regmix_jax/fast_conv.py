@@ -18,7 +18,9 @@ What. `conv_general_dilated` is `lax.conv_general_dilated` with a custom JVP: th
 convolved with the kernel physically transposed (its input and output feature dimensions
 swapped) under dimension numbers swapped to match. That is the same linear map, so values are
 unchanged, but its transpose, the input gradient, now sees a canonical kernel. The forward pass
-is lax's own. Grouped convolutions (`feature_group_count` or `batch_group_count` above 1) keep
+is lax's own. With `set_cpu_convolutions("onednn")`, the convolutions `onednn.supports` run on
+oneDNN on CPU instead (`onednn.py`: its own forward pass and gradients; what follows then does not
+apply to them). Grouped convolutions (`feature_group_count` or `batch_group_count` above 1) keep
 lax's rule.
 
 Kernel gradients, on CPU only (`lax.platform_dependent`; GPU and TPU keep lax's rule). lax's

@@ -4,18 +4,20 @@
 Why. XLA:CPU (jaxlib 0.10.2) runs convolutions on Eigen's kernels; oneDNN, which PyTorch uses on
 CPUs, is faster on the large-map layers of a CIFAR ResNet, most of all for kernel gradients (ms,
 batch 128, 2 threads, 2026-11-28, Intel Xeon with AVX-512 and no AVX512-BF16; forward / input
-gradient / kernel gradient, `experiments/results/benchmark_onednn_cpu.md`): 64 channels at
-32 x 32, 66.9 / 64.9 / 110.5 on XLA against 58.1 / 81.4 / 65.0 here; the first layer 22.5 / 44.3 /
-42.5 against 19.7 / 20.0 / 7.5. At 8 x 8 and 4 x 4 Eigen is as fast or faster, so only
-convolutions whose input maps are at least `MIN_SIZE` wide are routed here (the FGSM-PGK
-ResNet-18 step: 1.11-1.26x, 4 pairs; all layers: 0.99-1.08x).
+gradient / kernel gradient, `experiments/conv_layers.py`, results/conv_layers_cpu.json): 64
+channels at 32 x 32, 83.1 / 83.4 / 155.7 on XLA against 83.1 / 86.1 / 65.4 here; the first layer
+40.4 / 39.9 / 55.0 against 20.2 / 18.9 / 7.4. At 8 x 8 it is mixed (stride 1 faster here, stride
+2 slower) and at 4 x 4 oneDNN is 2x slower, so only convolutions whose input maps are at least
+`MIN_SIZE` wide are routed here: the FGSM-PGK ResNet-18 step ran 1.15-1.24x faster than on XLA's
+(4 rounds, results/benchmark_onednn_cpu.md); 16 is the only threshold timed on the whole step.
 
 What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
 HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
 with AVX512-BF16 or AMX, `cpu_has_bf16`; elsewhere oneDNN emulates it, slower): the forward pass, the input
 gradient and the kernel gradient are each one oneDNN primitive (`csrc/onednn_conv.cc`); each of
 the three is differentiable through the other two, so gradients of gradients (an attack inside a
-training loss) work. Values equal lax's up to float rounding. The handler is compiled on first
+training loss) work, under vmap too (one call per element). Reverse mode only: `jax.jvp`,
+`jacfwd` or forward-over-reverse products through a routed convolution raise (custom_vjp). Values equal lax's up to float rounding. The handler is compiled on first
 use (`load`) into a per-user cache, keyed by the source, jaxlib's and oneDNN's versions.
 
 `fast_conv.conv_general_dilated`, which the library's models use, routes here when
@@ -83,28 +85,39 @@ def build() -> pathlib.Path:
   processes building at once never load a partial file)."""
   header = _dist_file(HEADERS_DIST, "include/oneapi/dnnl/dnnl.hpp")
   library = _dist_file(LIBRARY_DIST, "lib/libdnnl.so")
-  source = SOURCE.read_bytes()
-  key = hashlib.sha256(b"\0".join([
-      source, jaxlib.__version__.encode(),
-      importlib.metadata.version(LIBRARY_DIST).encode(), str(library).encode()])).hexdigest()
-  target = cache_dir() / f"onednn_conv-{key[:16]}.so"
-  if target.exists():
-    return target
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if compiler is None:
     raise OnednnUnavailable(f"No C++ compiler found to build {SOURCE.name}: {INSTALL_HINT}.")
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-  os.close(fd)
-  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
-             f"-I{jax.ffi.include_dir()}", f"-I{header.parents[2]}", str(SOURCE), "-o", partial,
-             f"-L{library.parent}", "-ldnnl", f"-Wl,-rpath,{library.parent}"]
-  proc = subprocess.run(command, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    os.unlink(partial)
-    raise OnednnUnavailable(f"Compiling {SOURCE} failed ({' '.join(command)}):\n"
-                            f"{proc.stderr[-3000:]}")
-  os.replace(partial, target)
+  flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", f"-I{jax.ffi.include_dir()}",
+           f"-I{header.parents[2]}", f"-L{library.parent}", "-ldnnl",
+           f"-Wl,-rpath,{library.parent}"]
+  key = hashlib.sha256(b"\0".join([
+      SOURCE.read_bytes(), jaxlib.__version__.encode(),
+      importlib.metadata.version(LIBRARY_DIST).encode(), compiler.encode(),
+      " ".join(flags).encode()])).hexdigest()
+  target = cache_dir() / f"onednn_conv-{key[:16]}.so"
+  if target.exists():
+    return target
+  partial = None
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [compiler, str(SOURCE), "-o", partial, *flags]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode:
+      raise OnednnUnavailable(f"Compiling {SOURCE} failed ({' '.join(command)}):\n"
+                              f"{proc.stderr[-3000:]}")
+    os.chmod(partial, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
+    os.replace(partial, target)
+    partial = None
+  except OSError as e:  # an unwritable cache, a $CXX that cannot run
+    raise OnednnUnavailable(f"Building {SOURCE.name} into {target.parent} failed: {e}. Set "
+                            f"REGMIX_JAX_CACHE to a writable directory or CXX to a C++ "
+                            f"compiler, or set config.cpu_convolutions=\"xla\".") from e
+  finally:
+    if partial is not None and os.path.exists(partial):
+      os.unlink(partial)
   return target
 
 
@@ -160,11 +173,14 @@ def supports(lhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
 def threads_per_device() -> int:
   """OpenMP threads for each call: the cores shared among the host devices, at least one (each
   host device runs its own step at once)."""
-  return max(1, (os.cpu_count() or 1) // max(1, jax.local_device_count("cpu")))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, (cores or 1) // max(1, jax.local_device_count("cpu")))
 
 
 def _call(kind: int, a, b, out_shape, strides, padding, threads: int):
-  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(tuple(out_shape), a.dtype))(
+  # Under vmap (FAB's per-class vjp) one call per batch element: the handler takes 4-D operands.
+  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
+                          vmap_method="sequential")(
       a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
       pad_lo=np.asarray([p[0] for p in padding], np.int64),
       pad_hi=np.asarray([p[1] for p in padding], np.int64), threads=np.int64(threads))

@@ -44,7 +44,8 @@ def _ours(strides, padding):
 # ResNet's convolutions (3x3 stride 1 and 2, 1x1 stride 2), an odd size, asymmetric padding.
 CASES = [((16, 16), 3, (1, 1), ((1, 1), (1, 1))), ((16, 16), 3, (2, 2), ((1, 1), (1, 1))),
          ((17, 17), 3, (2, 2), ((1, 1), (1, 1))), ((16, 16), 1, (2, 2), ((0, 0), (0, 0))),
-         ((16, 18), 3, (1, 2), ((0, 2), (1, 0)))]
+         ((16, 18), 3, (1, 2), ((0, 2), (1, 0))), ((16, 16), 1, (1, 1), ((1, 1), (1, 1))),
+         ((16, 16), 3, (1, 1), ((3, 3), (3, 3)))]
 
 
 @needs_onednn
@@ -84,6 +85,19 @@ def test_second_order_gradients_are_lax_s():
   for a, b in zip(make(_ours(strides, padding))(x, w), make(_lax(strides, padding))(x, w)):
     # values up to 1e4 with cancellations: float32 rounding of the largest terms
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
+
+
+@needs_onednn
+def test_gradients_under_vmap_are_lax_s():
+  """FAB takes a vjp per class under vmap: the FFI calls run once per element."""
+  k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(k1, (2, 16, 16, 3))
+  w = jax.random.normal(k2, (3, 3, 3, 4))
+  strides, padding = (2, 2), ((1, 1), (1, 1))
+  gs = jax.random.normal(k3, (5, 2, 8, 8, 4))
+  for a, b in zip(jax.vmap(jax.vjp(_ours(strides, padding), x, w)[1])(gs),
+                  jax.vmap(jax.vjp(_lax(strides, padding), x, w)[1])(gs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def _hlo(fn, *args) -> str:
@@ -160,7 +174,16 @@ def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
                      match=r'no-such-onednn-headers is not installed.*pip install "regmix_jax\[onednn\]"'
                            r'.*cpu_convolutions="xla"'):
     onednn.build()
-  assert fast_conv.cpu_convolutions() == "xla"
+
+
+def test_an_unwritable_cache_names_the_fix(monkeypatch, tmp_path):
+  if _MISSING is not None and "not installed" in _MISSING:
+    pytest.skip(f"oneDNN unavailable: {_MISSING}")
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setenv("REGMIX_JAX_CACHE", str(blocker / "cache"))  # below a file: mkdir fails
+  with pytest.raises(onednn.OnednnUnavailable, match="REGMIX_JAX_CACHE to a writable directory"):
+    onednn.build()
 
 
 @needs_onednn
@@ -192,6 +215,7 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
     monkeypatch.setattr(onednn, "load", unavailable)
     with caplog.at_level("WARNING"):
       on_xla = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
+    assert fast_conv.cpu_convolutions() == "xla"  # what that evaluation traced with
   finally:
     fast_conv.set_cpu_convolutions("xla")
   assert "trained with cpu_convolutions='onednn', unavailable here" in caplog.text

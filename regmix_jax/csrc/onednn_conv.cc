@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -44,6 +45,10 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
       (a.element_type() != ffi::DataType::F32 && a.element_type() != ffi::DataType::BF16)) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "onednn_conv: operands must all be float32 or all bfloat16");
+  }
+  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 ||
+      out->dimensions().size() != 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: operands must be 4-D");
   }
   if (kind < 0 || kind > 2 || strides.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: bad attributes");
@@ -96,6 +101,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
     }
     s.wait();
   } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn_conv: ") + e.what());
+  } catch (const std::exception& e) {  // nothing may unwind across the FFI's C boundary
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn_conv: ") + e.what());
   }
   return ffi::Error::Success();
