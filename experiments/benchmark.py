@@ -739,9 +739,8 @@ def run_case(case: str, args) -> dict:
 
 
 def cpu_flags() -> list[str]:
-  """Which of CPU_FLAGS this machine's CPU has (/proc/cpuinfo)."""
-  flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo")
-                if l.startswith("flags")), [])
+  """Which of CPU_FLAGS this machine's CPU has (`runtime.cpu_flags`)."""
+  flags = runtime.cpu_flags()
   return [f for f in CPU_FLAGS if f in flags]
 
 

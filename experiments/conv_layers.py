@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 os.environ.setdefault(  # the library's CPU default (config.cpu_ynn_fusion_type), before JAX starts
@@ -29,6 +29,8 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 from regmix_jax import fast_conv, onednn  # noqa: E402  pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 # (input size, in channels, out channels, kernel, stride, layers of this shape in ResNet-18)
 SHAPES = [(32, 3, 64, 3, 1, 1), (32, 64, 64, 3, 1, 4), (32, 64, 128, 3, 2, 1),
           (16, 128, 128, 3, 1, 3), (32, 64, 128, 1, 2, 1), (16, 128, 256, 3, 2, 1),
@@ -86,15 +88,13 @@ def main(argv=None):
   import torch  # pylint: disable=g-import-not-at-top  (the comparison only; a benchmark extra)
   torch.set_num_threads(args.threads)
   onednn.load()
-  flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
+  threads = onednn.threads_per_device()  # one device here: every core
   record = dict(date=time.strftime("%Y-%m-%d %H:%M"), batch=args.batch,
-                cpu=platform.processor() or "", cores=os.cpu_count(),
-                cpu_flags=[f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags],
-                torch_threads=args.threads, xla_flags=os.environ["XLA_FLAGS"], rows=[])
-  record["cpu"] = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                        if l.startswith("model name")), record["cpu"])
-  print(f"{record['cpu']}, {record['cores']} cores, flags {record['cpu_flags']}, batch "
-        f"{args.batch}; ms: forward / input gradient / kernel gradient")
+                machine=benchmark.machine(), cpu_flags=benchmark.cpu_flags(),
+                onednn_threads=threads, torch_threads=args.threads,
+                xla_flags=os.environ["XLA_FLAGS"], rows=[])
+  print(f"{record['machine']}; batch {args.batch}; ms: forward / input gradient / kernel "
+        "gradient")
   totals = {"xla": 0.0, "onednn": 0.0, "torch": 0.0}
   key = jax.random.key(0)
   for size, cin, cout, k, stride, count in SHAPES:
@@ -106,7 +106,7 @@ def main(argv=None):
     xla = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
         x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     g = jax.random.normal(k3, jax.eval_shape(xla, x, w).shape)
-    ours = lambda x, w: onednn.conv(x, w, (stride, stride), padding, os.cpu_count())  # noqa: E731
+    ours = lambda x, w: onednn.conv(x, w, (stride, stride), padding, threads)  # noqa: E731
     row = dict(shape=f"{size}x{size} {cin}->{cout} k{k} s{stride}", layers=count,
                xla=_jax_times(xla, x, w, g, args.reps), onednn=_jax_times(ours, x, w, g, args.reps),
                torch=_torch_times(torch, x, w, g, stride, pad, args.reps))

@@ -48,8 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   # CPUs with AVX512-BF16 or AMX; `onednn.supports`) (regmix_jax/onednn.py; needs `pip install
   # "regmix_jax[onednn]"` (x86_64 Linux) and g++, and compiles once per machine). The FGSM-PGK
   # ResNet-18 step ran 1.15-1.24x faster with "onednn" on a 2-core Intel Xeon (4 rounds,
-  # 2026-11-28, experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because oneDNN is an
-  # optional, compiled dependency. Values change by float rounding only.
+  # 2026-11-28, experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because
+  # oneDNN is an optional, compiled dependency. Values change by float rounding only.
   c.cpu_convolutions = "xla"
   # CPU only: how long a host device may wait for the others at a collective (seconds) before
   # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy

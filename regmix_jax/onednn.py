@@ -13,12 +13,14 @@ channels at 32 x 32, 83.1 / 83.4 / 155.7 on XLA against 83.1 / 86.1 / 65.4 here;
 
 What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
 HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
-with AVX512-BF16 or AMX, `cpu_has_bf16`; elsewhere oneDNN emulates it, slower): the forward pass, the input
-gradient and the kernel gradient are each one oneDNN primitive (`csrc/onednn_conv.cc`); each of
-the three is differentiable through the other two, so gradients of gradients (an attack inside a
-training loss) work, under vmap too (one call per element). Reverse mode only: `jax.jvp`,
-`jacfwd` or forward-over-reverse products through a routed convolution raise (custom_vjp). Values equal lax's up to float rounding. The handler is compiled on first
-use (`load`) into a per-user cache, keyed by the source, jaxlib's and oneDNN's versions.
+with AVX512-BF16 or AMX, `cpu_has_bf16`; elsewhere oneDNN emulates it, slower): the forward
+pass, the input gradient and the kernel gradient are each one oneDNN primitive
+(`csrc/onednn_conv.cc`); each of the three is differentiable through the other two, so gradients
+of gradients (an attack inside a training loss) work, under vmap too (one call per element).
+Reverse mode only: `jax.jvp`, `jacfwd` or forward-over-reverse products through a routed
+convolution raise (custom_vjp). Values equal lax's up to float rounding. The handler is compiled
+on first use (`load`) into a per-user cache, keyed by the source, jaxlib's and oneDNN's versions,
+the compiler and its flags.
 
 `fast_conv.conv_general_dilated`, which the library's models use, routes here when
 `config.cpu_convolutions = "onednn"` (the commands call `fast_conv.set_cpu_convolutions`), on CPU
@@ -41,7 +43,8 @@ from typing import Any, Sequence
 import jax
 import jaxlib
 import numpy as np
-from jax import lax
+
+from regmix_jax import runtime
 
 TARGET = "regmix_onednn_conv"
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
@@ -80,8 +83,8 @@ def cache_dir() -> pathlib.Path:
 
 
 def build() -> pathlib.Path:
-  """The compiled handler's path, compiling it first if this source, jaxlib and oneDNN have not
-  been compiled together here before (written under a temporary name, then renamed, so that
+  """The compiled handler's path, compiling it first if this source, jaxlib, oneDNN, compiler and
+  flags have not been compiled together here before (written under a temporary name, then renamed, so that
   processes building at once never load a partial file)."""
   header = _dist_file(HEADERS_DIST, "include/oneapi/dnnl/dnnl.hpp")
   library = _dist_file(LIBRARY_DIST, "lib/libdnnl.so")
@@ -141,12 +144,7 @@ def cpu_has_bf16() -> bool:
   """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16: the
   bf16 FGSM-PGK ResNet-18 step ran at 0.58x XLA's (7.2 against 12.4 img/s, Intel Xeon without
   AVX512-BF16, 2026-11-28, `experiments/results/benchmark_onednn_cpu.notes.md`)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-  except OSError:  # not Linux: not known, so not assumed
-    return False
-  return any(flag in flags for flag in BF16_CPU_FLAGS)
+  return not runtime.cpu_flags().isdisjoint(BF16_CPU_FLAGS)
 
 
 def supports(lhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,

@@ -45,6 +45,17 @@ def _is_restore_echo(unraisable) -> bool:
           and str(error).startswith("Encountered error while reading array index"))
 
 
+def cpu_flags() -> frozenset[str]:
+  """The CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that cannot be read
+  (not Linux: nothing is assumed)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return frozenset(next((line.split(":", 1)[1].split() for line in f
+                             if line.startswith("flags")), []))
+  except OSError:
+    return frozenset()
+
+
 def cpu_device_count(config) -> int:
   """`config.cpu_devices`, or for 0 the largest count <= the number of cores that divides both
   batch sizes (so the default works on any machine)."""
