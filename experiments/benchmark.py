@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import attacks, config as config_lib, data as data_lib, evaluation, runtime, train
+from regmix_jax import attacks, config as config_lib, data as data_lib, evaluation, fast_conv
+from regmix_jax import onednn, runtime, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -111,6 +112,15 @@ VARIANTS = {
     "2dev-dnnl": dict(devices=2, convolutions="onednn"),
     "1dev-dnnl": dict(devices=1, convolutions="onednn"),
     "2dev-bf16-dnnl": dict(devices=2, dtype="bfloat16", convolutions="onednn"),
+    # XLA's own convolutions whatever the config's default (since 2026-11-28 "auto": oneDNN's on
+    # x86-64 CPUs with AVX-512 where installed). The variants without `convolutions` run the
+    # config's default; each record says what ran (`convolutions`), and records without it ran
+    # XLA's (they predate the field).
+    "2dev-xla": dict(devices=2, convolutions="xla"),
+    # oneDNN for input maps >= 8 wide (`onednn.MIN_SIZE` is 16): ResNet's third stage too.
+    "2dev-dnnl8": dict(devices=2, convolutions="onednn", onednn_min_size=8),
+    "1dev-xla": dict(devices=1, convolutions="xla"),
+    "2dev-bf16-xla": dict(devices=2, dtype="bfloat16", convolutions="xla"),
 }
 # The CPU features that decide how bf16 can run: AVX512-BF16 (bf16 dot products in vector
 # registers) and AMX (bf16 matrix tiles).
@@ -227,8 +237,9 @@ def load_config(method: str, model: str, variant: dict, data: str):
                "data.eval_batch_size": BATCH, "model.name": model,
                "cpu_devices": variant["devices"], "parallel": variant.get("parallel", "pmap"),
                "model.dtype": variant.get("dtype", "float32"),
-               "model.sync_batch_norm": not variant.get("local_bn", False),
-               "cpu_convolutions": variant.get("convolutions", "xla")}
+               "model.sync_batch_norm": not variant.get("local_bn", False)}
+  if "convolutions" in variant:
+    overrides["cpu_convolutions"] = variant["convolutions"]
   if model == "small_cnn":
     overrides["model.width"] = 32
   if method == "d2r":
@@ -292,7 +303,8 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline) -> di
          "block_s": times, "first_step_s": first, "compile_s": compile_stats["compile_s"],
          "first_step_compiles": compile_stats["compiles"], "later_compiles": later["compiles"],
          "later_traces": later["traces"], "timed_steps": blocks * block_steps,
-         "loss": loss, "devices": jax.device_count()}
+         "loss": loss, "devices": jax.device_count(),
+         "convolutions": fast_conv.cpu_convolutions()}
   if pipeline:
     out.update(pipeline_images_per_s=rate["pipeline"],
                pipeline_ratio=rate["pipeline"] / rate["resident"])
@@ -409,7 +421,8 @@ def run_eval(attack, model, variant, data) -> dict:
   return {"images_per_s": rate, "batch_s": seconds, "examples": n, "batches": len(counts),
           "compiles": stats["compiles"], "traces": stats["traces"],
           "compile_s": stats["compile_s"], "devices": jax.device_count(),
-          "counts": {k: float(sum(c[k] for c in counts)) for k in counts[0]}}
+          "counts": {k: float(sum(c[k] for c in counts)) for k in counts[0]},
+          "convolutions": fast_conv.cpu_convolutions()}
 
 
 def _best_seconds(fn, args, repeats: int) -> float:
@@ -588,6 +601,8 @@ def child(case: str, args) -> dict:
   if kind in ("train", "pipeline", "eval"):
     variant = VARIANTS[rest[-1]]
     runtime.configure_cpu_devices(variant["devices"], ynn_fusion_type(variant))
+    if "onednn_min_size" in variant:  # this child process only: read when the step is traced
+      onednn.MIN_SIZE = variant["onednn_min_size"]
   if kind in ("train", "pipeline"):
     method, model, _ = rest
     blocks, block_steps = block_plan(case, args)
@@ -738,6 +753,12 @@ def run_case(case: str, args) -> dict:
   return result
 
 
+def convolutions_ran(variant: str, record: dict) -> str:
+  """What ran a train record's convolutions on CPU: the record says so since the default became
+  "auto" (2026-11-28); older ones ran their variant's `convolutions`, else XLA's."""
+  return record.get("convolutions", VARIANTS.get(variant, {}).get("convolutions", "xla"))
+
+
 def cpu_flags() -> list[str]:
   """Which of CPU_FLAGS this machine's CPU has (`runtime.cpu_flags`)."""
   flags = runtime.cpu_flags()
@@ -805,7 +826,8 @@ def ratios(results: dict) -> list[str]:
     for step in (st for st, me in TORCH_STEPS.items() if me == parts[1]):
       ref = torch.get((step, parts[2], dtype))
       if ref:
-        out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}): {r['images_per_s']:.1f} img/s, "
+        out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}, {convolutions_ran(parts[3], r)} "
+                   f"convolutions): {r['images_per_s']:.1f} img/s, "
                    f"PyTorch {step} {'autocast ' if dtype == 'bfloat16' else ''}{dtype} "
                    f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x"
                    + _round_ratios(r, ref))
@@ -844,12 +866,13 @@ def write_markdown(results: dict, path: str) -> None:
     train_rows.append((
         method, model, variant, dtype,
         r.get("ynn_fusion_type", ynn_in_effect({"xla": r.get("xla_flags", ""), "ynn": "default"})),
-        _f(r["images_per_s"]), _f(r["step_s"], 3),
+        convolutions_ran(variant, r), _f(r["images_per_s"]), _f(r["step_s"], 3),
         _f(r["first_step_s"]), _f(r["compile_s"]),
         f"{r['later_compiles']} / {r['later_traces']}", _f(r["peak_rss_gib"], 2),
         _f(ref and ref["images_per_s"]), _f(ref and r["images_per_s"] / ref["images_per_s"], 2)))
   lines += _table("Train step (batch on the devices)",
-                  ("method", "model", "variant", "dtype", "YNNPACK fusions", "img/s", "step s",
+                  ("method", "model", "variant", "dtype", "YNNPACK fusions", "convolutions",
+                   "img/s", "step s",
                    "first step s", "compile s",
                    "compiles / traces in steps 2..N", "peak RSS GiB",
                    "torch img/s (same dtype; bf16: autocast)", "JAX / torch"), train_rows)

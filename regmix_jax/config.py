@@ -43,14 +43,17 @@ def base_config() -> ml_collections.ConfigDict:
   # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
   # CPU only: what runs the convolutions (`fast_conv.set_cpu_convolutions`): "xla", XLA:CPU's own
-  # (Eigen) kernels, or "onednn", oneDNN's through an XLA FFI call for the NHWC convolutions
-  # without dilation or groups whose input maps are at least 16 wide, float32 (bfloat16 only on
-  # CPUs with AVX512-BF16 or AMX; `onednn.supports`) (regmix_jax/onednn.py; needs `pip install
-  # "regmix_jax[onednn]"` (x86_64 Linux) and g++, and compiles once per machine). The FGSM-PGK
-  # ResNet-18 step ran 1.15-1.24x faster with "onednn" on a 2-core Intel Xeon (4 rounds,
-  # 2026-11-28, experiments/results/benchmark_onednn_cpu.md); the default stays "xla" because
-  # oneDNN is an optional, compiled dependency. Values change by float rounding only.
-  c.cpu_convolutions = "xla"
+  # (Eigen) kernels; "onednn", oneDNN's through an XLA FFI call for the NHWC convolutions without
+  # dilation or groups whose input maps are at least 16 wide, float32 (bfloat16 only on CPUs with
+  # AVX512-BF16 or AMX; `onednn.supports`) (regmix_jax/onednn.py; needs `pip install
+  # "regmix_jax[onednn]"` (x86_64 Linux) and g++, and compiles once per machine); "auto", oneDNN's
+  # on x86-64 Linux CPUs with AVX-512 where it is installed and builds, XLA's elsewhere
+  # (`onednn.auto_choice`; the log says which). On oneDNN's the fp32 steps ran 1.15-1.39x faster
+  # than on XLA's (FGSM-PGK ResNet-18 and PreActResNet-18, PGD-AT, TRADES; 2-core Intel Xeon with
+  # AVX-512, 2026-11-28, experiments/results/benchmark_onednn_cpu.notes.md), and 1.34-2.12x eager
+  # PyTorch's (benchmark_default_cpu.md), hence "auto". Values change by float rounding only.
+  # Routed convolutions are reverse-mode only (custom_vjp: `jax.jvp` through them raises).
+  c.cpu_convolutions = "auto"
   # CPU only: how long a host device may wait for the others at a collective (seconds) before
   # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy
   # machine (runtime.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.

@@ -57,6 +57,7 @@ from typing import Any, Callable
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
 from regmix_jax import onednn
@@ -290,30 +291,39 @@ def _conv_jvp(params_key, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
-# What runs the convolutions on CPU (`set_cpu_convolutions`): XLA's own, or oneDNN's.
-CPU_CONVOLUTIONS = ("xla", "onednn")
-_cpu_convolutions = "xla"
+# What runs the convolutions on CPU (`set_cpu_convolutions`): oneDNN's where it was measured
+# faster ("auto", `onednn.auto_choice`), XLA's own, or oneDNN's.
+CPU_CONVOLUTIONS = ("auto", "xla", "onednn")
+_cpu_convolutions = "xla"  # until set: a library import changes no convolution
 
 
-def set_cpu_convolutions(name: str) -> None:
+def set_cpu_convolutions(name: str) -> str:
   """Makes the convolutions traced from now on (`conv_general_dilated`, `with_fast_conv_grads`)
-  run on XLA:CPU's own kernels ("xla", the default) or, where `onednn.supports` them, on oneDNN
-  ("onednn", building it first; raises `onednn.OnednnUnavailable` naming the fix). CPU only: GPU
-  and TPU keep XLA's. A process-wide setting, like the XLA flags `runtime` sets at start (the
-  training and evaluation functions set it from `config.cpu_convolutions`). It is read when a
-  function is traced, and JAX caches traces per Python function: a function traced before a
-  change keeps its convolutions, even when jitted anew; set it before tracing."""
+  run on XLA:CPU's own kernels ("xla", what runs until this is called) or, where
+  `onednn.supports` them, on oneDNN ("onednn", building it first; raises
+  `onednn.OnednnUnavailable` naming the fix), or on oneDNN where `onednn.auto_choice` picks it
+  and on XLA's elsewhere ("auto", the config's default; logged, never raises). Returns what runs:
+  "xla" or "onednn". CPU only: GPU and TPU keep XLA's. A process-wide setting, like the XLA flags
+  `runtime` sets at start (the training and evaluation functions set it from
+  `config.cpu_convolutions`). It is read when a function is traced, and JAX caches traces per
+  Python function: a function traced before a change keeps its convolutions, even when jitted
+  anew; set it before tracing. Routed convolutions are reverse-mode only (`onednn`)."""
   global _cpu_convolutions  # pylint: disable=global-statement
   if name not in CPU_CONVOLUTIONS:
     raise ValueError(f"Config field `cpu_convolutions`: {name!r} is not one of "
                      f"{', '.join(CPU_CONVOLUTIONS)}.")
-  if name == "onednn":
+  if name == "auto":
+    name, why = onednn.auto_choice()
+    logging.info('cpu_convolutions="auto": %s\'s convolutions (%s).',
+                 "oneDNN" if name == "onednn" else "XLA", why)
+  elif name == "onednn":
     onednn.load()
   _cpu_convolutions = name
+  return name
 
 
 def cpu_convolutions() -> str:
-  """The current `set_cpu_convolutions` choice."""
+  """What runs the convolutions traced now: "xla" or "onednn" (`set_cpu_convolutions`)."""
   return _cpu_convolutions
 
 

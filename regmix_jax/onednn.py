@@ -9,7 +9,8 @@ channels at 32 x 32, 83.1 / 83.4 / 155.7 on XLA against 83.1 / 86.1 / 65.4 here;
 40.4 / 39.9 / 55.0 against 20.2 / 18.9 / 7.4. At 8 x 8 it is mixed (stride 1 faster here, stride
 2 slower) and at 4 x 4 oneDNN is 2x slower, so only convolutions whose input maps are at least
 `MIN_SIZE` wide are routed here: the FGSM-PGK ResNet-18 step ran 1.15-1.24x faster than on XLA's
-(4 rounds, results/benchmark_onednn_cpu.md); 16 is the only threshold timed on the whole step.
+(4 rounds, results/benchmark_onednn_cpu.md); with 8, the step ran 0.94x and 0.97x 16's (2
+rounds, results/benchmark_onednn_cpu.notes.md).
 
 What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
 HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
@@ -23,8 +24,9 @@ on first use (`load`) into a per-user cache, keyed by the source, jaxlib's and o
 the compiler and its flags.
 
 `fast_conv.conv_general_dilated`, which the library's models use, routes here when
-`config.cpu_convolutions = "onednn"` (the commands call `fast_conv.set_cpu_convolutions`), on CPU
-only (`lax.platform_dependent`): GPU and TPU keep XLA's convolutions.
+`config.cpu_convolutions` is "onednn", or "auto" (the default) on a machine where `auto_choice`
+picks oneDNN (the commands call `fast_conv.set_cpu_convolutions`), on CPU only
+(`lax.platform_dependent`): GPU and TPU keep XLA's convolutions.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import hashlib
 import importlib.metadata
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +46,7 @@ from typing import Any, Sequence
 import jax
 import jaxlib
 import numpy as np
+from absl import logging
 
 from regmix_jax import runtime
 
@@ -133,6 +137,40 @@ def load() -> pathlib.Path:
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.RegmixOnednnConv),
                               platform="cpu")
   return path
+
+
+# `config.cpu_convolutions="auto"` (the default) takes oneDNN's convolutions on an x86-64 Linux CPU
+# with these features, where the extra is installed and the handler builds; XLA's elsewhere
+# (`auto_choice`). They were measured faster on an Intel Xeon with AVX-512 (module docstring);
+# oneDNN picks its kernels by instruction set, not by vendor, as XLA's Eigen kernels do.
+AUTO_CPU_FLAGS = ("avx512f",)
+
+
+def auto_choice() -> tuple[str, str]:
+  """What `config.cpu_convolutions="auto"` runs on this machine, "onednn" or "xla", and why (a
+  phrase for the log). Never raises: where oneDNN is installed but cannot be built or loaded, it
+  warns with the cause and picks "xla"."""
+  if jax.default_backend() != "cpu":
+    return "xla", f"the default backend is {jax.default_backend()} (oneDNN is for CPUs only)"
+  if not (platform.system() == "Linux" and platform.machine() == "x86_64"):
+    return "xla", (f"oneDNN's wheels are for x86-64 Linux, not {platform.system()} "
+                   f"{platform.machine()}")
+  missing = [f for f in AUTO_CPU_FLAGS if f not in runtime.cpu_flags()]
+  if missing:
+    return "xla", (f"this CPU lacks {', '.join(missing)}; oneDNN's convolutions were measured "
+                   f"faster only on CPUs with it")
+  try:
+    for dist in (LIBRARY_DIST, HEADERS_DIST):
+      importlib.metadata.distribution(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return "xla", 'oneDNN is not installed (`pip install "regmix_jax[onednn]"` adds it)'
+  try:
+    load()
+  except OnednnUnavailable as e:
+    logging.warning('cpu_convolutions="auto": oneDNN is installed but unusable, so XLA\'s '
+                    'convolutions run (set cpu_convolutions="xla" to silence this): %s', e)
+    return "xla", "oneDNN is installed but unusable"
+  return "onednn", "an x86-64 CPU with AVX-512, and oneDNN installed"
 
 
 # CPU features with which oneDNN computes bfloat16 natively (Linux /proc/cpuinfo names).

@@ -160,11 +160,53 @@ def test_a_models_training_gradients_are_the_same(onednn_convolutions):
 def test_an_unknown_setting_names_the_field():
   config = config_lib.base_config()
   config.cpu_convolutions = "mkl"
-  with pytest.raises(ValueError, match="`cpu_convolutions`.*xla, onednn"):
+  with pytest.raises(ValueError, match="`cpu_convolutions`.*auto, xla, onednn"):
     config_lib.validate(config)
+  before = fast_conv.cpu_convolutions()
   with pytest.raises(ValueError, match="`cpu_convolutions`"):
     fast_conv.set_cpu_convolutions("mkl")
-  assert fast_conv.cpu_convolutions() == "xla"
+  assert fast_conv.cpu_convolutions() == before
+
+
+@pytest.mark.parametrize("machine", ["x86_avx512", "no_avx512", "aarch64", "not_installed",
+                                     "does_not_build"])
+def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypatch, caplog,
+                                                                       machine):
+  """config.cpu_convolutions="auto" (the default): oneDNN's convolutions on x86-64 Linux with
+  AVX-512, oneDNN installed and its handler built; XLA's elsewhere, never an error; a oneDNN
+  that is installed but cannot be built warns, naming the cause."""
+  flags = {"sse4_2", "avx2"} | (set() if machine == "no_avx512" else {"avx512f"})
+  monkeypatch.setattr(onednn.runtime, "cpu_flags", lambda: frozenset(flags))
+  monkeypatch.setattr(onednn.platform, "machine",
+                      lambda: "aarch64" if machine == "aarch64" else "x86_64")
+  monkeypatch.setattr(onednn.platform, "system", lambda: "Linux")
+  if machine == "not_installed":
+    monkeypatch.setattr(onednn, "HEADERS_DIST", "no-such-onednn-headers")
+  else:  # as if the extra were installed, here or not
+    monkeypatch.setattr(onednn.importlib.metadata, "distribution", lambda name: name)
+
+  def load():
+    if machine == "does_not_build":
+      raise onednn.OnednnUnavailable("No C++ compiler found to build onednn_conv.cc")
+  monkeypatch.setattr(onednn, "load", load)
+  with caplog.at_level("WARNING"):
+    picked = fast_conv.set_cpu_convolutions("auto")
+  assert picked == fast_conv.cpu_convolutions() == ("onednn" if machine == "x86_avx512"
+                                                    else "xla")
+  reason = onednn.auto_choice()[1]
+  assert {"no_avx512": "lacks avx512f", "aarch64": "x86-64 Linux, not Linux aarch64",
+          "not_installed": "not installed", "does_not_build": "installed but unusable",
+          "x86_avx512": "AVX-512, and oneDNN installed"}[machine] in reason
+  assert ("No C++ compiler found" in caplog.text) == (machine == "does_not_build")
+
+
+def test_a_default_config_trains_on_what_auto_picks():
+  """The config's default is "auto", and the trainer resolves it before anything is traced (on
+  an x86-64 CPU with AVX-512 and the extra installed, as in CI here: oneDNN's)."""
+  config = tiny_runs.tiny_config("fgsm_pgk", num_epochs=1)
+  assert config.cpu_convolutions == config_lib.base_config().cpu_convolutions == "auto"
+  train.build_trainer(config)
+  assert fast_conv.cpu_convolutions() == onednn.auto_choice()[0]
 
 
 def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
