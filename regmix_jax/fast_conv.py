@@ -295,6 +295,7 @@ _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 # faster ("auto", `onednn.auto_choice`), XLA's own, or oneDNN's.
 CPU_CONVOLUTIONS = ("auto", "xla", "onednn")
 _cpu_convolutions = "xla"  # until set: a library import changes no convolution
+_cpu_convolutions_why = "set_cpu_convolutions not called"
 
 
 def set_cpu_convolutions(name: str) -> str:
@@ -308,23 +309,30 @@ def set_cpu_convolutions(name: str) -> str:
   `config.cpu_convolutions`). It is read when a function is traced, and JAX caches traces per
   Python function: a function traced before a change keeps its convolutions, even when jitted
   anew; set it before tracing. Routed convolutions are reverse-mode only (`onednn`)."""
-  global _cpu_convolutions  # pylint: disable=global-statement
+  global _cpu_convolutions, _cpu_convolutions_why  # pylint: disable=global-statement
   if name not in CPU_CONVOLUTIONS:
     raise ValueError(f"Config field `cpu_convolutions`: {name!r} is not one of "
                      f"{', '.join(CPU_CONVOLUTIONS)}.")
+  why = f'cpu_convolutions="{name}"'
   if name == "auto":
-    name, why = onednn.auto_choice()
-    logging.info('cpu_convolutions="auto": %s\'s convolutions (%s).',
-                 "oneDNN" if name == "onednn" else "XLA", why)
+    name, reason = onednn.auto_choice()
+    why = f'cpu_convolutions="auto": {reason}'
   elif name == "onednn":
     onednn.load()
-  _cpu_convolutions = name
+  _cpu_convolutions, _cpu_convolutions_why = name, why
+  logging.info("%s", describe_cpu_convolutions())
   return name
 
 
 def cpu_convolutions() -> str:
   """What runs the convolutions traced now: "xla" or "onednn" (`set_cpu_convolutions`)."""
   return _cpu_convolutions
+
+
+def describe_cpu_convolutions() -> str:
+  """A line for a run's output: what runs the CPU convolutions traced now, and why."""
+  return (f"Convolutions on CPU: {'oneDNN' if _cpu_convolutions == 'onednn' else 'XLA'}'s "
+          f"({_cpu_convolutions_why}).")
 
 
 def _bind_fast(lhs: jax.Array, rhs: jax.Array, **params) -> jax.Array:

@@ -418,6 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if outputs.is_main:
       _record_config(workdir, config,
                      int(state.step) if outputs.checkpointer.all_steps() else None)
+      if jax.default_backend() == "cpu":
+        print(fast_conv.describe_cpu_convolutions(), flush=True)
     device_state = trainer.data_parallel.put_state(state)
     del state  # the live state is `device_state`
     with _StopRequest() as stop:

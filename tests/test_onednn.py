@@ -198,6 +198,9 @@ def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypa
           "not_installed": "not installed", "does_not_build": "installed but unusable",
           "x86_avx512": "AVX-512, and oneDNN installed"}[machine] in reason
   assert ("No C++ compiler found" in caplog.text) == (machine == "does_not_build")
+  assert fast_conv.describe_cpu_convolutions() == (  # a run's first line of output
+      f"Convolutions on CPU: {'oneDNN' if picked == 'onednn' else 'XLA'}'s "
+      f'(cpu_convolutions="auto": {reason}).')
 
 
 def test_a_default_config_trains_on_what_auto_picks():
@@ -240,7 +243,8 @@ def test_a_failed_compile_says_why_and_leaves_no_file(monkeypatch, tmp_path):
 
 
 @needs_onednn
-def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monkeypatch, caplog):
+def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monkeypatch, caplog,
+                                                                  capsys):
   """Training with cpu_convolutions="onednn" (its 16x16 layers on oneDNN) writes it into the
   run's config; evaluating that run where oneDNN cannot load warns and uses XLA's convolutions,
   with the same accuracies as on oneDNN."""
@@ -250,6 +254,8 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
   try:
     train.train_and_evaluate(config, workdir)
     assert fast_conv.cpu_convolutions() == "onednn"
+    assert capsys.readouterr().out.startswith(
+        'Convolutions on CPU: oneDNN\'s (cpu_convolutions="onednn").\n')
     on_onednn = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
 
     def unavailable():
