@@ -425,7 +425,7 @@ def run_eval(attack, model, variant, data) -> dict:
           "convolutions": fast_conv.cpu_convolutions()}
 
 
-def _best_seconds(fn, args, repeats: int) -> float:
+def best_seconds(fn, args, repeats: int) -> float:
   """The fastest of `repeats` calls of `fn(*args)`, after one call that compiles."""
   jax.block_until_ready(fn(*args))
   times = []
@@ -457,7 +457,7 @@ def run_conv_micro() -> dict:
     if stride == 1 and hw >= 16:
       fns["kernel_grad as 9 shifted dots"] = jax.grad(lambda x, w, c=taps: c(x, w).sum(), argnums=1)
     for name, fn in fns.items():
-      out[f"{k}x{k} s{stride} {hw}x{hw} {cin}->{cout} {name}"] = 1000 * _best_seconds(
+      out[f"{k}x{k} s{stride} {hw}x{hw} {cin}->{cout} {name}"] = 1000 * best_seconds(
           jax.jit(fn), (x, w), 3)
   return {"ms": out}
 
@@ -502,13 +502,13 @@ def run_dtype_micro() -> dict:
                                                    .sum()),
            "kernel_grad": jax.grad(lambda x, w: conv(x, w).astype(jnp.float32).sum(), argnums=1)}
     for kind, fn in fns.items():
-      out[f"{name} {kind}"] = 1000 * _best_seconds(jax.jit(fn), (x, w), 3)
+      out[f"{name} {kind}"] = 1000 * best_seconds(jax.jit(fn), (x, w), 3)
     deep = (deep_x32.astype(dtype), deep_w32.astype(dtype))
-    out[f"{name} 4x4x512 forward"] = 1000 * _best_seconds(jax.jit(conv), deep, 3)
-    out[f"{name} 4x4x512 forward as 9 shifted products"] = 1000 * _best_seconds(
+    out[f"{name} 4x4x512 forward"] = 1000 * best_seconds(jax.jit(conv), deep, 3)
+    out[f"{name} 4x4x512 forward as 9 shifted products"] = 1000 * best_seconds(
         jax.jit(shifted_products_conv), deep, 3)
     for (m, k, n), (a, b) in zip(DTYPE_PRODUCTS, products):
-      out[f"{name} product {m}x{k}x{n}"] = 1000 * _best_seconds(
+      out[f"{name} product {m}x{k}x{n}"] = 1000 * best_seconds(
           jax.jit(product), (a.astype(dtype), b.astype(dtype)), 3)
   return {"ms": out}
 
@@ -568,7 +568,7 @@ def run_allreduce_micro() -> dict:
     for _ in range(120):
       x = jax.lax.pmean(x, "d") * 1.0001 + 1e-3
     return x
-  out = {"us_per_allreduce": 1e6 * _best_seconds(jax.pmap(chain, axis_name="d"),
+  out = {"us_per_allreduce": 1e6 * best_seconds(jax.pmap(chain, axis_name="d"),
                                                  (jnp.ones((2, 512)),), 5) / 120,
          "barrier_ms": {}}
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
@@ -592,7 +592,7 @@ def run_allreduce_micro() -> dict:
       fn = jax.pmap(lambda x, w, s=sync, k=kernel_grad: layers(x, w, s, k), axis_name="d")
       name = (f"{'kernel gradient' if kernel_grad else 'forward'}, "
               f"{'pmean (barrier)' if sync else 'per device'}")
-      out["barrier_ms"][name] = 1000 * _best_seconds(fn, (x, w), 3)
+      out["barrier_ms"][name] = 1000 * best_seconds(fn, (x, w), 3)
   return out
 
 

@@ -39,22 +39,12 @@ SHAPES = [(32, 3, 64, 3, 1, 1), (32, 64, 64, 3, 1, 4), (32, 64, 128, 3, 2, 1),
 PASSES = (2, 2, 1)  # forward, input gradient, kernel gradient in an FGSM-PGK step
 
 
-def _best_ms(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best * 1e3
-
-
 def _jax_times(conv, x, w, g, reps: int) -> list[float]:
   fwd = jax.jit(conv)
   dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
   dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-  return [_best_ms(fwd, (x, w), reps), _best_ms(dx, (x, w, g), reps),
-          _best_ms(dw, (x, w, g), reps)]
+  return [1e3 * benchmark.best_seconds(f, args, reps)
+          for f, args in ((fwd, (x, w)), (dx, (x, w, g)), (dw, (x, w, g)))]
 
 
 def _torch_times(torch, x, w, g, stride: int, pad: int, reps: int) -> list[float]:

@@ -29,8 +29,7 @@ import tqdm
 from absl import app, flags, logging
 
 from regmix_jax import checkpointing, config as config_lib, data, fast_conv, methods, models
-from regmix_jax import parallel
-from regmix_jax import onednn, rng, runtime, train_state
+from regmix_jax import onednn, parallel, rng, runtime, train_state
 from regmix_jax.attacks import AUTOATTACK_NORMS, parse_attacks, run_autoattack
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from regmix_jax.evaluation import accuracies, eval_step
