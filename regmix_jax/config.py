@@ -20,7 +20,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from regmix_jax import attacks, data, fast_conv, methods, models, parallel, runtime, train_state
+from regmix_jax import attacks, cpu, data, methods, models, parallel, train_state
+from regmix_jax.cpu import host
 
 # Fields renamed since earlier releases: old dotted path -> new one. An old name on the command
 # line or in a saved config.json still works (with a warning saying what it became).
@@ -37,26 +38,23 @@ def base_config() -> ml_collections.ConfigDict:
   # count that divides the batch sizes). Ignored on GPU/TPU.
   c.cpu_devices = 0
   # CPU only: the operations XLA:CPU hands to YNNPACK (`--xla_cpu_experimental_ynn_fusion_type`,
-  # a comma-separated subset of runtime.YNN_FUSION_TYPES), or "default" for XLA's own choice.
-  # "reduce" keeps convolutions on XLA's Eigen kernels: with jaxlib 0.10.2's default (YNNPACK
-  # convolutions) a 3x3 kernel gradient at 32x32 takes 4x as long, and the FGSM-PGK ResNet-18
-  # step about 1.7x (experiments/results/benchmark_cpu.md). XLA_FLAGS, when it sets the flag, wins.
+  # a comma-separated subset of cpu.host.YNN_FUSION_TYPES), or "default" for XLA's own choice.
+  # "reduce" keeps convolutions on XLA's Eigen kernels, measured faster than jaxlib 0.10.2's
+  # default (docs/performance.md). Set only where the installed jaxlib knows the flag;
+  # XLA_FLAGS, when it sets the flag, wins.
   c.cpu_ynn_fusion_type = "reduce"
-  # CPU only: what runs the convolutions (`fast_conv.set_cpu_convolutions`): "xla", XLA:CPU's own
-  # (Eigen) kernels; "onednn", oneDNN's through an XLA FFI call for the NHWC convolutions without
-  # dilation or groups whose input maps are at least 16 wide, float32 (bfloat16 only on CPUs with
-  # AVX512-BF16 or AMX; `onednn.supports`) (regmix_jax/onednn.py; needs `pip install
-  # "regmix_jax[onednn]"` (x86_64 Linux) and g++, and compiles once per machine); "auto", oneDNN's
-  # on x86-64 Linux CPUs with AVX-512 where it is installed and builds, XLA's elsewhere
-  # (`onednn.auto_choice`; the log says which). On oneDNN's the fp32 steps ran 1.15-1.39x faster
-  # than on XLA's (FGSM-PGK ResNet-18 and PreActResNet-18, PGD-AT, TRADES; 2-core Intel Xeon with
-  # AVX-512, 2026-11-28, experiments/results/benchmark_onednn_cpu.notes.md), and 1.34-2.12x eager
-  # PyTorch's (benchmark_default_cpu.md), hence "auto". Values change by float rounding only.
-  # Routed convolutions are reverse-mode only (custom_vjp: `jax.jvp` through them raises).
+  # CPU only: what runs the convolutions (`cpu.choose`, one of cpu.CHOICES): "xla", XLA:CPU's own
+  # kernels with the library's gradient rules (regmix_jax/cpu/fast_conv.py); "onednn", oneDNN's
+  # for the NHWC convolutions whose input maps are at least 16 wide (regmix_jax/cpu/onednn.py;
+  # `pip install "regmix_jax[onednn]"` on x86_64 Linux, and g++; falls back to "xla" with a
+  # warning where unavailable); "auto", oneDNN's on x86-64 Linux CPUs with AVX-512 where it is
+  # installed and builds, "xla" elsewhere (measured faster there: docs/performance.md); "plain",
+  # lax's convolution unchanged. The run's first line says which. Values change by float
+  # rounding only. Convolutions on oneDNN are reverse-mode only (`jax.jvp` through them raises).
   c.cpu_convolutions = "auto"
   # CPU only: how long a host device may wait for the others at a collective (seconds) before
   # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy
-  # machine (runtime.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.
+  # machine (cpu.host.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.
   c.cpu_collective_timeout_s = 600
   c.parallel = "pmap"  # parallel.KINDS: how the per-device step is mapped (pmap, shard_map)
   # Multi-process data parallelism (JAX's distributed runtime). Started when `enabled` or when
@@ -311,8 +309,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
   _check_numbers(config)
   _choice("parallel", config.parallel, parallel.KINDS)
-  runtime.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
-  _choice("cpu_convolutions", config.cpu_convolutions, fast_conv.CPU_CONVOLUTIONS)
+  host.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
+  _choice("cpu_convolutions", config.cpu_convolutions, cpu.CHOICES)
   _choice("data.source", config.data.source, data.SOURCES)
   _choice("data.pad_mode", config.data.pad_mode, data.PAD_MODES)
   _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))

@@ -26,13 +26,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import app, flags
 
-from regmix_jax import checkpointing, config as config_lib, data, fast_conv, methods, models
-from regmix_jax import onednn, parallel, rng, runtime, train_state
-from regmix_jax.attacks import AUTOATTACK_NORMS, parse_attacks, run_autoattack
+from regmix_jax import attacks, checkpointing, config as config_lib, console, cpu, data, evaluation
+from regmix_jax import methods, models, parallel, rng, train_state
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
-from regmix_jax.evaluation import accuracies, eval_step
 
 EVAL_JSON = "eval.json"
 
@@ -133,13 +131,13 @@ def _fraction(text: str, flag: str) -> float:
 
 
 def restore_state(workdir: str, config, num_classes: int, image_shape, *,
-                  step: int | None = None, best: bool = False):
+                  step: int | None = None, best: bool = False, conv=None):
   """`(models by role, TrainState, step)` of a run's checkpoint (default: the latest; `best`:
   the best-on-validation one of `checkpoint.keep_best`), built from the run's `config`
-  (`config.load_json`); the models compute in `config.eval.dtype`. Raises CheckpointError naming
-  what is there."""
+  (`config.load_json`); the models compute in `config.eval.dtype`, their convolutions with `conv`
+  (`models.get_model`). Raises CheckpointError naming what is there."""
   nets = models.build_models(config, methods.get_method(config.method.name).roles, num_classes,
-                             dtype=config.eval.dtype)
+                             dtype=config.eval.dtype, conv=conv)
   state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
   directory = os.path.join(workdir, checkpointing.BEST_DIR if best else
                            checkpointing.CHECKPOINTS_DIR)
@@ -166,7 +164,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                         role: str = "target", split: str = "", data_dir: str = "",
                         progress: bool = True, norm: str = "Linf",
                         version: str = "standard", best: bool = False,
-                        dtype: str = "") -> dict:
+                        dtype: str = "", cpu_convolutions: str = "") -> dict:
   """Evaluates a trained run's checkpoint; returns the `EvalRecord` written to `eval.json`, as a
   dict, with its "path".
 
@@ -177,7 +175,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   `version` are AutoAttack's (`aa` and its attacks named alone); with a norm other than Linf,
   `epsilon` has no run default and must be given. `best`: the checkpoint `checkpoint.keep_best`
   kept (records in `best/<step>/eval.json`). `dtype` replaces the run's `eval.dtype` (the
-  precision the models compute in; float32 unless the run said otherwise).
+  precision the models compute in; float32 unless the run said otherwise). `cpu_convolutions`
+  replaces the run's `cpu_convolutions` (`cpu.choose`; what runs the convolutions on CPU).
   """
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
@@ -186,14 +185,16 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
     config.eval.dtype = dtype
   if split:
     config.eval.split = split
+  if cpu_convolutions:
+    config.cpu_convolutions = cpu_convolutions
   if weights not in ("ema", "live"):
     raise ValueError(f"--weights must be 'ema' or 'live', got {weights!r}.")
   method = methods.get_method(config.method.name)
   if role not in method.roles:
     raise ValueError(f"--role={role!r}: method {config.method.name!r} trains the roles "
                      f"{', '.join(method.roles)}.")
-  if norm not in AUTOATTACK_NORMS:
-    raise ValueError(f"--norm={norm!r}: use one of {', '.join(AUTOATTACK_NORMS)}.")
+  if norm not in attacks.AUTOATTACK_NORMS:
+    raise ValueError(f"--norm={norm!r}: use one of {', '.join(attacks.AUTOATTACK_NORMS)}.")
   if version not in AUTOATTACK_VERSIONS:
     raise ValueError(f"--version={version!r}: use one of {', '.join(AUTOATTACK_VERSIONS)}.")
   if epsilon is None and norm != "Linf":
@@ -202,20 +203,14 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   epsilon = config.eval.epsilon if epsilon is None else epsilon
   if step_size is None:
     step_size = config.eval.step_size * epsilon / config.eval.epsilon
-  attack_list = parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size, norm=norm,
-                              version=version)
+  attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,
+                                      norm=norm, version=version)
   config_lib.validate(config)
-  try:
-    fast_conv.set_cpu_convolutions(config.cpu_convolutions)
-  except onednn.OnednnUnavailable as e:  # a run trained elsewhere: the same values on XLA's
-    logging.warning("The run was trained with cpu_convolutions=%r, unavailable here (%s); "
-                    "evaluating with XLA's convolutions (the same values up to float rounding).",
-                    config.cpu_convolutions, e)
-    fast_conv.set_cpu_convolutions("xla")
+  convolutions = cpu.choose(config.cpu_convolutions)
 
   dataset = data.load_dataset(config.data)
   nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,
-                                    step=step, best=best)
+                                    step=step, best=best, conv=convolutions.conv)
   if weights == "live":
     state = state.replace(ema_params=None, ema_batch_stats=None)
   used = "ema" if state.ema_params is not None else "live"
@@ -239,7 +234,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       state_path = os.path.join(
           os.path.dirname(eval_json_path(workdir, step, best)), "autoattack",
           f"{role}_{used}_{config.eval.split}_{norm}_{version}_eps{epsilon:.6g}_n{n}.json")
-      result = run_autoattack(
+      result = attacks.run_autoattack(
           logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
           epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
           state_path=state_path, progress=progress)
@@ -253,14 +248,14 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       aa_warnings.extend(w for w in result.warnings if w not in aa_warnings)
       aa_states.append(state_path)
       continue
-    fn = data_parallel.map(functools.partial(eval_step, model=nets[role], role=role,
+    fn = data_parallel.map(functools.partial(evaluation.eval_step, model=nets[role], role=role,
                                              attack_list=((name, attack),),
                                              first_position=position),
                            donate_state=False, per_device_outputs=True)
     batches = tqdm.tqdm(data.eval_batches(split_data, batch_size=batch_size, num_examples=n),
                         total=data.num_eval_batches(n, batch_size), desc=name,
                         disable=not progress, leave=False)
-    accuracy.update(accuracies(batches, lambda b: fn(device_state, data_parallel.put_batch(b)),
+    accuracy.update(evaluation.accuracies(batches, lambda b: fn(device_state, data_parallel.put_batch(b)),
                                fetch=data_parallel.host_sum))
     seconds[name] = time.time() - t0
 
@@ -298,16 +293,16 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  runtime.quiet_console(f)
+  console.quiet_console(f)
   try:
     config = config_lib.load_json(os.path.join(f.workdir, "config.json"))
-    runtime.configure_cpu_for(config)
+    cpu.configure_cpu_for(config)
     record = evaluate_checkpoint(
         f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
         epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
         step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
         weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir, norm=f.norm,
-        version=f.version, best=f.best, dtype=f.dtype)
+        version=f.version, best=f.best, dtype=f.dtype, cpu_convolutions=f.cpu_convolutions)
   except (ValueError, TypeError, FileNotFoundError, checkpointing.CheckpointError) as e:
     if f.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
@@ -330,7 +325,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("n_examples", 0, "Evaluate the first N examples of the split (0: all).")
   flags.DEFINE_string("epsilon", None, "Radius in --norm, e.g. 8/255 (default: the run's "
                       "L-inf radius; required for L2 and L1).")
-  flags.DEFINE_enum("norm", "Linf", list(AUTOATTACK_NORMS), "AutoAttack's threat model.")
+  flags.DEFINE_enum("norm", "Linf", list(attacks.AUTOATTACK_NORMS), "AutoAttack's threat model.")
   flags.DEFINE_enum("version", "standard", list(AUTOATTACK_VERSIONS), "AutoAttack's version.")
   flags.DEFINE_string("step_size", None, "PGD/C&W step (default: the run's, scaled with eps).")
   flags.DEFINE_enum("weights", "ema", ["ema", "live"], "EMA weights (when kept) or live ones.")
@@ -341,6 +336,8 @@ def define_flags() -> None:
                     "(config checkpoint.keep_best) instead of its latest.")
   flags.DEFINE_enum("dtype", "", ["", *models.DTYPES], "The precision the model computes in "
                     "(default: the run's eval.dtype, float32).")
+  flags.DEFINE_enum("cpu_convolutions", "", ["", *cpu.CHOICES], "What runs the convolutions on "
+                    "CPU (default: the run's cpu_convolutions; see the config's comment).")
   flags.mark_flags_as_required(["workdir"])
 
 

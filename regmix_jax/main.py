@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from regmix_jax import checkpointing, config as config_lib, runtime, train
+from regmix_jax import checkpointing, config as config_lib, console, cpu, distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
@@ -25,11 +25,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  runtime.quiet_console(FLAGS)
+  console.quiet_console(FLAGS)
   config = FLAGS.config
   try:
-    runtime.configure_cpu_for(config)
-    runtime.initialize_distributed(config)
+    cpu.configure_cpu_for(config)
+    distributed.initialize_distributed(config)
     train.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, TypeError, FileNotFoundError, FloatingPointError,
           checkpointing.CheckpointError) as e:

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping
 
-from tensorboardX import SummaryWriter
+# tensorboardX imports torch where it is installed (1.6 s of every command's start, and its
+# memory), only to accept torch tensors; we log floats. Unless torch is already loaded, it is
+# hidden from that one import.
+if "torch" in sys.modules:
+  from tensorboardX import SummaryWriter
+else:
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
 
 
 class MetricsLog:

@@ -31,8 +31,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from regmix_jax import checkpointing, config as config_lib, data, evaluation, fast_conv, methods
-from regmix_jax import models
+from regmix_jax import checkpointing, config as config_lib, cpu, data, evaluation, methods, models
 from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
@@ -166,6 +165,7 @@ class Trainer:
     values)`.
   eval_steps: role -> the mapped `evaluation.eval_step(state, batch) -> per-device counts` over
     `config.eval.attacks`, for every role in `config.eval.roles`.
+  convolutions: what runs the models' convolutions (`cpu.choose(config.cpu_convolutions)`).
   """
 
   config: ml_collections.ConfigDict
@@ -179,6 +179,7 @@ class Trainer:
   sample_sync: SampleSync
   train_step: Callable[..., Any]
   eval_steps: Mapping[str, Callable[..., Any]]
+  convolutions: cpu.Convolutions
 
   @property
   def steps_per_epoch(self) -> int:
@@ -203,16 +204,19 @@ class Trainer:
                      self.data_parallel.put_batch)
 
 
-def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
-  """Validates `config` and builds its `Trainer` (no workdir is touched). The CLI's
-  `train_and_evaluate` runs it; `experiments/benchmark.py` times its `train_step`."""
+def build_trainer(config: ml_collections.ConfigDict,
+                  convolutions: cpu.Convolutions | None = None) -> Trainer:
+  """Validates `config` and builds its `Trainer` (no workdir is touched). The models compute their
+  convolutions as `convolutions` says (default: `cpu.choose(config.cpu_convolutions)`). The
+  CLI's `train_and_evaluate` runs it; the benchmarks time its `train_step`."""
   config_lib.validate(config)
   data_parallel = parallel.DataParallel(config.parallel)
   config_lib.validate(config, data_parallel.num_devices)
-  fast_conv.set_cpu_convolutions(config.cpu_convolutions)
+  if convolutions is None:
+    convolutions = cpu.choose(config.cpu_convolutions)
   dataset = data.load_dataset(config.data)
   method = methods.get_method(config.method.name)
-  nets = models.build_models(config, method.roles, dataset.num_classes)
+  nets = models.build_models(config, method.roles, dataset.num_classes, conv=convolutions.conv)
   loader = data.TrainLoader(dataset.train, batch_size=config.data.batch_size,
                             num_shards=data_parallel.num_devices,
                             shard_ids=data_parallel.shard_ids, seed=config.seed)
@@ -235,7 +239,7 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   attack_list = parse_attacks(config.eval.attacks, epsilon=config.eval.epsilon,
                               step_size=config.eval.step_size)
   eval_nets = models.build_models(config, method.roles, dataset.num_classes,
-                                  dtype=config.eval.dtype)
+                                  dtype=config.eval.dtype, conv=convolutions.conv)
   eval_steps = {
       role: data_parallel.map(functools.partial(evaluation.eval_step, model=eval_nets[role],
                                                 role=role, attack_list=attack_list),
@@ -244,7 +248,7 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   return Trainer(config=config, data_parallel=data_parallel, dataset=dataset,
                  eval_split=dataset.eval_split(config.eval.split), method=method, models=nets,
                  loader=loader, samples=samples, sample_sync=SampleSync(samples, data_parallel),
-                 train_step=step, eval_steps=eval_steps)
+                 train_step=step, eval_steps=eval_steps, convolutions=convolutions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
   or {} when it was stopped by a signal. On a CPU-only machine, call
-  `runtime.configure_cpu_devices` before JAX starts to use every core.
+  `cpu.configure_cpu_for(config)` before JAX starts to use every core.
   """
   trainer = build_trainer(config)
   outputs = RunOutputs.open(workdir, config)
@@ -419,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _record_config(workdir, config,
                      int(state.step) if outputs.checkpointer.all_steps() else None)
       if jax.default_backend() == "cpu":
-        print(fast_conv.describe_cpu_convolutions(), flush=True)
+        print(trainer.convolutions.describe(), flush=True)
     device_state = trainer.data_parallel.put_state(state)
     del state  # the live state is `device_state`
     with _StopRequest() as stop:

@@ -1,25 +1,38 @@
-"""Test set-up: 4 forced CPU devices and cheap compiles, before any JAX backend starts."""
+"""Test set-up: 4 forced CPU devices and cheap compiles, before any JAX backend starts.
+
+Compiles are most of a tiny model's test time, and many tests start the commands in fresh
+processes that compile the same functions again. So every test worker and every process a test
+starts (they inherit the environment) share one persistent compilation cache under the
+repository's ignored `.jax_test_cache/` (empty in a fresh clone; delete it at will), and compile
+with XLA's optimisations off. No size limit: with one, JAX rescans the whole cache under a file
+lock at every write, which made the suite slower, not faster. A process a test SIGKILLs reads
+the cache but writes nothing to it (`tiny_runs.killable_env`): a kill during a write would
+leave a truncated entry, which JAX reads back with a warning (and then compiles).
+"""
 
 import os
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_test_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_disable_most_optimizations", True)
 
-import pytest  # noqa: E402
 
-from regmix_jax import fast_conv  # noqa: E402
+# The modules whose tests run longest (`pytest --durations`): started first, so that the two
+# workers do not end with one of them still running a long test alone.
+LONGEST_FIRST = ("test_faults.py", "test_autoattack_official.py", "test_collective_timeout.py",
+                 "test_multiprocess.py", "test_attack_strength.py", "test_autoattack_norms.py")
 
 
-@pytest.fixture(autouse=True)
-def _xla_convolutions_until_set():
-  """`fast_conv.set_cpu_convolutions` is process-wide, and every trainer sets it from its config
-  (default "auto": oneDNN's on a CPU with AVX-512 where installed; module-scoped fixtures build
-  trainers too): each test starts from the import-time setting, XLA's, so tests of `fast_conv`
-  itself (forward mode included) do not depend on which test ran before them in their worker."""
-  fast_conv.set_cpu_convolutions("xla")
-  yield
-  fast_conv.set_cpu_convolutions("xla")
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.basename(str(item.fspath))
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+  items.sort(key=rank)  # stable: the order within a rank is kept

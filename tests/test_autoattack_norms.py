@@ -193,15 +193,15 @@ def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split, batc
 
 
 def test_bucket_sizes_bound_the_padding_and_the_compiles():
-  sizes = {attacks.run.bucket_size(n, 500) for n in range(1, 501)}
+  sizes = {attacks.autoattack_runner.bucket_size(n, 500) for n in range(1, 501)}
   assert sizes == {16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 500}
   for n in range(1, 501):
-    assert attacks.run.bucket_size(n, 500) < max(1.5 * n + 1, 17)
-  assert attacks.run.bucket_size(5, 12) == 12
-  assert all(attacks.run.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
+    assert attacks.autoattack_runner.bucket_size(n, 500) < max(1.5 * n + 1, 17)
+  assert attacks.autoattack_runner.bucket_size(5, 12) == 12
+  assert all(attacks.autoattack_runner.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
   # Square's finer ladder: at most 7 padded points up to 128, a quarter above.
   for n in range(1, 501):
-    size = attacks.run.bucket_size(n, 500, fine=True)
+    size = attacks.autoattack_runner.bucket_size(n, 500, fine=True)
     assert (size == 16 or size - n < 8) if n <= 128 else size < 1.25 * n + 1, (n, size)
 
 
@@ -209,20 +209,20 @@ def test_gradient_batches_cover_the_points_with_the_least_padding():
   """`split_sizes`: ladder sizes whose sum is the smallest one that holds the points, in as few
   batches as that sum allows (both found here by brute force over the ladder)."""
   for cap, multiple in ((64, 1), (64, 2), (24, 1)):
-    ladder = attacks.run._ladder(cap, multiple)  # pylint: disable=protected-access
+    ladder = attacks.autoattack_runner._ladder(cap, multiple)  # pylint: disable=protected-access
     fewest = {0: 0}  # exact sum -> fewest batches
     for total in range(1, 700):
       options = [fewest[total - s] + 1 for s in ladder if total - s in fewest]
       if options:
         fewest[total] = min(options)
     for n in range(1, 600):
-      sizes = attacks.run.split_sizes(n, cap, multiple)
+      sizes = attacks.autoattack_runner.split_sizes(n, cap, multiple)
       assert set(sizes) <= set(ladder), (n, sizes)
       least = min(t for t in fewest if t >= n)
       assert sum(sizes) == least, (n, sizes, least)
       assert len(sizes) == fewest[least], (n, sizes)
-  assert attacks.run.split_sizes(70, 64) == [48, 24]
-  assert attacks.run.split_sizes(0, 64) == []
+  assert attacks.autoattack_runner.split_sizes(70, 64) == [48, 24]
+  assert attacks.autoattack_runner.split_sizes(0, 64) == []
 
 
 def test_batches_hold_every_point_once_and_none_is_empty():
@@ -230,7 +230,7 @@ def test_batches_hold_every_point_once_and_none_is_empty():
   included (padded sizes rounded up to it must not shift the points between batches)."""
   for devices, batch_size, n, split_at in ((2, 499, 1000, None), (1, 500, 501, None),
                                            (1, 500, 70, 64), (2, 12, 37, 12), (2, 63, 200, 63)):
-    batcher = attacks.run._Batcher(batch_size, jax.devices()[:devices])  # pylint: disable=protected-access
+    batcher = attacks.autoattack_runner._Batcher(batch_size, jax.devices()[:devices])  # pylint: disable=protected-access
     pairs = list(batcher.chunks(np.arange(n), split_at))
     np.testing.assert_array_equal(np.concatenate([c for c, _ in pairs]), np.arange(n))
     assert all(len(c) > 0 and len(p) % devices == 0 for c, p in pairs), pairs

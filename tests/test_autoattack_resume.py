@@ -60,7 +60,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   state_path = str(tmp_path / "aa_state.json")
   child = subprocess.run([sys.executable, "-c", CHILD, state_path], cwd=ROOT,
                          capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+                         env=tiny_runs.killable_env({**os.environ, "PYTHONPATH": ROOT}))
   assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
   with open(state_path) as f:
     saved = json.load(f)

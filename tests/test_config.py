@@ -90,27 +90,27 @@ def test_model_size_fields_must_fit_the_model():
 
 
 def test_auto_cpu_devices_divide_the_batch(monkeypatch):
-  from regmix_jax import runtime
+  from regmix_jax.cpu import host
   c = _config()
   c.data.batch_size, c.data.eval_batch_size = 128, 500
   monkeypatch.setattr("os.cpu_count", lambda: 6)
-  assert runtime.cpu_device_count(c) == 4
+  assert host.cpu_device_count(c) == 4
   c.cpu_devices = 3
-  assert runtime.cpu_device_count(c) == 3
+  assert host.cpu_device_count(c) == 3
 
 
 def test_ynn_fusion_type_checked_and_given_to_xla_unless_xla_flags_sets_it():
-  from regmix_jax import runtime
+  from regmix_jax.cpu import host
   c = _config()
   c.cpu_ynn_fusion_type = "reduce,convolution"  # the kind is individual_convolution
   with pytest.raises(ValueError, match=r"cpu_ynn_fusion_type.*'reduce,convolution'"):
     config_lib.validate(c)
   flag = "--xla_cpu_experimental_ynn_fusion_type"
-  assert runtime.with_ynn_fusion_type("", "reduce") == f"{flag}=reduce"
-  assert (runtime.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "eltwise,reduce")
+  assert host.with_ynn_fusion_type("", "reduce") == f"{flag}=reduce"
+  assert (host.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "eltwise,reduce")
           == f"--xla_dump_to=/tmp/d {flag}=eltwise,reduce")
-  assert runtime.with_ynn_fusion_type(f"{flag}=dot", "reduce") == f"{flag}=dot"  # the user's wins
-  assert runtime.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "default") == "--xla_dump_to=/tmp/d"
+  assert host.with_ynn_fusion_type(f"{flag}=dot", "reduce") == f"{flag}=dot"  # the user's wins
+  assert host.with_ynn_fusion_type("--xla_dump_to=/tmp/d", "default") == "--xla_dump_to=/tmp/d"
 
 
 def test_changing_only_the_method_name_reports_missing_fields():

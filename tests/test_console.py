@@ -1,11 +1,11 @@
-"""`runtime.quiet_console`: what the command-line entry points set up first."""
+"""`console.quiet_console`: what the command-line entry points set up first."""
 
 import sys
 import types
 
 import pytest
 
-from regmix_jax import runtime
+from regmix_jax import console
 
 ORBAX_READ = "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
 
@@ -23,7 +23,7 @@ def forwarded(monkeypatch):
   """The unraisable exceptions `quiet_console`'s hook passes on to the hook before it."""
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
-  runtime.quiet_console({"verbosity": types.SimpleNamespace(present=True)})
+  console.quiet_console({"verbosity": types.SimpleNamespace(present=True)})
   return seen
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from regmix_jax import config as config_lib
-from regmix_jax import evaluate, models, parallel
+from regmix_jax import attacks, evaluation, models, parallel
 from regmix_jax import train_state as ts
 
 
@@ -28,8 +28,8 @@ def _batch(n=8, real=5):
 def test_padding_rows_are_not_counted_and_match_a_manual_count():
   net, state = _state(ema=False)
   batch = _batch()
-  attack_list = evaluate.parse_attacks("clean")
-  counts = jax.jit(functools.partial(evaluate.eval_step, model=net, attack_list=attack_list))(
+  attack_list = attacks.parse_attacks("clean")
+  counts = jax.jit(functools.partial(evaluation.eval_step, model=net, attack_list=attack_list))(
       state, batch)
   logits = net.apply(state.eval_variables(), batch["image"] / 255.0, train=False)
   manual = (np.argmax(logits, -1) == batch["label"])[:5].sum()
@@ -37,7 +37,7 @@ def test_padding_rows_are_not_counted_and_match_a_manual_count():
   assert float(counts["clean"]) == manual
   # Labels of padding rows are irrelevant.
   flipped = dict(batch, label=np.where(batch["mask"], batch["label"], (batch["label"] + 1) % 10))
-  again = evaluate.eval_step(state, flipped, model=net, attack_list=attack_list)
+  again = evaluation.eval_step(state, flipped, model=net, attack_list=attack_list)
   assert float(again["clean"]) == float(counts["clean"])
 
 
@@ -52,7 +52,7 @@ def test_ema_weights_are_evaluated():
   state = state.replace(ema_params=ema_params)
   batch = _batch(n=8, real=8)
   batch["label"] = np.full(8, 3, np.int32)
-  counts = evaluate.eval_step(state, batch, model=net, attack_list=evaluate.parse_attacks("clean"))
+  counts = evaluation.eval_step(state, batch, model=net, attack_list=attacks.parse_attacks("clean"))
   assert float(counts["clean"]) == 8
 
 
@@ -61,10 +61,10 @@ def test_eval_step_counts_summed_over_devices_on_the_host(kind):
   net = models.get_model("small_cnn", 10, width=4)
   _, state = _state(ema=False)
   batch = _batch(n=8, real=6)
-  attack_list = evaluate.parse_attacks("clean,pgd2")
-  single = evaluate.eval_step(state, batch, model=net, attack_list=attack_list)
+  attack_list = attacks.parse_attacks("clean,pgd2")
+  single = evaluation.eval_step(state, batch, model=net, attack_list=attack_list)
   par = parallel.DataParallel(kind, devices=jax.devices()[:4])
-  step = par.map(functools.partial(evaluate.eval_step, model=net, attack_list=attack_list),
+  step = par.map(functools.partial(evaluation.eval_step, model=net, attack_list=attack_list),
                  donate_state=False, per_device_outputs=True)
   multi = par.host_sum(step(par.put_state(state), par.put_batch(batch)))
   assert float(multi["count"]) == 6
@@ -73,8 +73,8 @@ def test_eval_step_counts_summed_over_devices_on_the_host(kind):
 
 
 def test_parse_attacks():
-  parsed = evaluate.parse_attacks("clean, pgd20,cw10,fgsm")
+  parsed = attacks.parse_attacks("clean, pgd20,cw10,fgsm")
   assert [n for n, _ in parsed] == ["clean", "pgd20", "cw10", "fgsm"]
   assert parsed[1][1].keywords["num_steps"] == 20 and parsed[1][1].keywords["early_stop"]
   with pytest.raises(ValueError, match="eval.attacks"):
-    evaluate.parse_attacks("pgd0")
+    attacks.parse_attacks("pgd0")

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from regmix_jax import checkpointing, config as config_lib, data, evaluate, methods, models, train
+from regmix_jax import attacks, checkpointing, config as config_lib, data, evaluate, evaluation
+from regmix_jax import methods, models, train
 from regmix_jax import train_state as ts
 
 import tiny_runs
@@ -55,9 +56,9 @@ def test_evaluate_checkpoint_writes_eval_json_and_aa_matches_the_composition(run
   net = models.get_model("small_cnn", 10, width=4)
   state = ts.create_train_state(config, {"target": net}, dataset.image_shape, 1)
   state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
-  step = jax.jit(functools.partial(evaluate.eval_step, model=net, first_position=2,
-                                   attack_list=evaluate.parse_attacks("aa", epsilon=16 / 255)))
-  fixed = evaluate.accuracies(data.eval_batches(dataset.test, batch_size=40),
+  step = jax.jit(functools.partial(evaluation.eval_step, model=net, first_position=2,
+                                   attack_list=attacks.parse_attacks("aa", epsilon=16 / 255)))
+  fixed = evaluation.accuracies(data.eval_batches(dataset.test, batch_size=40),
                               lambda b: step(state, b))
   np.testing.assert_allclose(fixed["aa"], acc["aa"])
 
@@ -113,10 +114,10 @@ def test_dtype_flag_evaluates_in_that_precision_and_keeps_the_run_config(run):
                                 dataset.image_shape, 1)
   state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
   net = models.get_model("small_cnn", 10, width=4, dtype="bfloat16")
-  step = jax.jit(functools.partial(evaluate.eval_step, model=net,
-                                   attack_list=evaluate.parse_attacks("clean", epsilon=0.0)))
+  step = jax.jit(functools.partial(evaluation.eval_step, model=net,
+                                   attack_list=attacks.parse_attacks("clean", epsilon=0.0)))
   live = state.replace(ema_params=None, ema_batch_stats=None)
-  by_hand = evaluate.accuracies(data.eval_batches(dataset.test, batch_size=40),
+  by_hand = evaluation.accuracies(data.eval_batches(dataset.test, batch_size=40),
                                 lambda b: step(live, b))["clean"]
   assert record["accuracy"]["clean"] == by_hand
   nets, _, _ = evaluate.restore_state(workdir, config_lib.load_json(
@@ -170,7 +171,7 @@ def test_evaluate_command_killed_during_autoattack_resumes_to_the_same_record(ru
   args = [f"--workdir={workdir}", "--attacks=aa", "--n_examples=16", "--epsilon=16/255"]
   killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_ATTACKS, workdir, *args],
                           cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+                          env=tiny_runs.killable_env({**os.environ, "PYTHONPATH": ROOT}))
   assert killed.returncode == -9, killed.stderr[-2000:]
   states = glob.glob(os.path.join(workdir, "checkpoints", "*", "autoattack", "*.json"))
   assert len(states) == 1

@@ -1,17 +1,21 @@
 """The CIFAR-10-subset study's scripts: a missing data file stops each stage at once with a
 message naming the path and the fix (before any run starts or JAX loads), and the
-catastrophic-overfitting rule of the report. `step_breakdown.py`'s stand-ins and arithmetic."""
+catastrophic-overfitting rule of the report. The benchmarks (`experiments/benchmarks/`):
+`step_breakdown.py`'s stand-ins and arithmetic, `benchmark.py`'s cases, rounds and ratios."""
 
+import dataclasses
 import importlib
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(ROOT, "experiments", "cifar10_subset")
+BENCHMARKS = os.path.join(ROOT, "experiments", "benchmarks")
 STAGES = ("stage1_tune", "stage2_train", "stage3_evaluate", "stage4_overfit", "stage5_landscape")
 
 
@@ -64,7 +68,7 @@ def evaluate_checkpoint(workdir, *, attacks_spec, epsilon=None, **kwargs):
   attacks.parse_attacks(attacks_spec, epsilon=epsilon or run_config.eval.epsilon)
   reached("evaluation", workdir=workdir, attacks=attacks_spec, **kwargs)
 
-def restore_state(workdir, config, num_classes, image_shape, *, step=None):
+def restore_state(workdir, config, num_classes, image_shape, *, step=None, conv=None):
   config_lib.validate(config)
   reached("restore", workdir=workdir, method=config.method.name)
 
@@ -155,23 +159,26 @@ def test_every_final_run_of_the_study_builds_a_valid_config(eps):
     assert abs(config.eval.epsilon - eps / 255) < 1e-12
 
 
-def _experiment(name: str):
-  """The module `experiments/<name>.py` (the scripts import each other from that folder)."""
-  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+def _benchmarks(name: str):
+  """The module `experiments/benchmarks/<name>.py` (the benchmarks import each other from that
+  folder, and `common` from experiments/)."""
+  added = [BENCHMARKS, os.path.join(ROOT, "experiments")]
+  sys.path[:0] = added
   try:
     return importlib.import_module(name)
   finally:
-    sys.path.pop(0)
+    for path in added:
+      sys.path.remove(path)
 
 
 @pytest.mark.parametrize("cin,cout,size,kernel,stride", [
     (3, 64, 32, 3, 1), (64, 128, 32, 3, 2), (64, 128, 32, 1, 2), (512, 512, 4, 3, 1)])
 def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size, kernel, stride):
-  """`experiments/step_breakdown.py` replaces convolutions by stand-ins whose output must be the
-  convolution's, in JAX (NHWC) and PyTorch (NCHW), or the step around them changes."""
+  """`experiments/benchmarks/step_breakdown.py` replaces convolutions by stand-ins whose output
+  must be the convolution's, in JAX (NHWC) and PyTorch (NCHW), or the step around them changes."""
   import jax  # pylint: disable=g-import-not-at-top  (JAX and torch only for this test)
   from jax import lax  # pylint: disable=g-import-not-at-top
-  step_breakdown = _experiment("step_breakdown")
+  step_breakdown = _benchmarks("step_breakdown")
   pad = ((kernel // 2, kernel // 2),) * 2
   x = jax.numpy.ones((2, size, size, cin))
   w = jax.random.normal(jax.random.key(0), (kernel, kernel, cin, cout))
@@ -190,18 +197,73 @@ def test_step_breakdown_stand_ins_have_each_convolution_s_output(cin, cout, size
   assert stand_in.shape == layer(xt).shape
 
 
+@pytest.mark.parametrize("part", ["no_kernel_grads", "no_input_grads"])
+def test_step_breakdown_gradient_stand_ins_replace_one_gradient_each(part, monkeypatch):
+  """The gradient cases replace one of `fast_conv`'s tangent rules, which the models' convolution
+  (`FastConv`, XLA's) runs: that gradient becomes the output gradient's sum, broadcast; the other
+  stays lax's."""
+  import jax  # pylint: disable=g-import-not-at-top  (JAX only for this test)
+  from regmix_jax.cpu import fast_conv  # pylint: disable=g-import-not-at-top
+  step_breakdown = _benchmarks("step_breakdown")
+  monkeypatch.setattr(fast_conv, *step_breakdown.TANGENT_STAND_INS[part])  # raises if gone
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x, w = jax.random.normal(kx, (2, 8, 8, 3)), jax.random.normal(kw, (3, 3, 3, 4))
+  g = jax.random.normal(kg, (2, 4, 4, 4))
+
+  def grads(conv):
+    return jax.vjp(lambda x, w: conv(x, w, (2, 2), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)[1](g)
+  (dx, dw), (lax_dx, lax_dw) = grads(fast_conv.FastConv()), grads(jax.lax.conv_general_dilated)
+  if part == "no_kernel_grads":
+    np.testing.assert_allclose(dw, np.full(w.shape, g.sum()), rtol=1e-5)
+    np.testing.assert_allclose(dx, lax_dx, rtol=1e-4, atol=1e-4)
+  else:
+    np.testing.assert_allclose(dx, np.full(x.shape, g.sum()), rtol=1e-5)
+    np.testing.assert_allclose(dw, lax_dw, rtol=1e-4, atol=1e-4)
+
+
+def test_step_breakdown_no_convs_gives_the_models_the_stand_in():
+  """`jax:no_convs` hands `train.build_trainer` convolutions whose `conv`, what the models
+  convolve with, is the stand-in."""
+  import jax  # pylint: disable=g-import-not-at-top  (JAX only for this test)
+  from regmix_jax import models  # pylint: disable=g-import-not-at-top
+  step_breakdown = _benchmarks("step_breakdown")
+  convolutions = step_breakdown.StandInConvolutions(
+      "xla", stand_in=step_breakdown._jax_conv_stand_in)
+  assert convolutions.conv is step_breakdown._jax_conv_stand_in
+  net = models.get_model("small_cnn", 10, width=4, conv=convolutions.conv)
+  x = jax.numpy.ones((2, 8, 8, 3))
+  variables = net.init(jax.random.key(0), x, train=False)
+  plain = models.get_model("small_cnn", 10, width=4)
+  assert net.apply(variables, x, train=False).shape == (2, 10)
+  assert not np.allclose(net.apply(variables, x, train=False),
+                         plain.apply(variables, x, train=False))
+
+
+def test_benchmark_variant_narrows_onednn_inputs_through_the_convolutions():
+  """`2dev-dnnl8` (oneDNN from input maps 8 wide) is a `cpu.Convolutions` value handed to
+  `train.build_trainer`, no process-global setting."""
+  from regmix_jax import cpu  # pylint: disable=g-import-not-at-top  (JAX only for this test)
+  harness = _benchmarks("harness")
+  assert harness.VARIANTS["2dev-dnnl8"]["onednn_min_size"] == 8
+  config = types.SimpleNamespace(cpu_convolutions="xla")
+  narrowed = harness.convolutions(config, {"devices": 2, "onednn_min_size": 8})
+  assert narrowed == dataclasses.replace(cpu.choose("xla"), onednn_min_size=8)
+  assert harness.convolutions(config, {"devices": 2}) == cpu.choose("xla")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_benchmark_shifted_products_are_the_convolution(dtype):
-  """`benchmark.run_dtype_micro` times `shifted_products_conv` as a 3x3 'same' convolution: its
+  """`suites_micro.run_dtype_micro` times `shifted_products_conv` as a 3x3 'same' convolution: its
   values must be lax's (in bf16 up to the output's rounding)."""
   import jax  # pylint: disable=g-import-not-at-top  (JAX only for this test)
-  benchmark = _experiment("benchmark")
+  suites_micro = _benchmarks("suites_micro")
   kx, kw = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, (2, 5, 6, 8)).astype(dtype)
   w = jax.random.normal(kw, (3, 3, 8, 4)).astype(dtype)
   conv = jax.lax.conv_general_dilated(x.astype("float32"), w.astype("float32"), (1, 1),
                                       ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ours = benchmark.shifted_products_conv(x, w)
+  ours = suites_micro.shifted_products_conv(x, w)
   assert ours.dtype == x.dtype
   tol = 1e-5 if dtype == "float32" else 2e-2
   np.testing.assert_allclose(np.asarray(ours, np.float32), conv, rtol=tol, atol=tol * 8)
@@ -210,7 +272,7 @@ def test_benchmark_shifted_products_are_the_convolution(dtype):
 def test_step_breakdown_rows():
   step_s = {"jax:full": 7.0, "jax:no_convs": 1.5, "jax:no_kernel_grads": 4.5,
             "jax:no_input_grads": 5.0, "torch:full": 6.0, "torch:no_convs": 1.0}
-  breakdown = _experiment("step_breakdown").breakdown(step_s)
+  breakdown = _benchmarks("step_breakdown").breakdown(step_s)
   rows = {row.strip(): (ours, theirs) for row, ours, theirs in breakdown}
   assert rows["convolutions (difference)"] == (5.5, 5.0)
   assert rows["of which kernel gradients"] == (2.5, None)
@@ -221,11 +283,11 @@ def test_step_breakdown_rows():
 def test_benchmark_schedule_pairs_each_train_case_with_its_pytorch_steps():
   """`benchmark.py --rounds`: each train case runs next to the PyTorch steps its ratios use (the
   same model and dtype), the pair's order alternating by round; other cases once."""
-  benchmark = _experiment("benchmark")
+  benchmark, rounds = _benchmarks("benchmark"), _benchmarks("rounds")
   cases = benchmark.cases(benchmark.parse_args([
       "--suites=train,torch,torch-bf16,micro", "--methods=fgsm_pgk,trades",
       "--models=resnet18", "--variants=2dev,2dev-bf16"]))
-  order = benchmark.schedule(cases, 2)
+  order = rounds.schedule(cases, 2)
   assert sorted(order) == sorted([(c, 0) for c in cases] + [
       (c, 1) for c in cases if not c.startswith("micro:")])
   round0 = [c for c, r in order if r == 0]
@@ -241,19 +303,19 @@ def test_benchmark_schedule_pairs_each_train_case_with_its_pytorch_steps():
 
 
 def test_benchmark_rounds_keep_every_rate_and_report_medians():
-  benchmark = _experiment("benchmark")
+  rounds, result_tables = _benchmarks("rounds"), _benchmarks("result_tables")
   record = None
   for r, rate in enumerate((20.0, 16.0, 18.5)):
-    record = benchmark.merge_round(record, {"images_per_s": rate, "step_s": 128 / rate,
-                                            "date": f"d{r}"}, r)
+    record = rounds.merge_round(record, {"images_per_s": rate, "step_s": 128 / rate,
+                                         "date": f"d{r}"}, r)
   assert record["rounds_images_per_s"] == [20.0, 16.0, 18.5]
   assert record["images_per_s"] == 18.5 and record["step_s"] == 128 / 18.5
   assert record["rounds_dates"] == ["d0", "d1", "d2"]
-  failed = benchmark.merge_round(record, {"error": "Killed"}, 3)  # earlier rounds are kept
+  failed = rounds.merge_round(record, {"error": "Killed"}, 3)  # earlier rounds are kept
   assert failed["rounds_images_per_s"] == [20.0, 16.0, 18.5] and failed["images_per_s"] == 18.5
   assert failed["rounds_errors"] == ["round 4: Killed"]
   torch = {"images_per_s": 18.0, "rounds_images_per_s": [18.0, 20.0, 17.0]}
   results = {"train:fgsm_pgk:resnet18:2dev": record, "torch:resnet18:2": dict(torch, threads=2)}
-  (line,) = benchmark.ratios(results)
+  (line,) = result_tables.ratios(results)
   assert line.endswith("18.5 img/s, PyTorch fgsm_pgk float32 18.0 -> 1.03x "
                        "(rounds: 1.11x, 0.80x, 1.09x)"), line

@@ -148,3 +148,56 @@ def test_every_module_imports_first_and_in_any_order_without_starting_jax():
   result = subprocess.run([sys.executable, "-c", _DRIVER, ",".join(sorted(MODULES))], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# The backend-neutral core: plain JAX that runs unchanged on every backend. The CPU plug-in
+# (`regmix_jax.cpu`) is chosen by the commands and passed down as a value, never imported here.
+CORE = ("regmix_jax.models", "regmix_jax.attacks", "regmix_jax.methods", "regmix_jax.losses",
+        "regmix_jax.train_step", "regmix_jax.evaluation")
+
+
+def _closure(graph, start: str) -> set[str]:
+  seen, todo = set(), [start]
+  while todo:
+    module = todo.pop()
+    if module not in seen:
+      seen.add(module)
+      todo.extend(graph[module])
+  return seen
+
+
+def test_the_core_imports_no_cpu_acceleration():
+  graph = _graph()
+  core = [m for m in MODULES if any(m == c or m.startswith(c + ".") for c in CORE)]
+  assert len(core) > 20, core  # every module under the core's packages
+  leaks = {m: sorted(d for d in _closure(graph, m) if d == "regmix_jax.cpu"
+                     or d.startswith("regmix_jax.cpu."))
+           for m in core}
+  assert not any(leaks.values()), {m: d for m, d in leaks.items() if d}
+
+
+def test_no_global_statement_in_the_library():
+  """Process-wide state set through `global` is what the CPU plug-in used to be: choices travel
+  as values."""
+  found = [f"{path}:{node.lineno}" for name, path in MODULES.items()
+           for node in ast.walk(ast.parse(open(path).read()))
+           if isinstance(node, ast.Global)]
+  assert not found, found
+
+
+def test_the_commands_do_not_import_torch():
+  """torch is never a library dependency, and where it is installed (the crosscheck extra) it
+  costs every command 1.6 s to import: tensorboardX's optional torch import is skipped
+  (`reporting`), and torch still imports afterwards."""
+  code = ("import sys, regmix_jax.main, regmix_jax.evaluate, regmix_jax.convert; "
+          "print('torch' in sys.modules); import importlib.util; "
+          "print(importlib.util.find_spec('torch') is not None)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  loaded, installed = result.stdout.split()
+  assert loaded == "False", result.stderr[-2000:]
+  if installed == "True":
+    after = subprocess.run([sys.executable, "-c", "import regmix_jax.reporting, torch; "
+                            "print(torch.ones(2).sum().item())"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert after.stdout.strip() == "2.0", after.stderr[-2000:]

@@ -1,5 +1,5 @@
-"""`onednn`: convolutions on oneDNN through an XLA FFI call give lax's values and derivatives (of
-any order), run only where asked and supported, and a missing oneDNN fails naming the fix.
+"""`cpu.onednn`: convolutions on oneDNN through an XLA FFI call give lax's values and derivatives
+(of any order), run only where asked and supported, and a missing oneDNN names the fix.
 
 Needs the `onednn` extra and g++ (`.ci/run` installs it); the tests of oneDNN's values skip
 without them, the error-message tests do not."""
@@ -12,7 +12,8 @@ import pytest
 from jax import lax
 
 from regmix_jax import config as config_lib
-from regmix_jax import evaluate, fast_conv, models, onednn, train
+from regmix_jax import cpu, evaluate, models, train
+from regmix_jax.cpu import fast_conv, host, onednn
 
 import tiny_runs
 
@@ -24,13 +25,6 @@ except onednn.OnednnUnavailable as e:
 needs_onednn = pytest.mark.skipif(_MISSING is not None, reason=f"oneDNN unavailable: {_MISSING}")
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-@pytest.fixture
-def onednn_convolutions():
-  fast_conv.set_cpu_convolutions("onednn")
-  yield
-  fast_conv.set_cpu_convolutions("xla")
 
 
 def _lax(strides, padding):
@@ -52,9 +46,14 @@ CASES = [((16, 16), 3, (1, 1), ((1, 1), (1, 1))), ((16, 16), 3, (2, 2), ((1, 1),
 @pytest.mark.parametrize("hw,k,strides,padding", CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype):
+  if dtype == jnp.bfloat16 and "avx512f" not in host.cpu_flags():
+    pytest.skip("oneDNN 3.2 has no bfloat16 convolutions on a CPU without AVX-512 (the library "
+                "routes bfloat16 only on CPUs with AVX512-BF16 or AMX)")
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k1, (3, *hw, 5), dtype)
-  w = jax.random.normal(k2, (k, k, 5, 7), dtype)
+  # A strided 1x1 convolution is routed only from MIN_STRIDED_POINTWISE_CHANNELS input channels.
+  ci = 16 if k == 1 and max(strides) > 1 else 5
+  x = jax.random.normal(k1, (3, *hw, ci), dtype)
+  w = jax.random.normal(k2, (k, k, ci, 7), dtype)
   ref, ours = _lax(strides, padding), _ours(strides, padding)
   y = ref(x, w)
   g = jax.random.normal(k3, y.shape, dtype)
@@ -105,27 +104,31 @@ def _hlo(fn, *args) -> str:
 
 
 @needs_onednn
-def test_routed_only_where_asked_and_supported(onednn_convolutions):
-  # A new function for each trace: JAX caches a function's traces, and the setting is read when
-  # tracing (`set_cpu_convolutions`).
-  conv = lambda: lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                                             dimension_numbers=NHWC)
+def test_routed_only_where_asked_and_supported():
+  def conv(fast, **kw):
+    return lambda x, w: fast(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kw)
+  dnnl = fast_conv.FastConv(onednn=True)
   w = jnp.ones((3, 3, 4, 4))
-  assert onednn.TARGET in _hlo(conv(), jnp.ones((2, 16, 16, 4)), w)
-  assert onednn.TARGET not in _hlo(conv(), jnp.ones((2, 8, 8, 4)), w)  # below MIN_SIZE
-  grouped = lambda x, w: fast_conv.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)
-  assert onednn.TARGET not in _hlo(grouped, jnp.ones((2, 16, 16, 4)), jnp.ones((3, 3, 2, 4)))
-  fast_conv.set_cpu_convolutions("xla")
-  assert onednn.TARGET not in _hlo(conv(), jnp.ones((2, 16, 16, 4)), w)
+  assert onednn.TARGET in _hlo(conv(dnnl), jnp.ones((2, 16, 16, 4)), w)
+  assert onednn.TARGET not in _hlo(conv(dnnl), jnp.ones((2, 8, 8, 4)), w)  # below MIN_SIZE
+  assert onednn.TARGET in _hlo(conv(fast_conv.FastConv(onednn=True, onednn_min_size=8)),
+                               jnp.ones((2, 8, 8, 4)), w)
+  assert onednn.TARGET not in _hlo(conv(dnnl, feature_group_count=2), jnp.ones((2, 16, 16, 4)),
+                                   jnp.ones((3, 3, 2, 4)))
+  assert onednn.TARGET not in _hlo(conv(fast_conv.FastConv()), jnp.ones((2, 16, 16, 4)), w)
+  # oneDNN 3.2 corrupts memory computing the input gradient of a strided 1x1 convolution with
+  # few input channels (on AVX2): those stay on XLA.
+  pointwise = lambda x, w: dnnl(x, w, (2, 2), "VALID", dimension_numbers=NHWC)
+  assert onednn.TARGET not in _hlo(pointwise, jnp.ones((2, 16, 16, 4)), jnp.ones((1, 1, 4, 8)))
+  assert onednn.TARGET in _hlo(pointwise, jnp.ones((2, 16, 16, 16)), jnp.ones((1, 1, 16, 8)))
 
 
 @needs_onednn
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_bf16_routed_only_on_a_cpu_with_bf16_units(onednn_convolutions, monkeypatch, native_bf16):
+def test_bf16_routed_only_on_a_cpu_with_bf16_units(monkeypatch, native_bf16):
   """Without AVX512-BF16 or AMX oneDNN emulates bf16, slower than XLA: those stay on XLA."""
   monkeypatch.setattr(onednn, "cpu_has_bf16", lambda: native_bf16)
-  conv = lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+  conv = lambda x, w: fast_conv.FastConv(onednn=True)(x, w, (1, 1), ((1, 1), (1, 1)),
                                                      dimension_numbers=NHWC)
   x, w = jnp.ones((2, 16, 16, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
   assert (onednn.TARGET in _hlo(conv, x, w)) == native_bf16
@@ -134,22 +137,21 @@ def test_bf16_routed_only_on_a_cpu_with_bf16_units(onednn_convolutions, monkeypa
 
 
 @needs_onednn
-def test_a_models_training_gradients_are_the_same(onednn_convolutions):
+def test_a_models_training_gradients_are_the_same():
   """The small CNN on 16x16 inputs (its first convolutions on oneDNN, the strided rest on XLA):
-  the gradient of a loss around an input-gradient step, both settings, traced afresh."""
-  net = models.get_model("small_cnn", 10, width=4)
+  the gradient of a loss around an input-gradient step, oneDNN's against XLA's."""
   x = jax.random.uniform(jax.random.key(2), (4, 16, 16, 3))
   labels = jnp.arange(4)
-  variables = net.init(jax.random.key(3), x, train=False)
-
-  def loss(params):
-    ce = lambda x: optax.softmax_cross_entropy_with_integer_labels(
-        net.apply({**variables, "params": params}, x, train=False), labels).sum()
-    return ce(x + 0.5 * jax.grad(ce)(x))
-
   grads = {}
   for name in ("onednn", "xla"):
-    fast_conv.set_cpu_convolutions(name)
+    net = models.get_model("small_cnn", 10, width=4, conv=cpu.Convolutions(name).conv)
+    variables = net.init(jax.random.key(3), x, train=False)
+
+    def loss(params):
+      ce = lambda x: optax.softmax_cross_entropy_with_integer_labels(
+          net.apply({**variables, "params": params}, x, train=False), labels).sum()
+      return ce(x + 0.5 * jax.grad(ce)(x))
+
     fn = jax.jit(jax.grad(loss))
     assert (onednn.TARGET in fn.lower(variables["params"]).as_text()) == (name == "onednn")
     grads[name] = fn(variables["params"])
@@ -160,12 +162,10 @@ def test_a_models_training_gradients_are_the_same(onednn_convolutions):
 def test_an_unknown_setting_names_the_field():
   config = config_lib.base_config()
   config.cpu_convolutions = "mkl"
-  with pytest.raises(ValueError, match="`cpu_convolutions`.*auto, xla, onednn"):
+  with pytest.raises(ValueError, match="`cpu_convolutions`.*auto, xla, onednn, plain"):
     config_lib.validate(config)
-  before = fast_conv.cpu_convolutions()
   with pytest.raises(ValueError, match="`cpu_convolutions`"):
-    fast_conv.set_cpu_convolutions("mkl")
-  assert fast_conv.cpu_convolutions() == before
+    cpu.choose("mkl")
 
 
 @pytest.mark.parametrize("machine", ["x86_avx512", "no_avx512", "aarch64", "not_installed",
@@ -176,7 +176,7 @@ def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypa
   AVX-512, oneDNN installed and its handler built; XLA's elsewhere, never an error; a oneDNN
   that is installed but cannot be built warns, naming the cause."""
   flags = {"sse4_2", "avx2"} | (set() if machine == "no_avx512" else {"avx512f"})
-  monkeypatch.setattr(onednn.runtime, "cpu_flags", lambda: frozenset(flags))
+  monkeypatch.setattr(onednn.host, "cpu_flags", lambda: frozenset(flags))
   monkeypatch.setattr(onednn.platform, "machine",
                       lambda: "aarch64" if machine == "aarch64" else "x86_64")
   monkeypatch.setattr(onednn.platform, "system", lambda: "Linux")
@@ -190,26 +190,49 @@ def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypa
       raise onednn.OnednnUnavailable("No C++ compiler found to build onednn_conv.cc")
   monkeypatch.setattr(onednn, "load", load)
   with caplog.at_level("WARNING"):
-    picked = fast_conv.set_cpu_convolutions("auto")
-  assert picked == fast_conv.cpu_convolutions() == ("onednn" if machine == "x86_avx512"
-                                                    else "xla")
+    picked = cpu.choose("auto", backend="cpu")
+  assert picked.name == ("onednn" if machine == "x86_avx512" else "xla")
   reason = onednn.auto_choice()[1]
   assert {"no_avx512": "lacks avx512f", "aarch64": "x86-64 Linux, not Linux aarch64",
           "not_installed": "not installed", "does_not_build": "installed but unusable",
           "x86_avx512": "AVX-512, and oneDNN installed"}[machine] in reason
   assert ("No C++ compiler found" in caplog.text) == (machine == "does_not_build")
-  assert fast_conv.describe_cpu_convolutions() == (  # a run's first line of output
-      f"Convolutions on CPU: {'oneDNN' if picked == 'onednn' else 'XLA'}'s "
+  assert picked.describe() == (  # a run's first line of output
+      f"Convolutions on CPU: {'oneDNN' if picked.name == 'onednn' else 'XLA'}'s "
       f'(cpu_convolutions="auto": {reason}).')
+
+
+@pytest.mark.parametrize("setting", cpu.CHOICES)
+def test_off_cpu_nothing_of_the_plug_in_is_traced(setting):
+  """On GPU and TPU every setting is "plain": the models keep lax's convolution, and
+  `accelerate` returns the function itself."""
+  chosen = cpu.choose(setting, backend="gpu")
+  assert chosen.name == "plain" and chosen.conv is None
+  fn = lambda x: x
+  assert chosen.accelerate(fn) is fn
+
+
+def test_onednn_where_unavailable_runs_xla_s_with_a_warning(monkeypatch, caplog):
+  """An explicit "onednn" (a run's config from another machine) never stops a run: XLA's
+  convolutions, with a warning naming the cause, and the run's first line says so."""
+  def unavailable():
+    raise onednn.OnednnUnavailable("onednn-devel-cpu-gomp is not installed")
+  monkeypatch.setattr(onednn, "load", unavailable)
+  with caplog.at_level("WARNING"):
+    chosen = cpu.choose("onednn", backend="cpu")
+  assert chosen.name == "xla" and "onednn-devel-cpu-gomp is not installed" in caplog.text
+  assert chosen.describe() == ('Convolutions on CPU: XLA\'s (cpu_convolutions="onednn", but '
+                               'oneDNN is unavailable here).')
 
 
 def test_a_default_config_trains_on_what_auto_picks():
   """The config's default is "auto", and the trainer resolves it before anything is traced (on
-  an x86-64 CPU with AVX-512 and the extra installed, as in CI here: oneDNN's)."""
+  an x86-64 CPU with AVX-512 and the extra installed: oneDNN's)."""
   config = tiny_runs.tiny_config("fgsm_pgk", num_epochs=1)
   assert config.cpu_convolutions == config_lib.base_config().cpu_convolutions == "auto"
-  train.build_trainer(config)
-  assert fast_conv.cpu_convolutions() == onednn.auto_choice()[0]
+  trainer = train.build_trainer(config)
+  assert trainer.convolutions.name == onednn.auto_choice()[0]
+  assert trainer.models["target"].conv_general_dilated == trainer.convolutions.conv
 
 
 def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
@@ -251,20 +274,15 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
   workdir = str(tmp_path / "run")
   config = tiny_runs.tiny_config("fgsm_pgk", num_epochs=1, cpu_convolutions="onednn",
                                  **{"eval.attacks": "clean"})
-  try:
-    train.train_and_evaluate(config, workdir)
-    assert fast_conv.cpu_convolutions() == "onednn"
-    assert capsys.readouterr().out.startswith(
-        'Convolutions on CPU: oneDNN\'s (cpu_convolutions="onednn").\n')
-    on_onednn = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
+  train.train_and_evaluate(config, workdir)
+  assert capsys.readouterr().out.startswith(
+      'Convolutions on CPU: oneDNN\'s (cpu_convolutions="onednn").\n')
+  on_onednn = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
 
-    def unavailable():
-      raise onednn.OnednnUnavailable("onednn-devel-cpu-gomp is not installed")
-    monkeypatch.setattr(onednn, "load", unavailable)
-    with caplog.at_level("WARNING"):
-      on_xla = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
-    assert fast_conv.cpu_convolutions() == "xla"  # what that evaluation traced with
-  finally:
-    fast_conv.set_cpu_convolutions("xla")
-  assert "trained with cpu_convolutions='onednn', unavailable here" in caplog.text
+  def unavailable():
+    raise onednn.OnednnUnavailable("onednn-devel-cpu-gomp is not installed")
+  monkeypatch.setattr(onednn, "load", unavailable)
+  with caplog.at_level("WARNING"):
+    on_xla = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
+  assert 'cpu_convolutions="onednn", but oneDNN is unavailable here' in caplog.text
   assert on_xla["accuracy"] == pytest.approx(on_onednn["accuracy"], abs=1 / 32)

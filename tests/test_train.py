@@ -17,7 +17,7 @@ import pytest
 from regmix_jax import checkpointing
 from regmix_jax import methods, train
 
-from tiny_runs import tiny_config, tiny_fgsm_pgk_flags
+from tiny_runs import killable_env, tiny_config, tiny_fgsm_pgk_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FGSM_PGK = os.path.join(ROOT, "configs", "cifar10", "fgsm_pgk.py")
@@ -54,8 +54,8 @@ def uninterrupted_run(tmp_path_factory):
 
 def _interrupt_after_first_checkpoint(workdir, sig):
   """Starts the tiny run and sends `sig` once its step-2 checkpoint exists."""
-  proc = subprocess.Popen(_cli(workdir), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(_cli(workdir), env=killable_env(ENV), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -122,7 +122,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, uninterrupted_ru
 
 def test_cli_resume_with_another_model_fails_in_a_few_lines(tmp_path, uninterrupted_run):
   """The command's failed restore is its error and the changed field, not Orbax's echoes of it
-  (dozens of `Event loop is closed` tracebacks without `runtime.quiet_console`)."""
+  (dozens of `Event loop is closed` tracebacks without `console.quiet_console`)."""
   workdir = str(tmp_path / "run")
   shutil.copytree(uninterrupted_run, workdir)
   result = subprocess.run(_cli(workdir, "--config.model.width=8"), env=ENV, cwd=ROOT,

@@ -6,6 +6,8 @@ path)."""
 
 from __future__ import annotations
 
+import os
+
 from regmix_jax import config as config_lib
 from regmix_jax import methods
 
@@ -72,3 +74,11 @@ def _kill_after_attacks(pattern):
 
 _threading.Thread(target=_kill_after_attacks, args=({state_glob},), daemon=True).start()
 """
+
+
+def killable_env(env=None) -> dict[str, str]:
+  """The environment for a process a test SIGKILLs: it reads the shared compilation cache
+  (conftest.py) but writes nothing to it, since a kill during a write would leave a truncated
+  entry for every later process to warn about."""
+  return {**(os.environ if env is None else env),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}

@@ -23,7 +23,11 @@ import platform
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from regmix_jax import attacks, config as config_lib, cpu, evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "aa")
@@ -51,23 +55,21 @@ def parse_args(argv=None):
 
 
 def load_jax_model(workdir):
-  """The run's target model and eval variables, restored by `regmix_jax.evaluate.restore_state`:
-  returns (model, variables, config, step, whether they are EMA weights)."""
-  from regmix_jax import config as config_lib, evaluate
+  """The run's target model and eval variables, restored by `regmix_jax.evaluate.restore_state`
+  (the model's convolutions the library's on this CPU, `cpu.choose("auto")`): returns (model,
+  variables, config, step, whether they are EMA weights)."""
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if config.model.name != "small_cnn":
     raise ValueError(f"this script ports small_cnn only, the run has {config.model.name!r}")
-  nets, state, step = evaluate.restore_state(workdir, config, 10, (32, 32, 3))
+  # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
+  nets, state, step = evaluate.restore_state(workdir, config, 10, (32, 32, 3),
+                                             conv=cpu.choose("auto").conv)
   variables = state.eval_variables("target")
   model = nets["target"].clone(axis_name=None)  # inference BN: no cross-device statistics
   return model, variables, config, step, state.ema_params is not None
 
 
 def make_jax_attack(name, model, variables):
-  import jax
-  import jax.numpy as jnp
-  from regmix_jax import attacks
-
   def logits_fn(x):
     return model.apply(variables, x, train=False)
 
@@ -104,8 +106,6 @@ def run_jax(name, model, variables, x, y, batch_size, seed):
   for `aa`, each of its attacks only the points still robust after the previous ones (gathered
   into batches of at most `batch_size`, padded to a power of two so few shapes compile).
   """
-  import jax
-  from regmix_jax import attacks
   logits = np.concatenate([np.asarray(jax.jit(lambda z: model.apply(variables, z, train=False))(
       x[i:i + batch_size])) for i in range(0, len(y), batch_size)])
   robust = logits.argmax(-1) == y
@@ -141,14 +141,15 @@ def run_jax(name, model, variables, x, y, batch_size, seed):
 
 
 def build_torch_model(variables, width, num_classes=10):
-  """The same small CNN in PyTorch (`experiments/torch_reference.py`) with the JAX weights."""
-  sys.path.insert(0, os.path.dirname(HERE))
-  import torch_reference  # pylint: disable=g-import-not-at-top
+  """The same small CNN in PyTorch (`experiments/benchmarks/torch_reference.py`) with the JAX
+  weights."""
+  sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+  import torch_reference  # pylint: disable=g-import-not-at-top  (it imports torch; found above)
   return torch_reference.SmallCNN(num_classes, width).load_flax(variables).eval()
 
 
 def make_torch_attack(name, net):
-  import torchattacks as ta
+  import torchattacks as ta  # pylint: disable=g-import-not-at-top  (not a library dependency)
   apgd_ce = lambda: ta.APGD(net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce",
                             rho=.75, seed=0)
   apgd_t = lambda: ta.APGDT(net, norm="Linf", eps=EPS, steps=100, n_restarts=1, rho=.75,
@@ -167,7 +168,7 @@ def make_torch_attack(name, net):
 
 
 def run_torch(name, net, x, y, batch_size):
-  import torch
+  import torch  # pylint: disable=g-import-not-at-top  (not a library dependency)
   attack = make_torch_attack(name, net)
   n = len(y)
   correct, linf = np.zeros(n, bool), np.zeros(n, np.float32)
@@ -187,9 +188,8 @@ def run_torch(name, net, x, y, batch_size):
 
 
 def versions():
-  import jax
-  import torch
-  import torchattacks
+  import torch  # pylint: disable=g-import-not-at-top  (not a library dependency)
+  import torchattacks  # pylint: disable=g-import-not-at-top  (not a library dependency)
   return {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
           else "", "torch": torch.__version__, "torchattacks": torchattacks.__version__,
           "numpy": np.__version__, "python": platform.python_version(),
@@ -244,9 +244,8 @@ def main(argv=None):
     raise SystemExit(f"unknown attacks {bad}; choose from {ALL_ATTACKS}")
   frameworks = set(args.frameworks.split(","))
 
-  import torch
+  import torch  # pylint: disable=g-import-not-at-top  (not a library dependency)
   torch.set_num_threads(args.torch_threads)
-  import jax
 
   results = {"entries": [], "commands": []}
   if os.path.exists(args.results):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from regmix_jax import config as config_lib, evaluate, runtime
+from regmix_jax import config as config_lib, cpu, evaluate
 
 import study  # pylint: disable=wrong-import-order
 
@@ -43,7 +43,7 @@ def main():
                    help="the seeds' runs to evaluate, comma-separated")
   args = study.parse_args(__doc__, add)
   os.chdir(study.common.ROOT)  # the runs' relative data paths start here
-  runtime.configure_cpu_for(config_lib.base_config())
+  cpu.configure_cpu_for(config_lib.base_config())
 
   runs = [(config, int(seed)) for seed in args.seeds.split(",") for config in study.METHODS.values()]
   parts = args.parts.split(",")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import config as config_lib, data, evaluate, losses
+from regmix_jax import config as config_lib, cpu, data, evaluate, losses
 
 import study  # pylint: disable=wrong-import-order
 
@@ -34,8 +34,9 @@ def surface(workdir: str, data_path: str) -> np.ndarray:
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   config.data.dir = data_path
   dataset = data.load_dataset(config.data)
-  nets, state, _ = evaluate.restore_state(workdir, config, dataset.num_classes,
-                                          dataset.image_shape)
+  nets, state, _ = evaluate.restore_state(  # convolutions as the run's evaluation computes them
+      workdir, config, dataset.num_classes, dataset.image_shape,
+      conv=cpu.choose(config.cpu_convolutions).conv)
   variables = state.eval_variables("target")
   logits_fn = lambda x: nets["target"].apply(variables, x, train=False)
   x = jnp.asarray(dataset.val.x[:N_IMAGES], jnp.float32) / 255.0

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import attacks, config as config_lib, evaluate, losses, methods, models, runtime
+from regmix_jax import attacks, config as config_lib, cpu, evaluate, losses, methods, models
+from regmix_jax.cpu import host
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,7 +35,7 @@ def main():
   p.add_argument("--points", type=int, default=256)
   args = p.parse_args()
   common.require_data(args.data)
-  runtime.configure_cpu_devices(1, "reduce")
+  host.configure_cpu_devices(1, "reduce")
   config = config_lib.load_json(os.path.join(args.workdir, "config.json"))
   roles = methods.get_method(config.method.name).roles
   _, state, step = evaluate.restore_state(args.workdir, config, 10, (32, 32, 3))
@@ -43,8 +44,9 @@ def main():
     x = jnp.asarray(d["x_test"][:args.points], jnp.float32) / 255.0
   cfg = methods.get_method("trades").defaults
   logits, grads = {}, {}
+  conv = cpu.choose(config.cpu_convolutions).conv  # the run's, as its evaluation computes
   for dtype in ("float32", "bfloat16"):
-    net = models.build_models(config, roles, 10, dtype=dtype)["target"]
+    net = models.build_models(config, roles, 10, dtype=dtype, conv=conv)["target"]
     f = jax.jit(lambda z, net=net: net.apply(variables, z, train=False))
     logits[dtype] = f
     grads[dtype] = jax.jit(

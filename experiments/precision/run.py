@@ -63,7 +63,7 @@ def main():
            f"{SEEDS}; SE = std / sqrt(3). Written {time.strftime('%Y-%m-%d')}.", "",
            "The img/s column is each run's own wall-clock training speed: it depends on what "
            "else ran on the machine then, and is no speed comparison (that is "
-           "`experiments/benchmark.py`'s).", ""]
+           "`experiments/benchmarks/benchmark.py`'s).", ""]
   notes = os.path.join(RESULTS, "precision_accuracy.notes.md")
   if os.path.exists(notes):  # the hand-written reading and history
     with open(notes) as f:

@@ -1,5 +1,5 @@
 """Pure, jittable adversarial attacks over a `logits_fn` (see `pgd.py` for the conventions), and
-`run_autoattack`, AutoAttack's evaluation for any JAX model (`run.py`)."""
+`run_autoattack`, AutoAttack's evaluation for any JAX model (`autoattack_runner.py`)."""
 
 from regmix_jax.attacks.apgd import apgd, apgd_targeted
 from regmix_jax.attacks.autoattack import ATTACK_NAMES as AUTOATTACK_NAMES
@@ -10,7 +10,7 @@ from regmix_jax.attacks.cag import cag
 from regmix_jax.attacks.fab import fab, fab_targeted
 from regmix_jax.attacks.norms import NORMS as AUTOATTACK_NORMS
 from regmix_jax.attacks.pgd import ATTACK_LOSSES, cw_linf, fgsm, pgd, project
-from regmix_jax.attacks.run import AutoAttackResult, run_autoattack
+from regmix_jax.attacks.autoattack_runner import AutoAttackResult, run_autoattack
 from regmix_jax.attacks.spec import AUTOATTACK_PARTS, parse_attacks
 from regmix_jax.attacks.square import square
 

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regmix_jax import fast_conv, losses, rng
+from regmix_jax import losses, rng
 from regmix_jax.attacks import norms
 
 # A model as the attacks call it: `(x [B, H, W, C], key) -> logits [B, K]`; deterministic models
@@ -81,9 +81,7 @@ CLEAN_CALL, RANK_CALL = 1 << 20, (1 << 20) + 1
 
 def as_model(logits_fn: Callable, randomized: bool) -> Model:
   """`logits_fn(x)` (deterministic, or drawing its own randomness) or `logits_fn(x, key)`
-  (`randomized=True`) -> the attacks' `model(x, key)`, its convolutions' input gradients on
-  XLA:CPU's fast kernels inside the attack loops (`fast_conv.with_fast_conv_grads`)."""
-  logits_fn = fast_conv.with_fast_conv_grads(logits_fn)
+  (`randomized=True`) -> the attacks' `model(x, key)`."""
   if randomized:
     return logits_fn
   return lambda x, key: logits_fn(x)

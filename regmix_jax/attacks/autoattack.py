@@ -1,6 +1,6 @@
 """AutoAttack (Croce & Hein 2020): its versions and attack settings for the L-inf, L2 and L1 threat
 models, and `autoattack`, the fixed-shape composition (jittable, for use inside jit / pmap /
-shard_map). `run_autoattack` (`run.py`) is the host-side evaluation of the official
+shard_map). `run_autoattack` (`autoattack_runner.py`) is the host-side evaluation of the official
 `run_standard_evaluation`, which gathers the still-robust points between attacks and passes.
 
 Reference: fra31/auto-attack (MIT), `autoattack/autoattack.py`: the constructor's defaults
@@ -38,7 +38,7 @@ Deviations from the official code, and the official bugs not copied:
   after a `fab-t` in the same object gets 1 restart; here `fab` always gets its version's count.
 - The official state file cannot be resumed (`state.py`: the attack set is saved as a string and
   compared to a set, so `run_standard_evaluation` always raises; `y_adv` is undefined on
-  restore); `run.py` saves a state that resumes (see there).
+  restore); `autoattack_runner.py` saves a state that resumes (see there).
 - Too many target classes are capped at K - 1 instead of failing.
 """
 

@@ -3,7 +3,7 @@
 A port of fra31/auto-attack (MIT), `autoattack/checks.py` (and `flags_doc.md`, which explains each
 flag). Each check returns the warning text (without the official logger's "Warning: " prefix) or
 None; `run_autoattack` records them in its result and prints them. What each warning means, in
-short (see the README's AutoAttack section):
+short (docs/evaluation.md):
 
 - randomized: the outputs differ between calls on the same input; use `version="rand"` (EOT)
   and pass the model as `logits_fn(x, key)` with `randomized=True`.

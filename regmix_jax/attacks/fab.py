@@ -87,9 +87,8 @@ def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   `T` is found without sorting: it is `{i : p_i >= tau}` for the smallest float `tau` with
   `g(tau) < c`, found by bisection over the bit patterns of non-negative floats (monotone in the
   value; 31 halvings reach adjacent floats from any interval in [0, 1]). Each halving is one pass
-  over the row, where XLA:CPU's sort of the `2B x D` values was slow: 107 ms for 192 rows of
-  3072 against 9 ms for this, and FAB-T's iteration on 96 CIFAR-10 points of the small CNN fell
-  from 160 to 67 ms (2 AMD EPYC cores, experiments/results/autoattack_speed.md).
+  over the row, where XLA:CPU's sort of the `2B x D` values was an order of magnitude slower
+  (docs/performance.md).
   The sums are taken in another order than the official's cumulative sums, so results agree up
   to float rounding. Rows whose target lies before the first break point move every coordinate
   by the same `lam`; rows whose hyperplane does not meet the box get the step to the box corner

@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from regmix_jax import fast_conv, losses, rng
+from regmix_jax import losses, rng
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -92,7 +92,6 @@ def pgd(
   x = jax.lax.stop_gradient(x)
 
   stateful = model_state is not None
-  logits_fn = fast_conv.with_fast_conv_grads(logits_fn)  # CPU: input gradients in the loop
   apply = logits_fn if stateful else lambda z, state: (logits_fn(z), state)
 
   def loss_and_logits(x_adv, state):

@@ -7,7 +7,9 @@ images in [0, 1], NHWC [B, H, W, 3], and returns float32 logits [B, num_classes]
 as the first layer. BatchNorm follows PyTorch (`common.BatchNorm`: momentum 0.1, eps 1e-5,
 unbiased running variance) and is synchronised over `axis_name` when given (run the model inside
 pmap / shard_map with that axis). Each model is initialised as its PyTorch reference
-(`common.INITS`). `dtype` is the computation dtype; parameters stay float32.
+(`common.INITS`). `dtype` is the computation dtype; parameters stay float32. `conv` is the
+function the convolutions compute with (default `lax.conv_general_dilated`; the commands pass
+`regmix_jax.cpu`'s on CPU): it changes how, never what, a model computes.
 """
 
 import inspect
@@ -80,9 +82,11 @@ def model_kwargs(name: str) -> tuple[str, ...]:
 
 
 def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
-              dtype: Any = jnp.float32, normalize: str = "", **kwargs) -> nn.Module:
-  """Builds model `name` with `num_classes` outputs. ValueError for an unknown name or for
-  keyword arguments the model does not take."""
+              dtype: Any = jnp.float32, normalize: str = "", conv: Callable | None = None,
+              **kwargs) -> nn.Module:
+  """Builds model `name` with `num_classes` outputs, its convolutions computed by `conv` (None:
+  `lax.conv_general_dilated`). ValueError for an unknown name or for keyword arguments the model
+  does not take."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r} (config field model.name); available: "
                      f"{', '.join(sorted(MODELS))}")
@@ -96,17 +100,21 @@ def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
   if normalize and normalize not in NORMALIZATIONS:
     raise ValueError(f"model normalize must be '' or one of {sorted(NORMALIZATIONS)}, got "
                      f"{normalize!r} (config field `model.normalize`).")
+  if conv is not None:
+    kwargs["conv_general_dilated"] = conv
   return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, normalize=normalize,
                       **kwargs)
 
 
 def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
-                 num_classes: int, dtype: str | None = None) -> dict[str, nn.Module]:
+                 num_classes: int, dtype: str | None = None,
+                 conv: Callable | None = None) -> dict[str, nn.Module]:
   """Role -> Flax module, from `config.model` (the target) and `config.<role>_model` (others,
   e.g. D2R's `guide_model`). BatchNorm is synchronised over the data-parallel axis
   (`parallel.AXIS`) when `model.sync_batch_norm` (the statistics of the global batch, as on one
   GPU); every model computes in `dtype` (default `model.dtype`, the training precision; the
-  evaluation passes `eval.dtype`) and normalises its inputs by `model.normalize`."""
+  evaluation passes `eval.dtype`) and normalises its inputs by `model.normalize`; `conv` as
+  `get_model`."""
   axis_name = AXIS if config.model.sync_batch_norm else None
   dtype = DTYPES[config.model.dtype if dtype is None else dtype]
   built = {}
@@ -114,7 +122,7 @@ def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
     model_cfg = config.model if role == "target" else config[f"{role}_model"]
     sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
     built[role] = get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
-                            normalize=config.model.normalize, **sizes)
+                            normalize=config.model.normalize, conv=conv, **sizes)
   return built
 
 

@@ -18,13 +18,12 @@ maps a PyTorch `state_dict` onto the params by name.
 """
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from regmix_jax import fast_conv
+from jax import lax
 
 INITS = ("torch", "wrn")
 # kaiming_uniform_(a=sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
@@ -48,16 +47,21 @@ def check_init(init: str) -> None:
     raise ValueError(f"model init must be one of {INITS}, got {init!r}.")
 
 
+# What a model computes its convolutions with: `lax.conv_general_dilated` or a function of the same
+# signature and values (the commands pass `regmix_jax.cpu`'s on CPU; `models.build_models(conv=)`).
+ConvFn = Callable[..., Any]
+
+
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None,
-         init: str = "torch") -> nn.Conv:
+         init: str = "torch", conv_general_dilated: ConvFn = lax.conv_general_dilated) -> nn.Conv:
   """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on every side), so strided
-  convs see the same pixels as `nn.Conv2d(..., padding=kernel // 2)`. Its input gradient runs on
-  XLA:CPU's fast kernels inside attack loops too (`fast_conv`); values are lax's."""
+  convs see the same pixels as `nn.Conv2d(..., padding=kernel // 2)`, computed by
+  `conv_general_dilated`."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  kernel_init=WRN_CONV_INIT if init == "wrn" else TORCH_DEFAULT_INIT,
-                 dtype=dtype, name=name, conv_general_dilated=fast_conv.conv_general_dilated)
+                 dtype=dtype, name=name, conv_general_dilated=conv_general_dilated)
 
 
 class BatchNorm(nn.Module):
@@ -77,10 +81,8 @@ class BatchNorm(nn.Module):
   later versions apply the same terms in train mode, `batch_norm_cpu_collect_linear_and_constant_
   terms`; the torch 2.13 wheel we test against ships no source): one multiply-add per value, so
   XLA:CPU writes no `x - mean` of its own and the input gradient is one pass after the
-  reductions. Written as `(x - mean) * a + bias`, train-mode BatchNorm and ReLU wrote an
-  activation-sized array four times for their gradient, now twice; ResNet-18's FGSM-PGK step ran
-  at 18.95 against 17.73 img/s (means of 4 alternating runs; 2 AMD EPYC cores, avx512_bf16, no
-  AMX; experiments/results/benchmark_steps_cpu.md).
+  reductions (written as `(x - mean) * a + bias`, train-mode BatchNorm and ReLU wrote an
+  activation-sized array four times for their gradient, now twice; docs/performance.md).
   """
   use_running_average: bool
   axis_name: str | None = None
@@ -184,6 +186,7 @@ class PreActBlock(nn.Module):
   dtype: Any = jnp.float32
   init: str = "torch"
   shortcut_name: str = "shortcut_0"
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -191,10 +194,12 @@ class PreActBlock(nn.Module):
     if self.stride != 1 or x.shape[-1] != self.features:
       source = act if self.shortcut_from_activation else x
       shortcut = conv(self.features, 1, self.stride, self.dtype, name=self.shortcut_name,
-                      init=self.init)(source)
+                      init=self.init, conv_general_dilated=self.conv_general_dilated)(source)
     else:
       shortcut = x
-    y = conv(self.features, 3, self.stride, self.dtype, name="conv1", init=self.init)(act)
+    y = conv(self.features, 3, self.stride, self.dtype, name="conv1", init=self.init,
+             conv_general_dilated=self.conv_general_dilated)(act)
     y = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn2")(y))
-    y = conv(self.features, 3, 1, self.dtype, name="conv2", init=self.init)(y)
+    y = conv(self.features, 3, 1, self.dtype, name="conv2", init=self.init,
+             conv_general_dilated=self.conv_general_dilated)(y)
     return y + shortcut

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from regmix_jax.models.common import (PreActBlock, batch_norm, check_images, conv, linear,
+from regmix_jax.models.common import (ConvFn, PreActBlock, batch_norm, check_images, conv, linear,
                                       normalize, pooled_head)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -24,14 +25,17 @@ class BasicBlock(nn.Module):
   stride: int = 1
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda name: batch_norm(train, self.axis_name, self.dtype, name=name)
-    y = nn.relu(bn("bn1")(conv(self.features, 3, self.stride, self.dtype, name="conv1")(x)))
-    y = bn("bn2")(conv(self.features, 3, 1, self.dtype, name="conv2")(y))
+    cv = lambda k, stride, name: conv(self.features, k, stride, self.dtype, name=name,
+                                      conv_general_dilated=self.conv_general_dilated)
+    y = nn.relu(bn("bn1")(cv(3, self.stride, "conv1")(x)))
+    y = bn("bn2")(cv(3, 1, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = bn("shortcut_1")(conv(self.features, 1, self.stride, self.dtype, name="shortcut_0")(x))
+      x = bn("shortcut_1")(cv(1, self.stride, "shortcut_0")(x))
     return nn.relu(y + x)
 
 
@@ -50,17 +54,18 @@ class ResNet18(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   normalize: str = ""
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x)
     x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(64, 3, 1, self.dtype, name="conv1")(x)
+    x = conv(64, 3, 1, self.dtype, name="conv1", conv_general_dilated=self.conv_general_dilated)(x)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(x))
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, self.stage_strides), 1):
       for i in range(2):
         x = BasicBlock(width, stride if i == 0 else 1, self.axis_name, self.dtype,
-                       name=f"layer{stage}_{i}")(x, train)
+                       self.conv_general_dilated, name=f"layer{stage}_{i}")(x, train)
     return pooled_head(x, self.num_classes, self.dtype)
 
 
@@ -85,6 +90,7 @@ class PreActResNet18(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   normalize: str = ""
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -93,12 +99,13 @@ class PreActResNet18(nn.Module):
                        f"{self.variant!r}.")
     check_images(x)
     x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(64, 3, 1, self.dtype, name="conv1")(x)
+    x = conv(64, 3, 1, self.dtype, name="conv1", conv_general_dilated=self.conv_general_dilated)(x)
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, (1, 2, 2, 2)), 1):
       for i in range(2):
         x = PreActBlock(width, stride if i == 0 else 1,
                         shortcut_from_activation=self.variant != "wong",
                         axis_name=self.axis_name, dtype=self.dtype,
+                        conv_general_dilated=self.conv_general_dilated,
                         name=f"layer{stage}_{i}")(x, train)
     if self.variant != "fgsm_pgk":
       x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn")(x))

@@ -4,8 +4,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from regmix_jax.models.common import batch_norm, check_images, conv, normalize, pooled_head
+from regmix_jax.models.common import (ConvFn, batch_norm, check_images, conv, normalize,
+                                      pooled_head)
 
 
 class SmallCNN(nn.Module):
@@ -18,6 +20,7 @@ class SmallCNN(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   normalize: str = ""
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   def __post_init__(self):
     if not isinstance(self.width, int) or self.width < 1:
@@ -29,6 +32,7 @@ class SmallCNN(nn.Module):
     check_images(x, sizes=None, min_size=8)
     x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
     for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2)), 1):
-      x = conv(self.width * mult, 3, stride, self.dtype, name=f"conv{i}")(x)
+      x = conv(self.width * mult, 3, stride, self.dtype, name=f"conv{i}",
+               conv_general_dilated=self.conv_general_dilated)(x)
       x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name=f"bn{i}")(x))
     return pooled_head(x, self.num_classes, self.dtype)

@@ -5,9 +5,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from regmix_jax.models.common import (PreActBlock, batch_norm, check_images, conv, normalize,
-                                      pooled_head)
+from regmix_jax.models.common import (ConvFn, PreActBlock, batch_norm, check_images, conv,
+                                      normalize, pooled_head)
 
 
 def check_depth(depth: int) -> int:
@@ -25,13 +26,15 @@ class NetworkBlock(nn.Module):
   stride: int
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
     for i in range(self.n):
       x = PreActBlock(self.features, self.stride if i == 0 else 1, shortcut_from_activation=True,
                       axis_name=self.axis_name, dtype=self.dtype, init="wrn",
-                      shortcut_name="convShortcut", name=f"layer_{i}")(x, train)
+                      shortcut_name="convShortcut",
+                      conv_general_dilated=self.conv_general_dilated, name=f"layer_{i}")(x, train)
     return x
 
 
@@ -50,6 +53,7 @@ class WideResNet(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   normalize: str = ""
+  conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   def __post_init__(self):
     check_depth(self.depth)
@@ -62,9 +66,10 @@ class WideResNet(nn.Module):
     check_images(x)
     n = check_depth(self.depth)
     x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(16, 3, 1, self.dtype, name="conv1", init="wrn")(x)
+    x = conv(16, 3, 1, self.dtype, name="conv1", init="wrn",
+             conv_general_dilated=self.conv_general_dilated)(x)
     for stage, (base, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
       x = NetworkBlock(n, base * self.width, stride, self.axis_name, self.dtype,
-                       name=f"block{stage}")(x, train)
+                       self.conv_general_dilated, name=f"block{stage}")(x, train)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(x))
     return pooled_head(x, self.num_classes, self.dtype, init="wrn", name="fc")

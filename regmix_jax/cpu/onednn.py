@@ -1,16 +1,10 @@
 """Convolutions on oneDNN for XLA:CPU, as an XLA FFI call (optional: `pip install
 "regmix_jax[onednn]"`, and a C++ compiler).
 
-Why. XLA:CPU (jaxlib 0.10.2) runs convolutions on Eigen's kernels; oneDNN, which PyTorch uses on
-CPUs, is faster on the large-map layers of a CIFAR ResNet, most of all for kernel gradients (ms,
-batch 128, 2 threads, 2026-11-28, Intel Xeon with AVX-512 and no AVX512-BF16; forward / input
-gradient / kernel gradient, `experiments/conv_layers.py`, results/conv_layers_cpu.json): 64
-channels at 32 x 32, 83.1 / 83.4 / 155.7 on XLA against 83.1 / 86.1 / 65.4 here; the first layer
-40.4 / 39.9 / 55.0 against 20.2 / 18.9 / 7.4. At 8 x 8 it is mixed (stride 1 faster here, stride
-2 slower) and at 4 x 4 oneDNN is 2x slower, so only convolutions whose input maps are at least
-`MIN_SIZE` wide are routed here: the FGSM-PGK ResNet-18 step ran 1.15-1.24x faster than on XLA's
-(4 rounds, results/benchmark_onednn_cpu.md); with 8, the step ran 0.94x and 0.97x 16's (2
-rounds, results/benchmark_onednn_cpu.notes.md).
+Why: on x86-64 CPUs with AVX-512, oneDNN (what PyTorch uses on CPUs) runs the large-map layers of
+a CIFAR ResNet faster than XLA:CPU's Eigen kernels, most of all their kernel gradients; on small
+maps it is slower, so only convolutions whose input maps are at least `MIN_SIZE` wide are routed
+here (figures and the threshold's measurement: docs/performance.md).
 
 What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
 HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
@@ -18,17 +12,14 @@ with AVX512-BF16 or AMX, `cpu_has_bf16`; elsewhere oneDNN emulates it, slower): 
 pass, the input gradient and the kernel gradient are each one oneDNN primitive
 (`csrc/onednn_conv.cc`); each of the three is differentiable through the other two, so gradients
 of gradients (an attack inside a training loss) work, under vmap too (one call per element).
-Reverse mode only: `jax.jvp`, `jacfwd` or forward-over-reverse products through a routed
-convolution raise (custom_vjp). Values equal lax's up to float rounding. The handler is compiled
-on first use (`load`) into a per-user cache, keyed by the source, jaxlib's and oneDNN's versions,
-the compiler and its flags.
+Reverse mode only: `jax.jvp` through a routed convolution raises (custom_vjp). Values equal lax's
+up to float rounding. The handler is compiled on first use (`load`) into a per-user cache, keyed
+by the source, jaxlib's and oneDNN's versions, the compiler and its flags.
 
-`fast_conv.conv_general_dilated`, which the library's models use, routes here when
-`config.cpu_convolutions` is "onednn", or "auto" (the default) on a machine where `auto_choice`
-picks oneDNN (the commands call `fast_conv.set_cpu_convolutions`), on CPU only
-(`lax.platform_dependent`): GPU and TPU keep XLA's convolutions.
+`fast_conv.FastConv(onednn=True)` routes here on CPU only (`lax.platform_dependent`);
+`convolutions.choose` picks it for `config.cpu_convolutions` "onednn", or "auto" where
+`auto_choice` says so.
 """
-
 from __future__ import annotations
 
 import ctypes
@@ -48,14 +39,15 @@ import jaxlib
 import numpy as np
 from absl import logging
 
-from regmix_jax import runtime
+from regmix_jax.cpu import host
 
 TARGET = "regmix_onednn_conv"
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 # The oneDNN build the handler links (CPU only, GNU OpenMP threads; `pip install
 # "regmix_jax[onednn]"`): its library and its headers.
 LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
-# Convolutions whose input maps are narrower than this stay on XLA (module docstring).
+# Convolutions whose input maps are narrower than this stay on XLA: at 8 x 8 oneDNN was mixed and
+# at 4 x 4 2x slower; the ResNet-18 step with 8 ran at 0.94x and 0.97x 16's (docs/performance.md).
 MIN_SIZE = 16
 NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
 INSTALL_HINT = ('install oneDNN with `pip install "regmix_jax[onednn]"` (and a C++ compiler, '
@@ -141,7 +133,7 @@ def load() -> pathlib.Path:
 
 # `config.cpu_convolutions="auto"` (the default) takes oneDNN's convolutions on an x86-64 Linux CPU
 # with these features, where the extra is installed and the handler builds; XLA's elsewhere
-# (`auto_choice`). They were measured faster on an Intel Xeon with AVX-512 (module docstring);
+# (`auto_choice`). They were measured faster on an Intel Xeon with AVX-512 (docs/performance.md);
 # oneDNN picks its kernels by instruction set, not by vendor, as XLA's Eigen kernels do.
 AUTO_CPU_FLAGS = ("avx512f",)
 
@@ -155,7 +147,7 @@ def auto_choice() -> tuple[str, str]:
   if not (platform.system() == "Linux" and platform.machine() == "x86_64"):
     return "xla", (f"oneDNN's wheels are for x86-64 Linux, not {platform.system()} "
                    f"{platform.machine()}")
-  missing = [f for f in AUTO_CPU_FLAGS if f not in runtime.cpu_flags()]
+  missing = [f for f in AUTO_CPU_FLAGS if f not in host.cpu_flags()]
   if missing:
     return "xla", (f"this CPU lacks {', '.join(missing)}; oneDNN's convolutions were measured "
                    f"faster only on CPUs with it")
@@ -179,19 +171,29 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 @functools.cache
 def cpu_has_bf16() -> bool:
-  """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16: the
-  bf16 FGSM-PGK ResNet-18 step ran at 0.58x XLA's (7.2 against 12.4 img/s, Intel Xeon without
-  AVX512-BF16, 2026-11-28, `experiments/results/benchmark_onednn_cpu.notes.md`)."""
-  return not runtime.cpu_flags().isdisjoint(BF16_CPU_FLAGS)
+  """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16, and
+  the bf16 step ran at 0.58x XLA's speed (docs/performance.md)."""
+  return not host.cpu_flags().isdisjoint(BF16_CPU_FLAGS)
 
 
-def supports(lhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
-             params: dict[str, Any]) -> bool:
+# oneDNN 3.2's input gradient of a strided 1x1 convolution with fewer input channels than this
+# (`brgconv_strided:avx2`, seen on an AMD EPYC without AVX-512) writes out of bounds and corrupts
+# the heap: those stay on XLA.
+MIN_STRIDED_POINTWISE_CHANNELS = 16
+
+
+def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
+             params: dict[str, Any], min_size: int = MIN_SIZE) -> bool:
   """Whether `conv` computes `lax.conv_general_dilated` with these primitive `params` (a
   `conv_general_dilated_p` equation's) and is used for it: a 2-D NHWC / HWIO convolution without
   dilation or groups, float32 throughout, or bfloat16 on a CPU that computes it natively
-  (`cpu_has_bf16`), input maps at least MIN_SIZE wide."""
+  (`cpu_has_bf16`), input maps at least `min_size` wide, and not a strided 1x1 one with fewer
+  than MIN_STRIDED_POINTWISE_CHANNELS input channels."""
   dn = params["dimension_numbers"]
+  strided_pointwise = (len(rhs_shape) == 4 and tuple(rhs_shape[:2]) == (1, 1)
+                       and any(s > 1 for s in params["window_strides"]))
+  if strided_pointwise and lhs_shape[-1] < MIN_STRIDED_POINTWISE_CHANNELS:
+    return False
   dtypes = [np.dtype(np.float32)] + [np.dtype(jax.numpy.bfloat16)] * cpu_has_bf16()
   return (len(lhs_shape) == 4
           and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == NHWC
@@ -203,7 +205,7 @@ def supports(lhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
           and np.dtype(lhs_dtype) == np.dtype(rhs_dtype)
           and np.dtype(lhs_dtype) in dtypes
           and params.get("preferred_element_type") in (None, np.dtype(lhs_dtype))
-          and min(lhs_shape[1], lhs_shape[2]) >= MIN_SIZE)
+          and min(lhs_shape[1], lhs_shape[2]) >= min_size)
 
 
 def threads_per_device() -> int:

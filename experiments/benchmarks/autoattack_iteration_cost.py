@@ -3,17 +3,19 @@ ours (the jitted pass `run_autoattack` runs) against the official PyTorch attack
 inference pass (a Square query), on the same network, the same points and the same cores, in one
 process, compile time excluded.
 
-  python experiments/autoattack_iteration_cost.py --model=small_cnn --workdir=/path/to/run
-  python experiments/autoattack_iteration_cost.py --model=resnet18 --points=32,64
+  python experiments/benchmarks/autoattack_iteration_cost.py --model=small_cnn --workdir=RUN
+  python experiments/benchmarks/autoattack_iteration_cost.py --model=resnet18 --points=32,64
 
 Each side runs a pass of 10 and of 30 iterations (after a warm-up call of each), and the
 per-iteration cost is the difference over 20 iterations, so set-up, the clean forward passes
 and compilation drop out. Labels are the network's own predictions, so every point is attacked
 on both sides (the official attacks skip misclassified points). The small CNN's weights come
-from a small_cnn run (as experiments/autoattack_benchmark.py loads them); ResNet-18 is
-randomly initialised (the cost does not depend on the weights) and copied into the benchmark's
-PyTorch twin. Official: fra31/auto-attack at ../shared/reference/auto-attack, torch CPU with
---torch_threads threads (2). Results: experiments/results/autoattack_speed.md.
+from a small_cnn run (as experiments/benchmarks/autoattack_benchmark.py loads them); ResNet-18
+is randomly initialised (the cost does not depend on the weights) and copied into the benchmark's
+PyTorch twin. Ours computes its convolutions as the library's commands do on this CPU
+(`cpu.choose("auto")`, given to the model). Official: fra31/auto-attack at
+../shared/reference/auto-attack, torch CPU with --torch_threads threads (2). Results:
+experiments/results/autoattack_speed.md.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ import os
 import sys
 import time
 
-from regmix_jax import runtime
+import jax
+import numpy as np
+
+from regmix_jax import cpu, models
+from regmix_jax.attacks.apgd import as_model, example_keys_for
+from regmix_jax.attacks.autoattack import attack_specs
+from regmix_jax.cpu import host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+import autoattack_benchmark as benchmark
 
 
 def main():
@@ -39,26 +49,20 @@ def main():
                  help="apgd-ce, fab-t (one iteration each), forward (one inference pass: one "
                  "Square query)")
   args = p.parse_args()
-  runtime.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
-  # pylint: disable=g-import-not-at-top  (after the CPU set-up above; torch only here)
-  import jax
-  import numpy as np
-  import torch
-  import autoattack_benchmark as benchmark
-  from regmix_jax import models
-  from regmix_jax.attacks.autoattack import attack_specs
-  from regmix_jax.attacks.apgd import as_model, example_keys_for
-  # pylint: enable=g-import-not-at-top
+  host.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
+  import torch  # pylint: disable=g-import-not-at-top  (not a library dependency: only here)
   sys.path.insert(0, benchmark.REFERENCE)
-  from autoattack.autopgd_base import APGDAttack  # pylint: disable=g-import-not-at-top
-  from autoattack.fab_pt import FABAttack_PT  # pylint: disable=g-import-not-at-top
+  # The official code, found at benchmark.REFERENCE (just put on the path).
+  from autoattack import autopgd_base, fab_pt  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.torch_threads)
+  # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
+  conv = cpu.choose("auto").conv
   if args.model == "small_cnn":
     model_cfg, variables = benchmark.load_variables(args.workdir)
-    net = models.get_model("small_cnn", 10, width=model_cfg["width"])
+    net = models.get_model("small_cnn", 10, width=model_cfg["width"], conv=conv)
   else:
     model_cfg = {"name": "resnet18"}
-    net = models.get_model("resnet18", 10)
+    net = models.get_model("resnet18", 10, conv=conv)
     variables = net.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
   logits_fn = lambda z: net.apply(variables, z, train=False)
   twin = benchmark.torch_twin(model_cfg, variables).eval()
@@ -117,11 +121,11 @@ def main():
 
       def official(steps, name=name):
         if name == "apgd-ce":
-          attack = APGDAttack(twin, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=0,
-                              loss="ce", device="cpu")
+          attack = autopgd_base.APGDAttack(twin, n_iter=steps, norm="Linf", n_restarts=1,
+                                           eps=eps, seed=0, loss="ce", device="cpu")
         else:
-          attack = FABAttack_PT(twin, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, seed=0,
-                                targeted=True, n_target_classes=1, device="cpu")
+          attack = fab_pt.FABAttack_PT(twin, norm="Linf", n_restarts=1, n_iter=steps, eps=eps,
+                                       seed=0, targeted=True, n_target_classes=1, device="cpu")
         attack.perturb(xt, yt)
 
       cost[name] = (per_iteration(ours), per_iteration(official))

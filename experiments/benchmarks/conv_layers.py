@@ -1,13 +1,15 @@
-"""ResNet-18's convolutions one by one on this CPU: XLA's (as the library runs them, `fast_conv`),
-oneDNN's through the library's FFI call (`regmix_jax.onednn`) and PyTorch's, forward, input
-gradient and kernel gradient, all in one process, each the best of `--reps` timed calls.
+"""ResNet-18's convolutions one by one on this CPU: XLA's (as the library runs them,
+`fast_conv.FastConv()`), oneDNN's through the library's FFI call (`regmix_jax.cpu.onednn`) and
+PyTorch's, forward, input gradient and kernel gradient, all in one process, each the best of
+`--reps` timed calls.
 
   pip install -e ".[onednn,crosscheck]"
-  python experiments/conv_layers.py --batch=128 --threads=2
+  python experiments/benchmarks/conv_layers.py --batch=128 --threads=2
 
 The threads: XLA's and oneDNN's run on this process's one CPU device (so XLA's Eigen pool and
-oneDNN's OpenMP threads use every core); PyTorch's `--threads`. `regmix_jax.onednn.MIN_SIZE`
-(which layers the library sends to oneDNN) comes from these tables. The weighted total counts
+oneDNN's OpenMP threads use every core); PyTorch's `--threads`. `regmix_jax.cpu.onednn.MIN_SIZE`
+(the default `cpu.Convolutions.onednn_min_size`: which layers the library sends to oneDNN)
+comes from these tables. The weighted total counts
 each shape by its layers in ResNet-18 and its passes in an FGSM-PGK step (forward and input
 gradient twice, kernel gradient once).
 """
@@ -26,11 +28,11 @@ os.environ.setdefault(  # the library's CPU default (config.cpu_ynn_fusion_type)
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
-from regmix_jax import fast_conv, onednn  # noqa: E402  pylint: disable=wrong-import-position
+from regmix_jax.cpu import fast_conv, onednn  # noqa: E402  pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 # (input size, in channels, out channels, kernel, stride, layers of this shape in ResNet-18)
 SHAPES = [(32, 3, 64, 3, 1, 1), (32, 64, 64, 3, 1, 4), (32, 64, 128, 3, 2, 1),
           (16, 128, 128, 3, 1, 3), (32, 64, 128, 1, 2, 1), (16, 128, 256, 3, 2, 1),
@@ -43,7 +45,7 @@ def _jax_times(conv, x, w, g, reps: int) -> list[float]:
   fwd = jax.jit(conv)
   dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
   dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-  return [1e3 * benchmark.best_seconds(f, args, reps)
+  return [1e3 * harness.best_seconds(f, args, reps)
           for f, args in ((fwd, (x, w)), (dx, (x, w, g)), (dw, (x, w, g)))]
 
 
@@ -73,27 +75,28 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
   p.add_argument("--reps", type=int, default=5)
-  p.add_argument("--results", default=os.path.join(HERE, "results", "conv_layers_cpu.json"))
+  p.add_argument("--results", default=os.path.join(harness.RESULTS, "conv_layers_cpu.json"))
   args = p.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top  (the comparison only; a benchmark extra)
   torch.set_num_threads(args.threads)
   onednn.load()
   threads = onednn.threads_per_device()  # one device here: every core
   record = dict(date=time.strftime("%Y-%m-%d %H:%M"), batch=args.batch,
-                machine=benchmark.machine(), cpu_flags=benchmark.cpu_flags(),
+                machine=harness.machine(), cpu_flags=harness.cpu_flags(),
                 onednn_threads=threads, torch_threads=args.threads,
                 xla_flags=os.environ["XLA_FLAGS"], rows=[])
   print(f"{record['machine']}; batch {args.batch}; ms: forward / input gradient / kernel "
         "gradient")
   totals = {"xla": 0.0, "onednn": 0.0, "torch": 0.0}
   key = jax.random.key(0)
+  xla_conv = fast_conv.FastConv()  # XLA's convolutions with the library's gradient rules
   for size, cin, cout, k, stride, count in SHAPES:
     pad = k // 2
     k1, k2, k3, key = jax.random.split(key, 4)
     x = jax.random.normal(k1, (args.batch, size, size, cin))
     w = jax.random.normal(k2, (k, k, cin, cout)) / np.sqrt(k * k * cin)
     padding = ((pad, pad), (pad, pad))
-    xla = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
+    xla = lambda x, w: xla_conv(  # noqa: E731
         x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     g = jax.random.normal(k3, jax.eval_shape(xla, x, w).shape)
     ours = lambda x, w: onednn.conv(x, w, (stride, stride), padding, threads)  # noqa: E731

@@ -1,48 +1,22 @@
-"""Process set-up before JAX starts a backend: host CPU devices and the distributed runtime.
+"""Host set-up for CPU runs, before JAX starts a backend: how many host devices, which XLA:CPU
+flags, and what the CPU can do.
 
-Used by the training and evaluation commands; call these before any JAX computation. Importing
-JAX starts no backend, so importing this module (or any other of the package) is safe before.
+The commands call `configure_cpu_for(config)` first; on GPU and TPU what it sets has no effect.
+Importing this module starts no backend. An XLA flag is set only where the installed jaxlib knows
+it (`xla_accepts`): XLA ends the process on a flag it does not know, and the experimental ones
+come and go between releases.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
 import os
-import sys
+import pathlib
 
 import jax
+import jaxlib
 from absl import logging
-
-
-def quiet_console(flag_values) -> None:
-  """What the command-line entry points call first, so that a command's progress and its one-line
-  errors are not buried (a library import changes neither): absl shows warnings and errors only,
-  unless the command line set `--verbosity` (Orbax and JAX log every checkpoint read and save at
-  INFO); and `sys.unraisablehook` drops the echoes of a restore that failed (a checkpoint of
-  another config, or a damaged one), which Orbax 0.12.8 leaves by the dozen, 50-700 lines, after
-  the error has been raised and reported: `RuntimeError("Event loop is closed")` from
-  tensorstore's threads, and its array-read coroutines' `Encountered error while reading array
-  index` when they are collected (`_is_restore_echo`). Any other unraisable exception goes to the
-  hook that was there."""
-  if not flag_values["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _is_restore_echo(unraisable):
-      previous(unraisable)
-  sys.unraisablehook = hook
-
-
-def _is_restore_echo(unraisable) -> bool:
-  """Whether an unraisable exception (`sys.UnraisableHookArgs`) is one that Orbax's array reads
-  leave behind after a failed restore (`quiet_console`); saves never match."""
-  error = unraisable.exc_value
-  if (unraisable.object is None and isinstance(error, RuntimeError)
-      and str(error) == "Event loop is closed"):
-    return True
-  code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
-  return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-          and str(error).startswith("Encountered error while reading array index"))
 
 
 def cpu_flags() -> frozenset[str]:
@@ -88,6 +62,51 @@ def check_ynn_fusion_type(value: str) -> None:
                      f"comma-separated list of {', '.join(YNN_FUSION_TYPES)}")
 
 
+def _jaxlib_libraries() -> list[pathlib.Path]:
+  """jaxlib's large native libraries, where XLA's flag names live."""
+  root = pathlib.Path(jaxlib.__file__).parent
+  return sorted(p for p in root.rglob("*") if p.suffix in (".so", ".dylib", ".pyd")
+                and p.is_file() and p.stat().st_size > (16 << 20))
+
+
+@functools.cache
+def xla_accepts(flag: str) -> bool:
+  """Whether the installed jaxlib knows the XLA flag `flag` ("--xla_..."): its name is in jaxlib's
+  native code, where XLA registers every flag it parses (under a second, once per process).
+  False where no library is found (an unfamiliar jaxlib layout): then nothing is set."""
+  name = flag.lstrip("-").split("=", 1)[0].encode()
+  for path in _jaxlib_libraries():
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+      if data.find(name) >= 0:
+        return True
+  return False
+
+
+def with_flag(xla_flags: str, flag: str, value) -> str:
+  """`xla_flags` (an XLA_FLAGS string) with `flag` set to `value`, unless it already sets that
+  flag (the user's wins), or the installed jaxlib does not know it (`xla_accepts`: then a
+  warning names it, and XLA keeps its own default)."""
+  if flag in xla_flags:
+    return xla_flags
+  if not xla_accepts(flag):
+    logging.warning("XLA flag %s is unknown to the installed jaxlib %s: not set (XLA keeps its "
+                    "own default).", flag, jaxlib.__version__)
+    return xla_flags
+  return f"{xla_flags} {flag}={value}".strip()
+
+
+def with_collective_timeout(xla_flags: str, seconds: int) -> str:
+  """`xla_flags` with COLLECTIVE_TIMEOUT_FLAG set to `seconds` (`with_flag`)."""
+  return with_flag(xla_flags, COLLECTIVE_TIMEOUT_FLAG, int(seconds))
+
+
+def with_ynn_fusion_type(xla_flags: str, ynn_fusion_type: str) -> str:
+  """`xla_flags` with YNN_FLAG set to `ynn_fusion_type` (`with_flag`); "default" sets nothing."""
+  if ynn_fusion_type == "default":
+    return xla_flags
+  return with_flag(xla_flags, YNN_FLAG, ynn_fusion_type)
+
+
 def configure_cpu_devices(count: int, ynn_fusion_type: str,
                           collective_timeout_s: int = 600) -> None:
   """Before JAX starts a backend: sets the number of host CPU devices, so that data parallelism
@@ -106,39 +125,8 @@ def configure_cpu_devices(count: int, ynn_fusion_type: str,
   os.environ["XLA_FLAGS"] = with_collective_timeout(flags, collective_timeout_s)
 
 
-def with_collective_timeout(xla_flags: str, seconds: int) -> str:
-  """`xla_flags` with COLLECTIVE_TIMEOUT_FLAG set to `seconds`, unless it already sets it."""
-  if COLLECTIVE_TIMEOUT_FLAG in xla_flags:
-    return xla_flags
-  return f"{xla_flags} {COLLECTIVE_TIMEOUT_FLAG}={int(seconds)}".strip()
-
-
 def configure_cpu_for(config) -> None:
   """`configure_cpu_devices` as `config` asks (`cpu_devices`, `cpu_ynn_fusion_type`,
   `cpu_collective_timeout_s`): what the training and evaluation commands run first."""
   configure_cpu_devices(cpu_device_count(config), config.cpu_ynn_fusion_type,
                         config.cpu_collective_timeout_s)
-
-
-def with_ynn_fusion_type(xla_flags: str, ynn_fusion_type: str) -> str:
-  """`xla_flags` (an XLA_FLAGS string) with YNN_FLAG set to `ynn_fusion_type`, unless it already
-  sets that flag or `ynn_fusion_type` is "default"."""
-  if ynn_fusion_type == "default" or YNN_FLAG in xla_flags:
-    return xla_flags
-  return f"{xla_flags} {YNN_FLAG}={ynn_fusion_type}".strip()
-
-
-def initialize_distributed(config) -> bool:
-  """Starts JAX's distributed runtime for a multi-process run (see `config.distributed`); returns
-  whether it did. Must run before any JAX computation. On CPU, cross-process collectives use
-  gloo."""
-  dist = config.distributed
-  address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-  if not (dist.enabled or address):
-    return False
-  num = dist.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
-  pid = dist.process_id if dist.process_id >= 0 else os.environ.get("JAX_PROCESS_ID")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=address or None, num_processes=num,
-                             process_id=None if pid is None else int(pid))
-  return True

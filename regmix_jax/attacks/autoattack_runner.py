@@ -24,9 +24,9 @@ points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`: the
 points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
 point in it is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10,
 50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
-devices. The attacks run the model through `fast_conv.with_fast_conv_grads` (`apgd.as_model`):
-inside their loops XLA:CPU would otherwise run every input-gradient convolution on its naive
-loop nest.
+devices. The `logits_fn` runs as given: on CPU, `regmix_jax.cpu.accelerate(logits_fn)` gives a
+model the library did not build the commands' speed (its input gradients inside the attack loops
+on XLA:CPU's fast kernels; docs/performance.md).
 
 Randomness: example b of `x` uses the key `fold_in(key, b)` and attack i folds in i, so the robust
 flags equal `attacks.autoattack(logits_fn, x, labels, key)`'s on the same points (for a
@@ -68,11 +68,9 @@ from regmix_jax.attacks.square import check_square_args, square_init, square_ste
 
 _LOG = logging.getLogger(__name__)
 STATE_FORMAT = 1
-# The gradient attacks' batch cap on CPU (`grad_batch_size`'s default there). XLA:CPU's
-# forward-backward of the small CNN costs 0.56-0.64 ms a point in batches of 16-64 and 0.85-0.93
-# in batches of 128-256 (2 AMD EPYC cores, jaxlib 0.10.2: the activations stop fitting the
-# caches); ResNet-18 costs the same per point from 16 to 128 (experiments/results/
-# autoattack_speed.md). Forward passes (Square, the checks) gain from larger batches and keep
+# The gradient attacks' batch cap on CPU (`grad_batch_size`'s default there): XLA:CPU's
+# forward-backward costs less per point in batches of up to 64 (the activations fit the caches;
+# docs/performance.md). Forward passes (Square, the checks) gain from larger batches and keep
 # `batch_size`.
 CPU_GRAD_BATCH_SIZE = 64
 # Square's segments: the unfooled points are re-gathered at these query counts.
@@ -287,8 +285,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     overrides: `{attack: {setting: value}}` replacing official settings (`attack_specs`), for
       tests and quick looks; results are then not AutoAttack's.
     devices: devices to split each batch across (default: none, JAX's default device runs it
-      unsplit; on this project's 2-core CPU, 2 CPU devices were not faster than one, see
-      experiments/results/autoattack_speed.md).
+      unsplit; on a 2-core CPU, 2 CPU devices were not faster than one: docs/performance.md).
     grad_batch_size: the most points per batch of the gradient attacks (APGD, FAB), cut as
       `split_sizes` does (fewest padded points). Default: `CPU_GRAD_BATCH_SIZE` (64) on CPU,
       where smaller batches of input gradients run faster per point; elsewhere `batch_size`

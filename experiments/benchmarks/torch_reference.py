@@ -5,8 +5,8 @@ The models are the PyTorch twins of regmix_jax.models' architectures
 attribute names, so `regmix_jax.models.torch_weights` moves weights between the two);
 `FGSMPGKStep` is an eager FGSM-PGK training step as the released code runs it; `PGDATStep` and
 `TRADESStep` run the released PGD-AT and TRADES steps through their line-for-line ports in
-`tests/crosscheck/torch_steps.py`. Used by `experiments/benchmark.py` (the JAX/PyTorch speed
-ratios) and `experiments/autoattack_vs_torch` (identical weights). Install:
+`tests/crosscheck/torch_steps.py`. Used by `experiments/benchmarks/benchmark.py` (the
+JAX/PyTorch speed ratios) and `experiments/autoattack_vs_torch` (identical weights). Install:
 `pip install torch==2.13.0`.
 """
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from regmix_jax.models import torch_weights
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 from crosscheck import torch_models, torch_steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

@@ -1,8 +1,9 @@
 """Where one train step's time goes on CPU: XLA:CPU's thunk trace, summed by kind per device.
 
-  python experiments/profile_step.py --method=fgsm_pgk --model=resnet18 --variant=2dev
+  python experiments/benchmarks/profile_step.py --method=fgsm_pgk --model=resnet18 --variant=2dev
 
-Builds the case as `benchmark.py` does (batch 128 on the subset, a `benchmark.VARIANTS` entry),
+Builds the case as `benchmark.py` does (batch 128 on the subset, a `harness.VARIANTS` entry, its
+convolutions `harness.convolutions`),
 runs two steps, then traces a third with `jax.profiler` (XLA_FLAGS gains
 `--xla_cpu_enable_xprof_traceme=true`). Each compiled thunk is put in one kind, read from the
 optimised HLO: kernel-gradient convolution (output shaped like a kernel), other convolution,
@@ -26,11 +27,15 @@ import tempfile
 
 import jax
 
-from regmix_jax import runtime, train
+from regmix_jax import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the modules beside this one; experiments/common.py
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import harness
+import suites_train
+from common import DEFAULT_DATA
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 SKIP = ("ThreadpoolListener", "end:", "CommonPjRt", "Handle", "Allocate", "ThunkExecutor",
         "Rendezvous", "Wait")
@@ -71,17 +76,16 @@ def main(argv=None):
   p.add_argument("--method", default="fgsm_pgk")
   p.add_argument("--model", default="resnet18")
   p.add_argument("--variant", default="2dev")
-  p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
-                                                "cifar10_subset.npz"))
+  p.add_argument("--data", default=DEFAULT_DATA)
   args = p.parse_args(argv)
-  variant = benchmark.VARIANTS[args.variant]
+  variant = harness.VARIANTS[args.variant]
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [
       os.environ.get("XLA_FLAGS", ""), variant.get("xla", ""),
       "--xla_cpu_enable_xprof_traceme=true"]))
-  runtime.configure_cpu_devices(variant["devices"], benchmark.ynn_fusion_type(variant))
-  trainer = train.build_trainer(benchmark.load_config(args.method, args.model, variant,
-                                                      args.data))
-  stepper = benchmark.Stepper(trainer, pipeline=False)
+  harness.configure_devices(variant)
+  config = harness.load_config(args.method, args.model, variant, args.data)
+  trainer = train.build_trainer(config, harness.convolutions(config, variant))
+  stepper = suites_train.Stepper(trainer, pipeline=False)
   stepper(2)
   _, batch = next(stepper.batches)
   fusions = kinds_from_hlo(
@@ -91,7 +95,8 @@ def main(argv=None):
   seconds = stepper(1)
   jax.profiler.stop_trace()
   print(f"{args.method} {args.model} {args.variant} "
-        f"(YNNPACK fusions: {benchmark.ynn_in_effect(variant)}): traced step {seconds:.2f} s")
+        f"(YNNPACK fusions: {harness.ynn_in_effect(variant)}; {trainer.convolutions.name} "
+        f"convolutions): traced step {seconds:.2f} s")
   data = jax.profiler.ProfileData.from_file(
       glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[-1])
   per_shape = collections.defaultdict(lambda: [0.0, 0])

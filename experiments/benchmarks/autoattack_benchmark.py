@@ -3,7 +3,8 @@ points, same machine, one command.
 
 For each case (model x number of points) it runs, each in its own subprocess, one after the
 other: the official fra31/auto-attack (torch CPU, 2 threads, `bs=250`, `seed=0`, "standard",
-L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as devices, `batch_size=500`, the
+L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as devices, the model's
+convolutions `cpu.choose("auto")`'s as the library's commands run them, `batch_size=500`, the
 same version and radius), on the first N test images of ../shared/data/cifar10_subset.npz. It
 records wall time (ours includes XLA compilation), the robust accuracy after each attack and
 each attack's seconds, the CPU (model, cores, avx512_bf16 / amx flags), load average and date.
@@ -20,8 +21,8 @@ copied into PyTorch twins defined here (kuangliu names: conv kernel HWIO -> OIHW
 -> [out, in], BatchNorm scale/bias/mean/var -> weight/bias/running_mean/running_var); the logits
 are checked to agree before timing.
 
-  python experiments/autoattack_benchmark.py                       # every case
-  python experiments/autoattack_benchmark.py --cases=small_cnn:500 --repeats=2
+  python experiments/benchmarks/autoattack_benchmark.py                    # every case
+  python experiments/benchmarks/autoattack_benchmark.py --cases=small_cnn:500 --repeats=2
 
 Needs torch==2.13.0 (the `crosscheck` extra) and the official code at
 ../shared/reference/auto-attack.
@@ -39,11 +40,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
+from regmix_jax import attacks, cpu, models
+from regmix_jax.cpu import host
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results", "autoattack_benchmark.json")
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RESULTS = os.path.join(ROOT, "experiments", "results", "autoattack_benchmark.json")
 # AA_REFERENCE / AA_DATA replace the default places (e.g. on a machine without ../shared).
 REFERENCE = os.environ.get("AA_REFERENCE") or os.path.join(os.path.dirname(ROOT), "shared",
                                                             "reference", "auto-attack")
@@ -115,9 +120,8 @@ def load_points(n: int):
 
 def torch_twin(model_cfg: dict, variables):
   """The PyTorch twin of the Flax model, with the Flax weights (see the module docstring)."""
-  import torch  # pylint: disable=g-import-not-at-top  (child process only)
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  (child process only; not a dependency)
+  nn, F = torch.nn, torch.nn.functional
 
   conv = lambda cin, cout, k, s: nn.Conv2d(cin, cout, k, s, padding=k // 2, bias=False)
 
@@ -204,7 +208,7 @@ def child_official(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top  (child process only)
   torch.set_num_threads(args.torch_threads)
   sys.path.insert(0, REFERENCE)
-  from autoattack import AutoAttack  # pylint: disable=g-import-not-at-top
+  from autoattack import AutoAttack  # pylint: disable=g-import-not-at-top  (found at REFERENCE)
   model_cfg, variables = load_variables(args.workdir)
   net = torch_twin(model_cfg, variables)
   x, y = load_points(args.n)
@@ -236,17 +240,15 @@ def child_official(args) -> dict:
 
 
 def child_ours(args) -> dict:
-  from regmix_jax import runtime  # pylint: disable=g-import-not-at-top  (child process only)
-  runtime.configure_cpu_devices(os.cpu_count() or 1, "reduce")
-  import jax  # pylint: disable=g-import-not-at-top
-  from regmix_jax import attacks, models  # pylint: disable=g-import-not-at-top
+  host.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
   model_cfg, variables = load_variables(args.workdir)
   kwargs = {"width": model_cfg["width"]} if model_cfg["name"] == "small_cnn" else {}
-  net = models.get_model(model_cfg["name"], 10, **kwargs)
+  # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
+  net = models.get_model(model_cfg["name"], 10, conv=cpu.choose("auto").conv, **kwargs)
   logits_fn = lambda z: net.apply(variables, z, train=False)
   x, y = load_points(args.n)
   # The twin agrees (checked here, where both frameworks are at hand, before timing).
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  (not a library dependency)
   twin = torch_twin(model_cfg, variables)
   with torch.no_grad():
     lt = twin(torch.from_numpy(np.ascontiguousarray(x[:64].transpose(0, 3, 1, 2)))).numpy()
@@ -306,7 +308,8 @@ def machine() -> dict:
 
 def write_markdown(results: dict, path: str) -> None:
   lines = ["# AutoAttack: official PyTorch code vs `run_autoattack` (same weights, same points)",
-           "", "Written by `experiments/autoattack_benchmark.py` from `autoattack_benchmark.json`."
+           "", "Written by `experiments/benchmarks/autoattack_benchmark.py` from "
+           "`autoattack_benchmark.json`."
            " L-inf eps 8/255, version standard; official: torch CPU, bs=250, seed=0; ours: "
            "`run_autoattack` with its defaults (one device, batch_size 500), wall time including "
            "XLA compilation (in brackets after each attack's seconds: the part spent tracing, "

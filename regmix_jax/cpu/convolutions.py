@@ -1,0 +1,88 @@
+"""Which convolutions a CPU run uses, as a value: chosen once from the top (`choose`, from
+`config.cpu_convolutions`) and handed to the models (`Convolutions.conv`) or wrapped around a
+user's function (`Convolutions.accelerate`, `accelerate`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+from absl import logging
+
+from regmix_jax.cpu import fast_conv, onednn, rewrite
+
+# `config.cpu_convolutions`: "auto" (oneDNN's where `onednn.auto_choice` picks it, XLA's
+# elsewhere), "xla" (XLA:CPU's kernels with `fast_conv`'s gradient rules), "onednn" (oneDNN's
+# where `onednn.supports` them, the rest as "xla"), "plain" (lax's convolution as it is).
+CHOICES = ("auto", "xla", "onednn", "plain")
+_NAMES = {"plain": "lax's, unchanged", "xla": "XLA's", "onednn": "oneDNN's"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Convolutions:
+  """What runs convolutions: `name` "plain", "xla" or "onednn" (what `choose` resolved), and the
+  `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN."""
+
+  name: str
+  reason: str = ""
+  onednn_min_size: int = onednn.MIN_SIZE
+
+  def __post_init__(self):
+    if self.name not in _NAMES:
+      raise ValueError(f"Convolutions name must be one of {', '.join(_NAMES)}, got "
+                       f"{self.name!r}.")
+
+  @property
+  def conv(self) -> Callable | None:
+    """A `conv_general_dilated` for a model (`models.build_models(..., conv=...)`), or None for
+    "plain" (the model keeps lax's)."""
+    if self.name == "plain":
+      return None
+    return fast_conv.FastConv(onednn=self.name == "onednn",
+                              onednn_min_size=self.onednn_min_size)
+
+  def accelerate(self, fn: Callable) -> Callable:
+    """`fn` (e.g. a `logits_fn` of a model the library did not build) with its convolutions
+    run as chosen: the same values up to float rounding. "plain" returns `fn` itself."""
+    conv = self.conv
+    return fn if conv is None else rewrite.replace_convolutions(fn, conv.bind)
+
+  def describe(self) -> str:
+    """A line for a run's output: what runs the CPU convolutions, and why."""
+    return f"Convolutions on CPU: {_NAMES[self.name]} ({self.reason})."
+
+
+def choose(setting: str = "auto", backend: str | None = None) -> Convolutions:
+  """`config.cpu_convolutions` -> the `Convolutions` to use on `backend` (default: JAX's default
+  backend, so call it after the host devices are configured). Off CPU always "plain": on GPU and
+  TPU nothing of this package is traced. "auto" resolves by `onednn.auto_choice`; "onednn"
+  where oneDNN cannot be built or loaded warns with the cause and runs "xla" (a run trained
+  elsewhere still resumes and evaluates here). ValueError for a setting not in CHOICES."""
+  if setting not in CHOICES:
+    raise ValueError(f"Config field `cpu_convolutions`: {setting!r} is not one of "
+                     f"{', '.join(CHOICES)}.")
+  backend = backend or jax.default_backend()
+  why = f'cpu_convolutions="{setting}"'
+  if backend != "cpu":
+    return Convolutions("plain", f"the backend is {backend}; the CPU rules apply on CPU only")
+  if setting == "auto":
+    name, reason = onednn.auto_choice()
+    return Convolutions(name, f"{why}: {reason}")
+  if setting == "onednn":
+    try:
+      onednn.load()
+    except onednn.OnednnUnavailable as e:
+      logging.warning('cpu_convolutions="onednn", but oneDNN is unavailable here, so XLA\'s '
+                      'convolutions run (the same values up to float rounding): %s', e)
+      return Convolutions("xla", f"{why}, but oneDNN is unavailable here")
+  return Convolutions(setting, why)
+
+
+def accelerate(fn: Callable, convolutions: str | Convolutions = "auto") -> Callable:
+  """`fn` with its convolutions run by `choose(convolutions)` (or the given `Convolutions`): the
+  one line that gives a user's `logits_fn` the speed the library's commands have on CPU, e.g.
+  `run_autoattack(regmix_jax.cpu.accelerate(logits_fn), ...)`. Off CPU it returns `fn`."""
+  if not isinstance(convolutions, Convolutions):
+    convolutions = choose(convolutions)
+  return convolutions.accelerate(fn)
