@@ -64,11 +64,12 @@ def normalize(v: jax.Array, norm: str) -> jax.Array:
 
 
 def l1_projection(x: jax.Array, y: jax.Array, epsilon) -> jax.Array:
-  """The official `L1_projection(x2, y2, eps1)` (`autopgd_base.py:19-83`) in fixed shapes.
+  """The official `L1_projection(x2, y2, eps1)` (`autopgd_base.py:19-83`): the same map, without
+  its sort.
 
   Returns `delta` such that `x + y + delta` is the Euclidean projection of `x + y` onto
   `{z : ||z - x||_1 <= epsilon, 0 <= z <= 1}`: box-clipped soft thresholding of `y` with one
-  threshold per example, found by a binary search over the `2 D` sorted break points.
+  threshold per example.
 
   Args:
     x: `[B, ...]` centres in [0, 1].
@@ -78,42 +79,36 @@ def l1_projection(x: jax.Array, y: jax.Array, epsilon) -> jax.Array:
   Returns:
     `delta`, shaped like `y`.
 
-  Port notes: every row runs the search and rows where box clipping alone reaches the ball
-  (the official `c5` false) select the clipped point with `where`; the division by the number of
-  active coordinates is guarded where it is 0 (it is never selected there). Sort ties do not
-  change the result (the shrink is continuous in the threshold).
+  Coordinate i shrinks by `clip(alpha, e_i, |y_i|)` towards x, `e_i` its excess over the box
+  (the official `-u`), so the total shrink `G(alpha)` is non-decreasing in the threshold; the
+  projection's threshold is the smallest `alpha >= 0` with `G(alpha) >= ||y||_1 - epsilon` (0
+  where clipping to the box alone reaches the ball: the official `c5` false). The official sorts
+  the `2 D` break points of `G` and binary-searches them; here `alpha` is found by bisection
+  over the bit patterns of non-negative floats (monotone in the value; 31 halvings reach
+  adjacent floats), each one pass over the row, because XLA:CPU's sort of the break points took
+  most of an L1 Square or APGD iteration (docs/performance.md). Results agree up to float
+  rounding.
   """
   shape = y.shape
   x2, y2 = flat(x).astype(jnp.float32), flat(y).astype(jnp.float32)
-  batch, dims = y2.shape
+  batch = y2.shape[0]
   eps = jnp.broadcast_to(jnp.asarray(epsilon, jnp.float32), (batch,))
-  sigma = jnp.sign(y2)
-  u = jnp.minimum(jnp.minimum(1.0 - x2 - y2, x2 + y2), 0.0)  # :33-35
-  l = -jnp.abs(y2)  # :36
-  vals = -jnp.concatenate([u, l], axis=1)  # :39, sorted ascending
-  order = jnp.argsort(vals, axis=1)
-  bs = jnp.take_along_axis(vals, order, axis=1)
-  bs2 = jnp.concatenate([bs[:, 1:], jnp.zeros((batch, 1), bs.dtype)], axis=1)  # :40
-  size1 = jnp.cumsum(jnp.where(order < dims, 1.0, -1.0), axis=1)  # :42-43
-  s1 = -jnp.sum(u, axis=1)  # :45
-  c = eps - jnp.sum(jnp.abs(y2), axis=1)  # :47
-  c5 = s1 + c < 0  # :48
-  s = s1[:, None] + jnp.cumsum((bs2 - bs) * size1, axis=1)  # :51
-  n = 2 * dims
+  size = jnp.abs(y2)
+  excess = -jnp.minimum(jnp.minimum(1.0 - x2 - y2, x2 + y2), 0.0)  # the official -u, :33-35
+  target = jnp.sum(size, axis=1) - eps  # the shrink that brings ||y||_1 to epsilon
+  shrink = lambda alpha: jnp.minimum(jnp.maximum(excess, alpha[:, None]), size)
+  as_bits = lambda v: jax.lax.bitcast_convert_type(v, jnp.int32)
+  as_float = lambda v: jax.lax.bitcast_convert_type(v, jnp.float32)
 
-  def search(_, bounds):  # :54-74
-    lb, ub = bounds
-    m = (lb + ub) // 2
-    below = jnp.take_along_axis(s, m[:, None], axis=1)[:, 0] + c < 0
-    return jnp.where(below, m, lb), jnp.where(below, ub, m)
+  def search(_, bounds):  # invariant: G(hi) >= target; the answer is in [lo, hi]
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    enough = jnp.sum(shrink(as_float(mid)), axis=1) >= target
+    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
-  lb, _ = jax.lax.fori_loop(0, math.ceil(math.log2(n)), search,
-                            (jnp.zeros_like(c, jnp.int32), jnp.full_like(c, n - 1, jnp.int32)))
-  take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]
-  den = take(size1, jnp.minimum(lb + 1, n - 1))
-  alpha = (-take(s, lb) - c) / jnp.where(den == 0, 1.0, den) + take(bs2, lb)  # :78
-  d = jnp.where(c5[:, None], -jnp.minimum(jnp.maximum(-u, alpha[:, None]), -l), u)  # :79
-  return (sigma * d).reshape(shape).astype(y.dtype)
+  top = as_bits(jnp.max(size, axis=1))  # G(max |y_i|) = ||y||_1 >= target
+  _, alpha = jax.lax.fori_loop(0, 31, search, (jnp.zeros_like(top), top))
+  return (-jnp.sign(y2) * shrink(as_float(alpha))).reshape(shape).astype(y.dtype)
 
 
 def project(x_adv: jax.Array, x: jax.Array, epsilon, norm: str) -> jax.Array:
