@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.cpu_ynn_fusion_type = "reduce"
   # CPU only: what runs the convolutions (`cpu.choose`, one of cpu.CHOICES): "xla", XLA:CPU's own
   # kernels with the library's gradient rules (regmix_jax/cpu/fast_conv.py); "onednn", oneDNN's
-  # for the NHWC convolutions whose input maps are at least 16 wide (regmix_jax/cpu/onednn.py;
+  # for the NHWC convolutions whose input maps are at least 16 wide (`onednn.supports`: not
+  # strided 1x1 ones with under 16 input channels, nor bf16 without AVX512-BF16 or AMX;
   # `pip install "regmix_jax[onednn]"` on x86_64 Linux, and g++; falls back to "xla" with a
   # warning where unavailable); "auto", oneDNN's on x86-64 Linux CPUs with AVX-512 where it is
   # installed and builds, "xla" elsewhere (measured faster there: docs/performance.md); "plain",

@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Any, Mapping
 
-# tensorboardX imports torch where it is installed (1.6 s of every command's start, and its
-# memory), only to accept torch tensors; we log floats. Unless torch is already loaded, it is
-# hidden from that one import.
+# tensorboardX imports torch where it is installed (a large share of every command's start, and
+# its memory; docs/performance.md), only to accept torch tensors; we log floats. Unless torch is
+# already loaded, it is hidden from that one import.
 if "torch" in sys.modules:
   from tensorboardX import SummaryWriter
 else:

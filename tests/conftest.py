@@ -5,9 +5,11 @@ processes that compile the same functions again. So every test worker and every 
 starts (they inherit the environment) share one persistent compilation cache under the
 repository's ignored `.jax_test_cache/` (empty in a fresh clone; delete it at will), and compile
 with XLA's optimisations off. No size limit: with one, JAX rescans the whole cache under a file
-lock at every write, which made the suite slower, not faster. A process a test SIGKILLs reads
-the cache but writes nothing to it (`tiny_runs.killable_env`): a kill during a write would
-leave a truncated entry, which JAX reads back with a warning (and then compiles).
+lock at every write, which made the suite slower, not faster. Without one, JAX writes an entry
+in place, unlocked: a process that reads it mid-write, or after a kill mid-write, finds it
+truncated, warns and compiles. So a process a test SIGKILLs reads the cache but writes nothing
+to it (`tiny_runs.killable_env`), and the processes tests start ignore that one warning (a
+command's stderr is what many tests check).
 """
 
 import os
@@ -18,6 +20,10 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_test_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+_CACHE_READ_WARNING = "ignore:Error reading persistent compilation cache entry"
+if _CACHE_READ_WARNING not in os.environ.get("PYTHONWARNINGS", ""):
+  os.environ["PYTHONWARNINGS"] = ",".join(
+      filter(None, [os.environ.get("PYTHONWARNINGS"), _CACHE_READ_WARNING]))
 
 import jax  # noqa: E402
 

@@ -42,9 +42,16 @@ def test_l1_projection_is_the_projection_onto_ball_and_box():
   x[:16] = np.round(x[:16] * 4) / 4  # ties and points on the box
   y = rs.randn(64, 20) * rs.uniform(0.05, 1, (64, 1))
   eps = rs.uniform(0.05, 3, 64)
+  y[5] = 0.0  # nothing to project
+  eps[6], eps[7] = 0.0, 1e4  # everything shrinks to x; only the box binds
   got = y + np.asarray(norms.l1_projection(jnp.float32(x), jnp.float32(y), jnp.float32(eps)))
   ref = np.stack([_brute_l1_ball_box(x[i], y[i], eps[i]) for i in range(64)])
   np.testing.assert_allclose(got, ref, atol=2e-5)
+  # Image-sized rows: the L1 norm lands on the radius, up to float32 sums over 3072 values.
+  x, y = rs.rand(8, 3072), rs.randn(8, 3072) * 0.05
+  got = y + np.asarray(norms.l1_projection(jnp.float32(x), jnp.float32(y), 12.0))
+  np.testing.assert_allclose(np.abs(got).sum(1), 12.0, rtol=1e-4)
+  assert np.all((x + got >= -1e-6) & (x + got <= 1 + 1e-6))
 
 
 def _brute_l2(t, w, b):

@@ -9,6 +9,7 @@ import pytest
 
 from regmix_jax import config as config_lib
 from regmix_jax import methods
+from regmix_jax.cpu import host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +91,6 @@ def test_model_size_fields_must_fit_the_model():
 
 
 def test_auto_cpu_devices_divide_the_batch(monkeypatch):
-  from regmix_jax.cpu import host
   c = _config()
   c.data.batch_size, c.data.eval_batch_size = 128, 500
   monkeypatch.setattr("os.cpu_count", lambda: 6)
@@ -100,7 +100,6 @@ def test_auto_cpu_devices_divide_the_batch(monkeypatch):
 
 
 def test_ynn_fusion_type_checked_and_given_to_xla_unless_xla_flags_sets_it():
-  from regmix_jax.cpu import host
   c = _config()
   c.cpu_ynn_fusion_type = "reduce,convolution"  # the kind is individual_convolution
   with pytest.raises(ValueError, match=r"cpu_ynn_fusion_type.*'reduce,convolution'"):

@@ -84,8 +84,14 @@ def test_the_jax_internals_the_rewrite_uses():
   inner = outer.params["jaxpr"].jaxpr.eqns
   assert [e.primitive for e in inner if e.primitive is rewrite.CONV]
   for eqn in inner:
-    assert hasattr(eqn.ctx, "manager") and hasattr(eqn.primitive, "get_bind_params")
+    assert hasattr(eqn.ctx, "manager")
+    params = eqn.primitive.get_bind_params(eqn.params)  # a dict (or, before JAX 0.7, a pair)
+    assert isinstance(params, dict) or (isinstance(params, tuple) and len(params) == 2)
   assert isinstance(closed.jaxpr.invars[0], rewrite.jex.Var)
+  literal = jax.make_jaxpr(lambda x: x * 2.0)(x).jaxpr.eqns[0].invars[1]
+  assert isinstance(literal, rewrite.jex.Literal) and literal.val == 2.0
+  closed, shape = jax.make_jaxpr(lambda x: {"y": x}, return_shape=True)(x)
+  assert isinstance(closed, rewrite.jex.ClosedJaxpr) and shape["y"].shape == x.shape
 
 
 def test_accelerate_rewrites_a_user_function_without_warning():
@@ -117,6 +123,18 @@ def test_a_rewrite_that_fails_runs_the_function_unchanged_with_one_warning(monke
   assert _convs_under_custom_rules(jax.make_jaxpr(fast)(x))[1] == 0
 
 
+def test_an_error_of_the_rule_itself_is_raised_not_hidden():
+  """The fallback is for JAX's internals; a failure of the convolution rule is the library's own
+  bug and must surface (else a layer would silently leave the CPU path)."""
+  def broken_bind(lhs, rhs, **params):
+    raise ZeroDivisionError("a rule's bug")
+  fn = rewrite.replace_convolutions(lambda x: _conv_fn(x, jnp.ones((3, 3, 2, 2))), broken_bind)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", rewrite.RewriteWarning)
+    with pytest.raises(ZeroDivisionError, match="a rule's bug"):
+      fn(jnp.ones((1, 4, 4, 2)))
+
+
 def test_convolutions_is_a_value_chosen_once():
   """The choice travels as a value: equal choices give equal `conv`s (hashable, so a Flax
   module field), "plain" gives none, and a name outside cpu.CHOICES' resolutions is refused."""
@@ -142,6 +160,9 @@ def test_xla_ends_the_process_on_a_flag_it_does_not_know():
 
 def test_flags_are_set_only_where_the_installed_jaxlib_knows_them(caplog):
   assert not host.xla_accepts("--xla_cpu_no_such_flag_regmix")
+  # The whole name: neither the start nor the end of a flag XLA knows.
+  assert not host.xla_accepts("--xla_cpu_experimental_ynn")
+  assert not host.xla_accepts("--xla_cpu_fusion_type")
   with caplog.at_level("WARNING"):
     assert host.with_flag("--a=1", "--xla_cpu_no_such_flag_regmix", 3) == "--a=1"
   assert "unknown to the installed jaxlib" in caplog.text

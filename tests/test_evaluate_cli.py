@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from regmix_jax import attacks, checkpointing, config as config_lib, data, evaluate, evaluation
-from regmix_jax import methods, models, train
+from regmix_jax import attacks, checkpointing, config as config_lib, cpu, data, evaluate
+from regmix_jax import evaluation, methods, models, train
 from regmix_jax import train_state as ts
 
 import tiny_runs
@@ -51,9 +51,9 @@ def test_evaluate_checkpoint_writes_eval_json_and_aa_matches_the_composition(run
   with open(os.path.join(workdir, "checkpoints", str(record["step"]), "eval.json")) as f:
     assert json.load(f)[-1]["accuracy"] == acc
   # The same points through the fixed-shape `attacks.autoattack` inside `eval_step`, at the same
-  # position (2) of the list: the same count.
+  # position (2) of the list, with the convolutions the command ran: the same count.
   dataset = data.load_dataset(config.data)
-  net = models.get_model("small_cnn", 10, width=4)
+  net = models.get_model("small_cnn", 10, width=4, conv=cpu.choose(config.cpu_convolutions).conv)
   state = ts.create_train_state(config, {"target": net}, dataset.image_shape, 1)
   state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
   step = jax.jit(functools.partial(evaluation.eval_step, model=net, first_position=2,
@@ -113,7 +113,8 @@ def test_dtype_flag_evaluates_in_that_precision_and_keeps_the_run_config(run):
   state = ts.create_train_state(config, {"target": models.get_model("small_cnn", 10, width=4)},
                                 dataset.image_shape, 1)
   state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
-  net = models.get_model("small_cnn", 10, width=4, dtype="bfloat16")
+  net = models.get_model("small_cnn", 10, width=4, dtype="bfloat16",
+                         conv=cpu.choose(config.cpu_convolutions).conv)
   step = jax.jit(functools.partial(evaluation.eval_step, model=net,
                                    attack_list=attacks.parse_attacks("clean", epsilon=0.0)))
   live = state.replace(ema_params=None, ema_batch_stats=None)

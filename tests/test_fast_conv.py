@@ -84,7 +84,7 @@ def test_values_and_derivatives_are_lax_s(strides, dilation, padding):
   close(jax.jvp(lambda x: fast(x, k), (x,), (dx,))[1], jax.jvp(lambda x: ref(x, k), (x,), (dx,))[1])
 
 
-def test_with_fast_conv_grads_keeps_a_user_model_s_values_and_gradients():
+def test_accelerate_keeps_a_user_model_s_values_and_gradients():
   net, variables, x = _user_model()
   logits_fn = lambda z: net.apply(variables, z)
   fast = cpu.accelerate(logits_fn, "xla")

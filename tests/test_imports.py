@@ -174,6 +174,13 @@ def test_the_core_imports_no_cpu_acceleration():
                      or d.startswith("regmix_jax.cpu."))
            for m in core}
   assert not any(leaks.values()), {m: d for m, d in leaks.items() if d}
+  # Imports inside functions too (the graph above holds top-level ones).
+  inner = [f"{MODULES[m]}:{node.lineno}" for m in core
+           for node in ast.walk(ast.parse(open(MODULES[m]).read()))
+           if isinstance(node, (ast.Import, ast.ImportFrom))
+           and any(t == "regmix_jax.cpu" or t.startswith("regmix_jax.cpu.")
+                   for t in _imported(m, node))]
+  assert not inner, inner
 
 
 def test_no_global_statement_in_the_library():

@@ -66,7 +66,8 @@ eval_batch = trainer.data_parallel.put_batch(next(iter(data.eval_batches(
 eval_first = timed(lambda: eval_step(holder["state"], eval_batch), 1)[0]
 eval_s = timed(lambda: eval_step(holder["state"], eval_batch), args["eval_repeats"])
 n = config.data.batch_size
-print("RESULT " + json.dumps({
+import regmix_jax
+print("RESULT " + json.dumps({"module": os.path.dirname(os.path.dirname(regmix_jax.__file__)),
     "train_images_per_s": n * len(train_s) / sum(train_s), "train_step_s": train_s,
     "first_step_s": first, "eval_images_per_s": config.data.eval_batch_size * len(eval_s) / sum(eval_s),
     "eval_s": eval_s, "eval_first_s": eval_first, "devices": jax.device_count(),
@@ -76,8 +77,12 @@ print("RESULT " + json.dumps({
 
 def run_side(root: str, args: dict) -> dict:
   """One child at the revision checked out at `root` (first on its PYTHONPATH)."""
-  result = run_child(["env", f"PYTHONPATH={root}", "JAX_PLATFORMS=cpu", sys.executable, "-c",
-                      _CHILD, json.dumps(args)], xla="")
+  # -P: the child runs in the checkout (harness.run_child's cwd), which `python -c` would put
+  # first on sys.path, ahead of PYTHONPATH: both sides would import the working tree.
+  result = run_child(["env", f"PYTHONPATH={root}", "JAX_PLATFORMS=cpu", sys.executable, "-P",
+                      "-c", _CHILD, json.dumps(args)], xla="")
+  if not result.get("module", "").startswith(root):
+    raise RuntimeError(f"the child meant to run {root} imported {result.get('module')}")
   if "error" in result:
     raise RuntimeError(f"the child at {root} failed:\n{result['error']}")
   return result

@@ -1,5 +1,6 @@
-"""The L1 ball-and-box projection (`attacks.norms.l1_projection`, every L1 attack's step) against
-the official algorithm's sort-based form, side by side in one process, on this CPU.
+"""The L1 ball-and-box projection (`attacks.norms.l1_projection`: APGD's and Square's L1 steps and
+every attack's final L1 projection) against the official algorithm's sort-based form, side by
+side in one process, on this CPU.
 
 The library finds each row's threshold by bisection over float bit patterns; the official
 `L1_projection` (fra31/auto-attack `autopgd_base.py:19-83`) sorts the row's `2 D` break points.

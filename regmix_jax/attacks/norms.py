@@ -87,7 +87,7 @@ def l1_projection(x: jax.Array, y: jax.Array, epsilon) -> jax.Array:
   over the bit patterns of non-negative floats (monotone in the value; 31 halvings reach
   adjacent floats), each one pass over the row, because XLA:CPU's sort of the break points took
   most of an L1 Square or APGD iteration (docs/performance.md). Results agree up to float
-  rounding.
+  rounding; a NaN in a row makes that whole row NaN (the official: its coordinate).
   """
   shape = y.shape
   x2, y2 = flat(x).astype(jnp.float32), flat(y).astype(jnp.float32)

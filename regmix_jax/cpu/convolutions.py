@@ -82,7 +82,8 @@ def choose(setting: str = "auto", backend: str | None = None) -> Convolutions:
 def accelerate(fn: Callable, convolutions: str | Convolutions = "auto") -> Callable:
   """`fn` with its convolutions run by `choose(convolutions)` (or the given `Convolutions`): the
   one line that gives a user's `logits_fn` the speed the library's commands have on CPU, e.g.
-  `run_autoattack(regmix_jax.cpu.accelerate(logits_fn), ...)`. Off CPU it returns `fn`."""
+  `run_autoattack(regmix_jax.cpu.accelerate(logits_fn), ...)`. Off CPU it returns `fn`. The
+  result re-traces `fn` at each call: call it under `jax.jit` (as the attacks do) or jit it."""
   if not isinstance(convolutions, Convolutions):
     convolutions = choose(convolutions)
   return convolutions.accelerate(fn)

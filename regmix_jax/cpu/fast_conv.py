@@ -57,8 +57,8 @@ def _unfused_transpose(x: jax.Array, perm: tuple[int, ...], witness: jax.Array) 
   conditional whose predicate is true for every value of the scalar `witness` (`w == w` or
   `w != w`) but that XLA cannot fold. A transpose fused with the elementwise work that produced
   its input (BatchNorm, ReLU, a residual sum, or their gradients) runs that work at the
-  transpose's strided reads, about 3x slower. `witness` must not be a tangent (it comes from a
-  primal), so that the conditional can be transposed; the other branch (zeros) never runs."""
+  transpose's strided reads, several times slower. `witness` must not be a tangent (it comes from
+  a primal), so that the conditional can be transposed; the other branch (zeros) never runs."""
   shape = tuple(x.shape[d] for d in perm)
   return lax.cond((witness == witness) | (witness != witness),
                   lambda x: x.transpose(perm), lambda x: jnp.zeros(shape, x.dtype), x)

@@ -13,6 +13,7 @@ import functools
 import mmap
 import os
 import pathlib
+import re
 
 import jax
 import jaxlib
@@ -64,6 +65,8 @@ def check_ynn_fusion_type(value: str) -> None:
 
 def _jaxlib_libraries() -> list[pathlib.Path]:
   """jaxlib's large native libraries, where XLA's flag names live."""
+  if not getattr(jaxlib, "__file__", None):
+    return []
   root = pathlib.Path(jaxlib.__file__).parent
   return sorted(p for p in root.rglob("*") if p.suffix in (".so", ".dylib", ".pyd")
                 and p.is_file() and p.stat().st_size > (16 << 20))
@@ -72,14 +75,21 @@ def _jaxlib_libraries() -> list[pathlib.Path]:
 @functools.cache
 def xla_accepts(flag: str) -> bool:
   """Whether the installed jaxlib knows the XLA flag `flag` ("--xla_..."): its name is in jaxlib's
-  native code, where XLA registers every flag it parses (under a second, once per process).
-  False where no library is found (an unfamiliar jaxlib layout): then nothing is set."""
+  native code as a string of its own (NUL-terminated, not the end or the start of a longer
+  name), as XLA registers every flag it parses (under a second, once per process). False where
+  no library is found (an unfamiliar jaxlib layout): then nothing is set, with a warning."""
   name = flag.lstrip("-").split("=", 1)[0].encode()
   for path in _jaxlib_libraries():
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-      if data.find(name) >= 0:
-        return True
+      at = data.find(name + b"\0")
+      while at >= 0:
+        if at == 0 or not _NAME_BYTE.match(data[at - 1:at]):
+          return True
+        at = data.find(name + b"\0", at + 1)
   return False
+
+
+_NAME_BYTE = re.compile(rb"[A-Za-z0-9_]")
 
 
 def with_flag(xla_flags: str, flag: str, value) -> str:

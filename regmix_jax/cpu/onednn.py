@@ -46,8 +46,8 @@ SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 # The oneDNN build the handler links (CPU only, GNU OpenMP threads; `pip install
 # "regmix_jax[onednn]"`): its library and its headers.
 LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
-# Convolutions whose input maps are narrower than this stay on XLA: at 8 x 8 oneDNN was mixed and
-# at 4 x 4 2x slower; the ResNet-18 step with 8 ran at 0.94x and 0.97x 16's (docs/performance.md).
+# Convolutions whose input maps are narrower than this stay on XLA: on smaller maps oneDNN was
+# slower, and the ResNet-18 step slower with 8 than with 16 (docs/performance.md).
 MIN_SIZE = 16
 NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
 INSTALL_HINT = ('install oneDNN with `pip install "regmix_jax[onednn]"` (and a C++ compiler, '
@@ -171,8 +171,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 @functools.cache
 def cpu_has_bf16() -> bool:
-  """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16, and
-  the bf16 step ran at 0.58x XLA's speed (docs/performance.md)."""
+  """Whether this CPU has one of BF16_CPU_FLAGS. Without them oneDNN 3.2 emulates bfloat16 with
+  AVX-512 (slower than XLA's: docs/performance.md) and has none at all without AVX-512."""
   return not host.cpu_flags().isdisjoint(BF16_CPU_FLAGS)
 
 

@@ -20,13 +20,18 @@ import jax.extend.core as jex
 from jax import lax
 
 CONV = lax.conv_general_dilated_p
-# Primitives whose body is inlined (a nested `jax.jit`; "pjit" before JAX 0.7).
-INLINED = ("jit", "pjit", "closed_call", "core_call")
+# Primitives whose body is inlined: a nested `jax.jit` ("pjit" before JAX 0.7). Other
+# higher-order primitives (loops, conditionals, remat, custom rules) are bound as they are.
+INLINED = ("jit", "pjit")
 BindConv = Callable[..., jax.Array]  # (lhs, rhs, **conv_general_dilated_p params) -> out
 
 
 class RewriteWarning(RuntimeWarning):
   """A function's convolutions could not be rebound; it ran unchanged."""
+
+
+class _BindError(Exception):
+  """An error raised by `bind` itself (the caller's rule, not JAX's internals): re-raised."""
 
 
 def _evaluate(jaxpr: jex.Jaxpr, consts, args, bind: BindConv) -> list:
@@ -42,7 +47,10 @@ def _evaluate(jaxpr: jex.Jaxpr, consts, args, bind: BindConv) -> list:
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
     if eqn.primitive is CONV:
-      outs = [bind(*invals, **eqn.params)]
+      try:
+        outs = [bind(*invals, **eqn.params)]
+      except Exception as e:  # pylint: disable=broad-except  (passed on as it is, below)
+        raise _BindError() from e
     elif eqn.primitive.name in INLINED and isinstance(eqn.params.get("jaxpr"), jex.ClosedJaxpr):
       inner = eqn.params["jaxpr"]
       outs = _evaluate(inner.jaxpr, inner.consts, invals, bind)
@@ -59,10 +67,13 @@ def _evaluate(jaxpr: jex.Jaxpr, consts, args, bind: BindConv) -> list:
 
 
 def replace_convolutions(fn: Callable, bind: BindConv) -> Callable:
-  """`fn` (pytrees of arrays in and out) with every convolution it runs bound through `bind`;
-  traced once per call (under an outer `jax.jit`, once per compile). Where the rebinding fails,
-  `fn` itself runs, with a `RewriteWarning` (shown once). Idempotent for an equal `bind` (a bound
-  method of an equal object: `FastConv` is a value)."""
+  """`fn` (pytrees of arrays in and out) with every convolution it runs bound through `bind`.
+
+  Traced at every call: call it inside `jax.jit` (as the attacks do), or jit the result; called
+  eagerly it re-traces and runs `fn`'s nested jits op by op. Where JAX's internals fail the
+  rebinding, `fn` itself runs, with a `RewriteWarning` (once per cause; equations with effects
+  already bound then run twice); an error raised by `bind` itself is raised. Idempotent for an
+  equal `bind` (a bound method of an equal object: `FastConv` is a value)."""
   marker = (getattr(bind, "__func__", bind), getattr(bind, "__self__", None))
   if getattr(fn, "_regmix_bind_conv", None) == marker:
     return fn
@@ -74,6 +85,8 @@ def replace_convolutions(fn: Callable, bind: BindConv) -> Callable:
                                        return_shape=True)(*flat)
     try:
       outs = _evaluate(closed.jaxpr, closed.consts, flat, bind)
+    except _BindError as e:
+      raise e.__cause__  # pylint: disable=raise-missing-from  (the rule's own error)
     except Exception as e:  # pylint: disable=broad-except  (any failure of JAX's internals)
       warnings.warn(f"regmix_jax.cpu could not rebind a function's convolutions "
                     f"({type(e).__name__}: {e}); it runs unchanged (the same values, without "

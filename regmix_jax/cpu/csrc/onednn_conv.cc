@@ -1,4 +1,4 @@
-// 2-D convolutions on oneDNN as an XLA FFI handler (regmix_jax.onednn builds and loads this).
+// 2-D convolutions on oneDNN as an XLA FFI handler (regmix_jax/cpu/onednn.py builds and loads this).
 //
 // One handler, three bilinear maps of a convolution with NHWC activations and an HWIO kernel:
 //   kind 0, forward:         a = x  [N, H, W, Ci], b = w  [KH, KW, Ci, Co] -> y  [N, OH, OW, Co]
