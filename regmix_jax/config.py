@@ -170,15 +170,32 @@ def _type_name(value: Any) -> str:
 def load_json(path: str) -> ml_collections.ConfigDict:
   """The config a run saved (`<workdir>/config.json`), on top of today's defaults: fields added
   since the run was trained take their defaults; JSON lists become tuples where the schema has
-  tuples. Validated like a config file."""
+  tuples. Validated like a config file; every error is a ValueError naming `path` (and the
+  field)."""
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"Cannot read the run's config {path}: {e}. Is --workdir a training run's "
                      "workdir (it holds config.json)?") from e
+
+  def bad(field, what):
+    return ValueError(f"{path}: config field `{field}` {what}. Correct it in the file (or remove "
+                      "it: a field the file lacks takes its default).")
+
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not a config (a JSON object "
+                     "of fields, as training writes it): the file is damaged or not a run's "
+                     "config.json.")
+  method = saved.get("method", {})
+  if not isinstance(method, dict):
+    raise bad("method", f"must be a group of fields (a JSON object), got {method!r}")
   config = base_config()
-  config.method = methods.method_config(saved.get("method", {}).get("name", "standard"))
+  try:
+    config.method = methods.method_config(method.get("name", "standard"))
+  except (ValueError, TypeError):  # an unknown name; a number or a list
+    raise bad("method.name", f"= {method.get('name')!r} names no training method (known: "
+              f"{', '.join(sorted(methods.METHODS))})") from None
 
   def merge(group, values, prefix=""):
     for key, value in values.items():
@@ -187,15 +204,24 @@ def load_json(path: str) -> ml_collections.ConfigDict:
         logging.warning("%s: config field `%s%s` is now `%s`; reading it as that.", path,
                         prefix, key, new)
         key = new.rsplit(".", 1)[1]
-      if isinstance(value, dict) and isinstance(group.get(key), ml_collections.ConfigDict):
+      if isinstance(group.get(key), ml_collections.ConfigDict):
+        if not isinstance(value, dict):
+          raise bad(f"{prefix}{key}", f"must be a group of fields (a JSON object), got {value!r}")
         merge(group[key], value, f"{prefix}{key}.")
       elif key not in group:
         raise ValueError(f"{path}: unknown config field `{prefix}{key}`.")
       else:
-        group[key] = tuple(value) if isinstance(value, list) else value
+        try:
+          group[key] = tuple(value) if isinstance(value, list) else value
+        except TypeError:  # ml_collections refuses a value of another type
+          raise bad(f"{prefix}{key}", f"must be {_type_name(group[key])} (like "
+                    f"{group[key]!r}), got {_type_name(value)} {value!r}") from None
 
   merge(config, saved)
-  validate(config)
+  try:
+    validate(config)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{path}: {e}") from e
   return config
 
 
@@ -251,7 +277,14 @@ def _check_types(config, schema, prefix: str = "") -> None:
 
 
 # Perturbation sizes, in [0, 1] pixel units (a field whose path ends in one of these).
-_RADII = ("epsilon", "step_size", "noise_radius")
+_RADII = ("epsilon", "step_size", "noise_radius", "init_std")
+
+
+def _field(config, path: str):
+  """The value at dotted `path` of a ConfigDict."""
+  for name in path.split("."):
+    config = config[name]
+  return config
 
 
 def _flatten(config, prefix: str = ""):
@@ -302,13 +335,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key, choices in method.choices.items():
     if key in config.method:
       _choice(f"method.{key}", config.method[key], choices)
-  for key, (low, high) in method.ranges.items():
+  _check_numbers(config)  # first: a NaN compares False with every bound below
+  for key, spec in method.ranges.items():
+    low, high, low_open = methods.Range(*spec)
     value = config.method[key]
-    if (low is not None and value < low) or (high is not None and value > high):
-      bound = " and ".join(b for b in (low is not None and f">= {low}",
+    if ((low is not None and (value <= low if low_open else value < low))
+        or (high is not None and value > high)):
+      bound = " and ".join(b for b in (low is not None and f"{'>' if low_open else '>='} {low}",
                                        high is not None and f"<= {high}") if b)
-      raise ValueError(f"Config field `method.{key}` must be {bound}, got {value}.")
-  _check_numbers(config)
+      raise ValueError(f"Config field `method.{key}` must be {bound}, got {value} (method "
+                       f"{config.method.name!r}'s default: {method.defaults[key]!r}).")
   _choice("parallel", config.parallel, parallel.KINDS)
   host.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
   _choice("cpu_convolutions", config.cpu_convolutions, cpu.CHOICES)
@@ -333,14 +369,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("optim.schedule", config.optim.schedule, train_state.SCHEDULES)
   _choice("eval.split", config.eval.split, data.EVAL_SPLITS)
   attacks.parse_attacks(config.eval.attacks)  # raises naming `eval.attacks`
-  positive = {"num_epochs": config.num_epochs, "data.batch_size": config.data.batch_size,
-              "data.eval_batch_size": config.data.eval_batch_size,
-              "log_every_steps": config.log_every_steps,
-              "eval.every_epochs": config.eval.every_epochs,
-              "checkpoint.max_to_keep": config.checkpoint.max_to_keep}
-  for path, value in positive.items():
+  # eval.epsilon and eval.step_size: a zero radius evaluates nothing adversarial, and
+  # `evaluate` scales the step by the ratio of its radius to eval.epsilon.
+  positive = ("num_epochs", "data.batch_size", "data.eval_batch_size", "log_every_steps",
+              "eval.every_epochs", "checkpoint.max_to_keep", "eval.epsilon", "eval.step_size",
+              "cpu_collective_timeout_s", "data.synthetic.num_train", "data.synthetic.num_test",
+              "data.synthetic.image_size")
+  for path in positive:
+    value = _field(config, path)
     if value <= 0:
-      raise ValueError(f"Config field `{path}` must be positive, got {value}.")
+      raise ValueError(f"Config field `{path}` must be positive, got {value} (its default: "
+                       f"{_field(schema, path)!r}).")
   if config.checkpoint.max_to_keep < 2:
     raise ValueError("Config field `checkpoint.max_to_keep` must be at least 2: a damaged latest "
                      "checkpoint is then skipped for the one before it.")
@@ -352,11 +391,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             "data.rotate_degrees": (config.data.rotate_degrees, 0.0, 180.0),
             "optim.learning_rate": (config.optim.learning_rate, 0.0, None),
             "optim.weight_decay": (config.optim.weight_decay, 0.0, None),
-            "eval.epsilon": (config.eval.epsilon, 0.0, None)}
+            "optim.momentum": (config.optim.momentum, 0.0, 1.0),
+            "optim.gamma": (config.optim.gamma, 0.0, None),
+            "optim.grad_clip_norm": (config.optim.grad_clip_norm, 0.0, None),
+            "eval.num_examples": (config.eval.num_examples, 0, None),
+            "cpu_devices": (config.cpu_devices, 0, None),
+            "model.width": (config.model.width, 0, None),
+            "model.depth": (config.model.depth, 0, None),
+            "guide_model.width": (config.guide_model.width, 0, None),
+            "guide_model.depth": (config.guide_model.depth, 0, None),
+            "data.synthetic.num_classes": (config.data.synthetic.num_classes, 2, None)}
   for path, (value, low, high) in ranges.items():
     if value < low or (high is not None and value > high):
       bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-      raise ValueError(f"Config field `{path}` must be {bound}, got {value}.")
+      raise ValueError(f"Config field `{path}` must be {bound}, got {value} (its default: "
+                       f"{_field(schema, path)!r}).")
+  for path in ("optim.milestones", "optim.boundaries", "optim.rates"):
+    values = tuple(_field(config, path))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+               for v in values):
+      raise ValueError(f"Config field `{path}` must hold numbers >= 0, got {values} (its "
+                       f"default: {_field(schema, path)!r}).")
   for path in ("optim.milestones", "optim.boundaries"):
     values = list(config.optim[path.split(".")[1]])
     if values != sorted(values):

@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from absl import app, flags
 
 from regmix_jax import checkpointing, config as config_lib, data, methods, models
-from regmix_jax import train_state
+from regmix_jax import train_state, workdir as workdir_lib
 from regmix_jax.models import torch_weights
 
 
 def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int,
               width: int = 0, depth: int = 0, normalize: str = "", dataset: str = "cifar10",
-              data_source: str = "tfds", data_dir: str = "") -> str:
+              data_source: str = "tfds", data_dir: str = "", overwrite: bool = False) -> str:
   """Writes `workdir/config.json` and `workdir/checkpoints/0` holding a TrainState whose target
-  has `params` and `batch_stats` (no EMA); returns the checkpoint directory."""
+  has `params` and `batch_stats` (no EMA); returns the checkpoint directory. Holds the workdir's
+  lock (`workdir.exclusive`). A workdir that holds a run is refused (WorkdirError), or with
+  `overwrite` that run is moved into `<workdir>/replaced.<time>/`, never deleted."""
   config = config_lib.base_config()
   config.model.name, config.model.width, config.model.depth = model, width, depth
   config.model.normalize = normalize
@@ -37,16 +40,31 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
   image = 64 if dataset == "tiny_imagenet" else 32
   state = train_state.create_train_state(config, net, (image, image, 3), steps_per_epoch=1)
   state = state.replace(params={"target": params}, batch_stats={"target": batch_stats})
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                            async_save=False)
-  try:
-    checkpointer.save(0, state, {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0,
-                                 "converted_from": "pytorch"})
-  finally:
-    checkpointer.close()
+  with workdir_lib.exclusive(workdir, "convert"):
+    held = [n for n in sorted(os.listdir(workdir)) if n != workdir_lib.LOCK_FILE]
+    if held and not overwrite:
+      raise workdir_lib.WorkdirError(
+          f"{workdir} already holds a run ({', '.join(held[:6])}{', ...' if len(held) > 6 else ''}"
+          "): convert writes a new run. Pass a new --workdir, or --overwrite to move what is "
+          "there into a replaced.<time>/ folder inside it.")
+    if held:
+      aside = os.path.join(workdir, time.strftime("replaced.%Y%m%d-%H%M%S"))
+      os.makedirs(aside)
+      for name in held:
+        if not name.startswith("replaced."):
+          os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+      print(f"Moved the run that was in {workdir} to {aside}.", flush=True)
+    partial = os.path.join(workdir, "config.json.tmp")
+    with open(partial, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                              async_save=False)
+    try:
+      checkpointer.save(0, state, {"epoch": 0, "step_in_epoch": 0, "sums": {}, "steps": 0,
+                                   "converted_from": "pytorch"})
+    finally:
+      checkpointer.close()
+    os.replace(partial, os.path.join(workdir, "config.json"))  # last: a whole run, or none
   return checkpointer.directory
 
 
@@ -60,8 +78,9 @@ def main(argv) -> None:
     params, batch_stats = torch_weights.from_torch(state_dict, f.model, f.num_classes, **sizes)
     directory = write_run(f.workdir, params, batch_stats, model=f.model,
                           num_classes=f.num_classes, normalize=f.normalize, dataset=f.dataset,
-                          data_source=f.data_source, data_dir=f.data_dir, **sizes)
-  except (ValueError, ImportError, FileNotFoundError) as e:
+                          data_source=f.data_source, data_dir=f.data_dir,
+                          overwrite=f.overwrite, **sizes)
+  except (ValueError, ImportError, FileNotFoundError, workdir_lib.WorkdirError) as e:
     sys.exit(f"regmix_jax.convert: {type(e).__name__}: {e}")
   print(f"{f.checkpoint} -> {directory}/0 ({f.model}, {f.num_classes} classes). Evaluate it with:"
         f"\n  python -m regmix_jax.evaluate --workdir={f.workdir} --attacks=clean,pgd20,aa")
@@ -81,7 +100,10 @@ def define_flags() -> None:
                     "What evaluate reads (config data.name).")
   flags.DEFINE_enum("data_source", "tfds", list(data.SOURCES), "config data.source.")
   flags.DEFINE_string("data_dir", "", "config data.dir (files: a directory or an .npz).")
-  flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/0.")
+  flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/0 (a new "
+                      "directory, or an empty one).")
+  flags.DEFINE_bool("overwrite", False, "When --workdir holds a run, move it into "
+                    "<workdir>/replaced.<time>/ (never deleted) instead of refusing.")
   flags.mark_flags_as_required(["checkpoint", "model", "num_classes", "workdir"])
 
 

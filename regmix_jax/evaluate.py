@@ -1,23 +1,28 @@
-"""The checkpoint-evaluation command, and the `eval.json` records it writes.
+"""The checkpoint-evaluation command, and the evaluation records it writes.
 
   python -m regmix_jax.evaluate --workdir=RUN [--step=N] --attacks=clean,pgd20,pgd50,cw20,aa \
       [--n_examples=N] [--epsilon=8/255] [--norm=Linf|L2|L1] [--version=standard|plus|rand]
 
 evaluates the run's latest (or step N) checkpoint with its EMA weights (`--weights=live` for the
-trained ones), prints a table and appends the result to `eval.json` in the checkpoint's directory
-(`RUN/checkpoints/<step>/eval.json`, one `EvalRecord` per evaluation; records are only ever
-appended, and each names its norm, version and radius). Attack names as `attacks.parse_attacks`.
-Single-process. The evaluation steps it maps over the devices are the training loop's
-(`evaluation.py`); `aa` runs `attacks.run_autoattack` (the official evaluation: each attack on
-the points still robust), resumable: its state is saved after each attack under
-`RUN/checkpoints/<step>/autoattack/` and removed once the record is written.
+trained ones), prints a table, then appends the result to `RUN/eval_records.jsonl` (one
+`EvalRecord` per line, naming its step, the weights' hash, norm, version and radius). The file
+lives outside the checkpoint directories, which rotation deletes; it is only ever appended to,
+under a file lock (evaluations may run side by side, and beside training). Records of earlier
+versions, in `RUN/checkpoints/<step>/eval.json`, are still read. Attack names as
+`attacks.parse_attacks`. Single-process. The evaluation steps it maps over the devices are the
+training loop's (`evaluation.py`); `aa` runs `attacks.run_autoattack` (the official evaluation:
+each attack on the points still robust), resumable: its state is saved after each attack under
+`RUN/eval_state/` and removed once the record is written; a state made for another evaluation
+(other weights, dtype, points or settings) is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -32,7 +37,10 @@ from regmix_jax import attacks, checkpointing, config as config_lib, console, cp
 from regmix_jax import methods, models, parallel, rng, train_state
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 
-EVAL_JSON = "eval.json"
+# Where a workdir's evaluation records go, and (read only) where earlier versions wrote them.
+RECORDS_FILE, EVAL_JSON = "eval_records.jsonl", "eval.json"
+# AutoAttack's resumable states, under the workdir (not in a checkpoint, which rotation deletes).
+STATE_DIR = "eval_state"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +54,10 @@ class EvalRecord:
   (AutoAttack's own attacks' too, as "aa:<attack>"; those it skipped have none).
   norm: the threat model of `epsilon` ("Linf", "L2", "L1"). version: AutoAttack's version.
   warnings: AutoAttack's check warnings (`attacks.checks`). dtype: the precision the model
-  computed in (`eval.dtype` or `--dtype`). Records written before these fields existed read as
-  L-inf, "standard", no warnings, float32.
+  computed in (`eval.dtype` or `--dtype`). checkpoint: "checkpoints" or "best" (the directory of
+  the checkpoint). weights_id: a hash of the weights evaluated (`checkpointing.fingerprint`).
+  Records written before these fields existed read as L-inf, "standard", no warnings, float32,
+  "checkpoints", and "" (unknown weights).
   """
 
   step: int
@@ -63,6 +73,8 @@ class EvalRecord:
   version: str = "standard"
   warnings: Sequence[str] = ()
   dtype: str = "float32"
+  checkpoint: str = checkpointing.CHECKPOINTS_DIR
+  weights_id: str = ""
 
   def covers(self, attacks: Iterable[str], *, epsilon: float, n_examples: int,
              split: str = "test", norm: str = "Linf", version: str = "standard",
@@ -81,41 +93,88 @@ class EvalRecord:
 
   @classmethod
   def from_json(cls, record: Mapping[str, Any]) -> "EvalRecord":
+    if not isinstance(record, Mapping):
+      raise TypeError(f"a record is a JSON object, got {type(record).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in record.items() if k in names}
     fields["warnings"] = tuple(fields.get("warnings", ()))
     return cls(**fields)
 
 
+def records_path(workdir: str) -> str:
+  """The workdir's evaluation records (`RECORDS_FILE`)."""
+  return os.path.join(workdir, RECORDS_FILE)
+
+
 def eval_json_path(workdir: str, step: int, best: bool = False) -> str:
-  """Where the records of `workdir`'s checkpoint `step` live (`best`: the best-on-validation
-  checkpoint kept by `checkpoint.keep_best`)."""
+  """Where earlier versions wrote the records of `workdir`'s checkpoint `step` (`best`: the
+  best-on-validation checkpoint kept by `checkpoint.keep_best`); read, never written."""
   directory = checkpointing.BEST_DIR if best else checkpointing.CHECKPOINTS_DIR
   return os.path.join(workdir, directory, str(step), EVAL_JSON)
 
 
+def _damaged(path: str, where: str, error: Exception) -> ValueError:
+  return ValueError(f"The evaluation records {path} are damaged ({where}: {error}). Move the "
+                    "file aside (the checkpoints are unaffected; rerun the evaluations whose "
+                    "records you need).")
+
+
 def read_eval_records(path: str) -> list[EvalRecord]:
-  """The records of an `eval.json` ([] when there is none yet)."""
+  """The records of a records file ([] when there is none): `RECORDS_FILE` (JSON lines; a last
+  line without its newline, being written or cut by a kill, is not a record yet) or an earlier
+  version's `eval.json` (a JSON list). A damaged record raises ValueError naming file and line."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [EvalRecord.from_json(r) for r in json.load(f)]
+  with open(path, "rb") as f:
+    content = f.read()
+  try:
+    if not path.endswith(".jsonl"):
+      return [EvalRecord.from_json(r) for r in json.loads(content)]
+  except (ValueError, TypeError) as e:
+    raise _damaged(path, "not a list of records", e) from None
+  records = []
+  for number, line in enumerate(content.split(b"\n")[:-1], 1):
+    if line.strip():
+      try:
+        records.append(EvalRecord.from_json(json.loads(line)))
+      except (ValueError, TypeError) as e:
+        raise _damaged(path, f"line {number}", e) from None
+  return records
 
 
 def append_eval_record(path: str, record: EvalRecord) -> None:
-  """Adds `record` to `path`'s list; the file is replaced whole (written, then renamed), so a
-  kill mid-write leaves the previous list."""
-  records = [r.to_json() for r in read_eval_records(path)] + [record.to_json()]
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(records, f, indent=2)
-  os.replace(partial, path)
+  """Appends `record` to the records file `path` as one line, under an exclusive file lock (so
+  evaluations running side by side do not interleave), then fsyncs. A line left unfinished by a
+  killed writer is cut off first; complete records are never rewritten."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  line = (json.dumps(record.to_json()) + "\n").encode()
+  with open(path, "a+b") as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+      f.seek(0)
+      content = f.read()
+      if content and not content.endswith(b"\n"):
+        f.truncate(content.rfind(b"\n") + 1)
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+    finally:
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def eval_records(workdir: str, step: int, best: bool = False) -> list[EvalRecord]:
+  """The records of `workdir`'s checkpoint `step` (`best`: of its `best/` checkpoint): those an
+  earlier version wrote in the checkpoint's `eval.json`, then those of `RECORDS_FILE`."""
+  directory = checkpointing.BEST_DIR if best else checkpointing.CHECKPOINTS_DIR
+  return read_eval_records(eval_json_path(workdir, step, best)) + [
+      r for r in read_eval_records(records_path(workdir))
+      if r.step == step and r.checkpoint == directory]
 
 
 def latest_eval_records(workdir: str) -> list[EvalRecord]:
   """The records of `workdir`'s latest checkpoint ([] when it has none)."""
-  steps = checkpointing.saved_steps(os.path.join(workdir, "checkpoints"))
-  return read_eval_records(eval_json_path(workdir, max(steps))) if steps else []
+  steps = checkpointing.saved_steps(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR))
+  return eval_records(workdir, max(steps)) if steps else []
 
 
 def _fraction(text: str, flag: str) -> float:
@@ -123,10 +182,10 @@ def _fraction(text: str, flag: str) -> float:
   try:
     num, _, den = text.partition("/")
     value = float(num) / (float(den) if den else 1.0)
-  except ValueError:
+  except (ValueError, ZeroDivisionError):
     raise ValueError(f"--{flag}={text!r}: use a number or a fraction such as 8/255.") from None
-  if value < 0:
-    raise ValueError(f"--{flag} must be >= 0, got {text}.")
+  if not math.isfinite(value) or value <= 0:
+    raise ValueError(f"--{flag}={text}: use a finite positive number, such as 8/255.")
   return value
 
 
@@ -164,9 +223,11 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                         role: str = "target", split: str = "", data_dir: str = "",
                         progress: bool = True, norm: str = "Linf",
                         version: str = "standard", best: bool = False,
-                        dtype: str = "", cpu_convolutions: str = "") -> dict:
-  """Evaluates a trained run's checkpoint; returns the `EvalRecord` written to `eval.json`, as a
-  dict, with its "path".
+                        dtype: str = "", cpu_convolutions: str = "",
+                        write: bool = True) -> dict:
+  """Evaluates a trained run's checkpoint; returns its `EvalRecord` as a dict, with "path" (the
+  records file) and "aa_states" (AutoAttack's state files), after appending it to the records
+  file (`write=False`: the caller does, with `save_record`, e.g. after showing it).
 
   `epsilon` defaults to the run's `eval.epsilon`; `step_size` to the run's `eval.step_size`
   scaled by `epsilon / eval.epsilon` (2/255 at 8/255). `weights`: "ema" (the run's EMA weights
@@ -201,6 +262,9 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
     raise ValueError(f"--norm={norm} needs --epsilon (the run's eval.epsilon is an L-inf "
                      "radius), e.g. --epsilon=0.5 for L2 or --epsilon=12 for L1 on CIFAR-10.")
   epsilon = config.eval.epsilon if epsilon is None else epsilon
+  for name, value in (("epsilon", epsilon), ("step_size", step_size)):
+    if value is not None and not (math.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be a finite positive number, got {value}.")
   if step_size is None:
     step_size = config.eval.step_size * epsilon / config.eval.epsilon
   attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,
@@ -214,12 +278,22 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   if weights == "live":
     state = state.replace(ema_params=None, ema_batch_stats=None)
   used = "ema" if state.ema_params is not None else "live"
+  model_dtype = str(np.dtype(nets[role].dtype))
+  weights_id = f"{checkpointing.fingerprint(state.eval_variables(role)):08x}"
+  writable = os.access(workdir, os.W_OK | os.X_OK)
+  if not writable:
+    print(f"Warning: {workdir} is not writable: the result will be shown but cannot be recorded, "
+          "and AutoAttack cannot save a state to resume from.", flush=True)
 
   data_parallel = parallel.DataParallel(config.parallel)
   device_state = data_parallel.put_state(state)
   split_data = dataset.eval_split(config.eval.split)
   n = len(split_data.y) if n_examples <= 0 else min(n_examples, len(split_data.y))
-  batch_size = config.data.eval_batch_size
+  # Every batch is padded to the full batch size (one compiled shape), and a padding row costs
+  # what a real one does: 20 points in a batch of 500 cost 500. No batch larger than the points
+  # asked for, rounded up to the device count.
+  devices = data_parallel.num_devices
+  batch_size = min(config.data.eval_batch_size, max(-(-n // devices), 1) * devices)
   accuracy, seconds = {}, {}
 
   aa_warnings: list[str] = []
@@ -232,12 +306,13 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       logits_fn = functools.partial(_logits, nets[role], variables)
       key = jax.random.fold_in(rng.stream(state.rng, rng.EVAL), position)
       state_path = os.path.join(
-          os.path.dirname(eval_json_path(workdir, step, best)), "autoattack",
-          f"{role}_{used}_{config.eval.split}_{norm}_{version}_eps{epsilon:.6g}_n{n}.json")
+          workdir, STATE_DIR, f"{'best' if best else 'checkpoints'}_{step}",
+          f"{role}_{used}_{config.eval.split}_{norm}_{version}_eps{epsilon:.6g}_n{n}_"
+          f"{model_dtype}.json") if writable else None
       result = attacks.run_autoattack(
           logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
           epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
-          state_path=state_path, progress=progress)
+          state_path=state_path, progress=progress, model_id=f"{weights_id}:{model_dtype}")
       accuracy[name], seconds[name] = result.robust_accuracy, time.time() - t0
       # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log);
       # attacks skipped because no point was left robust show the accuracy they would keep.
@@ -246,7 +321,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       seconds.update({f"aa:{k}": result.seconds[k] for k in result.attacks
                       if k in result.seconds})
       aa_warnings.extend(w for w in result.warnings if w not in aa_warnings)
-      aa_states.append(state_path)
+      if state_path:
+        aa_states.append(state_path)
       continue
     fn = data_parallel.map(functools.partial(evaluation.eval_step, model=nets[role], role=role,
                                              attack_list=((name, attack),),
@@ -262,14 +338,23 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   record = EvalRecord(step=int(step), role=role, weights=used, split=config.eval.split,
                       n_examples=n, epsilon=epsilon, step_size=step_size, accuracy=accuracy,
                       seconds=seconds, norm=norm, version=version, warnings=tuple(aa_warnings),
-                      dtype=str(np.dtype(nets[role].dtype)))
-  path = eval_json_path(workdir, step, best)
-  append_eval_record(path, record)
-  for state_path in aa_states:  # the record now holds the result
+                      dtype=model_dtype,
+                      checkpoint=checkpointing.BEST_DIR if best else checkpointing.CHECKPOINTS_DIR,
+                      weights_id=weights_id)
+  result = {**record.to_json(), "path": records_path(workdir), "aa_states": aa_states}
+  if write:
+    save_record(result)
+  return result
+
+
+def save_record(result: Mapping[str, Any]) -> None:
+  """Appends `evaluate_checkpoint`'s `result` to its records file ("path"), then removes the
+  AutoAttack states it no longer needs ("aa_states"). OSError when the file cannot be written."""
+  append_eval_record(result["path"], EvalRecord.from_json(result))
+  for state_path in result["aa_states"]:  # the record now holds the result
     for leftover in (state_path, state_path + ".x_adv.npz"):
       if os.path.exists(leftover):
         os.remove(leftover)
-  return {**record.to_json(), "path": path}
 
 
 def _logits(model, variables, x):
@@ -302,7 +387,8 @@ def main(argv) -> None:
         epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
         step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
         weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir, norm=f.norm,
-        version=f.version, best=f.best, dtype=f.dtype, cpu_convolutions=f.cpu_convolutions)
+        version=f.version, best=f.best, dtype=f.dtype, cpu_convolutions=f.cpu_convolutions,
+        write=False)
   except (ValueError, TypeError, FileNotFoundError, checkpointing.CheckpointError) as e:
     if f.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
@@ -311,9 +397,15 @@ def main(argv) -> None:
         f"{record['n_examples']} {record['split']} examples, {record['norm']} eps "
         f"{record['epsilon']:.5f}, AutoAttack version {record['version']}, computed in "
         f"{record['dtype']}")
-  print(format_table(record))
+  print(format_table(record), flush=True)
   for warning in record["warnings"]:
     print(f"Warning: {warning}")
+  try:
+    save_record(record)
+  except OSError as e:
+    sys.exit(f"regmix_jax.evaluate: the result above could not be recorded in {record['path']} "
+             f"({type(e).__name__}: {e}). Copy it from this screen; to record it, make that file "
+             "writable and evaluate again.")
   print(f"written to {record['path']}")
 
 

@@ -7,6 +7,7 @@ Also installed as the console script `regmix-train`.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 from absl import app, flags
@@ -20,6 +21,26 @@ config_flags.DEFINE_config_file("config", None, "Training config file (configs/*
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs. A run "
                     "started again in the same workdir resumes from its latest checkpoint.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _path_error(error: OSError, workdir: str) -> str | None:
+  """The one-line message for an OSError a path causes once the run has started (a file where
+  a directory should be or the reverse, no permission, a read-only file system), naming the
+  workdir and the fix when the path is in it or above it; None for any other OSError. (A workdir
+  unusable from the start is refused before anything is built: `workdir.check_writable`.)"""
+  if not isinstance(error, (NotADirectoryError, FileExistsError, IsADirectoryError,
+                            PermissionError)) and error.errno != errno.EROFS:
+    return None
+  path = os.path.abspath(os.fsdecode(error.filename)) if error.filename else ""
+  run = os.path.abspath(workdir)
+  if not path or os.path.commonpath([path, run]) not in (path, run):
+    return f"regmix_jax: {type(error).__name__}: {error}"
+  if path.startswith(run + os.sep):
+    fix = f"move {path} aside (or make it writable), or pass another --workdir"
+  else:
+    fix = "pass a --workdir that is a directory you can write, or a new path under one"
+  return (f"regmix_jax: --workdir={workdir} cannot hold the run: {error.strerror or error} "
+          f"({path}). Fix: {fix}.")
 
 
 def main(argv):
@@ -37,10 +58,15 @@ def main(argv):
       raise
     sys.exit(f"regmix_jax: {type(e).__name__}: {e}")
   except OSError as e:
-    if e.errno != errno.ENOSPC or FLAGS.verbosity >= 1:
+    if FLAGS.verbosity >= 1:
       raise
-    sys.exit("regmix_jax: CheckpointError: " +
-             checkpointing.disk_full_message(FLAGS.workdir, "The run's logs or checkpoints"))
+    if e.errno == errno.ENOSPC:
+      sys.exit("regmix_jax: CheckpointError: " +
+               checkpointing.disk_full_message(FLAGS.workdir, "The run's logs or checkpoints"))
+    message = _path_error(e, FLAGS.workdir)
+    if message is None:
+      raise
+    sys.exit(message)
 
 
 def _parse_flags(argv):

@@ -2,7 +2,8 @@
 
 `metrics.jsonl` is only ever appended to. Training is deterministic given the config, so an epoch
 re-run after a resume produces the record it produced before: a record for an epoch already in
-the file is not written twice, and a line cut short by a kill is dropped on the next start.
+the file is not written twice, and a line cut short by a kill is dropped on the next start. A
+damaged complete line is no kill's doing: it stops the run with a ValueError naming the line.
 """
 
 from __future__ import annotations
@@ -39,11 +40,27 @@ class MetricsLog:
       if partial:  # a record cut short by a kill: remove it, it will be written again
         with open(path, "r+b") as f:
           f.truncate(len(complete) + 1 if complete else 0)
-      for line in complete.decode().splitlines():
+      for number, line in enumerate(complete.split(b"\n"), 1):
         if line.strip():
-          record = json.loads(line)
+          record = self._parse(line, number)
           self.records.append(record)
           self.epochs.add(record["epoch"])
+
+  def _parse(self, line: bytes, number: int) -> dict[str, Any]:
+    """One complete line's record; ValueError naming the file, the line and the fix."""
+    try:
+      record = json.loads(line)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      problem = f"is not JSON ({e})"
+    else:
+      if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+        return record
+      problem = "is not a record with an integer `epoch`"
+    raise ValueError(
+        f"{self.path} line {number} {problem}: the file is damaged. Move it aside (e.g. "
+        f"`mv {self.path} {self.path}.damaged`) and start the run again: its checkpoints are "
+        "unaffected, and it resumes with a new metrics.jsonl (the earlier epochs' records stay "
+        "in the moved file).")
 
   def append(self, record: Mapping[str, Any]) -> bool:
     """Appends `record` unless its epoch is already logged; returns whether it was written."""

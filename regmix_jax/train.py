@@ -11,6 +11,7 @@ checkpoint is written after it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,6 +34,7 @@ from jax.experimental import multihost_utils
 
 from regmix_jax import checkpointing, config as config_lib, cpu, data, evaluation, methods, models
 from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
+from regmix_jax import workdir as workdir_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
 
@@ -412,9 +414,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the final evaluation accuracies ({attack name: fraction}) once training is complete,
   or {} when it was stopped by a signal. On a CPU-only machine, call
-  `cpu.configure_cpu_for(config)` before JAX starts to use every core.
+  `cpu.configure_cpu_for(config)` before JAX starts to use every core. The main process holds
+  the workdir's lock while it runs (`workdir.exclusive`: a second run there stops at once), and a
+  run with no checkpoint first moves another run's outputs aside (`workdir.set_aside_previous_run`).
   """
-  trainer = build_trainer(config)
+  config_lib.validate(config)  # a mistyped config fails before the workdir is touched
+  is_main = jax.process_index() == 0
+  with workdir_lib.exclusive(workdir, "training") if is_main else contextlib.nullcontext():
+    if is_main and not checkpointing.saved_steps(
+        os.path.join(workdir, checkpointing.CHECKPOINTS_DIR)):
+      workdir_lib.set_aside_previous_run(workdir)
+    return _train_in(build_trainer(config), workdir)
+
+
+def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
+  """`train_and_evaluate`'s loop, in a workdir this process may write."""
+  config = trainer.config
   outputs = RunOutputs.open(workdir, config)
   final: dict[str, float] = {}
   try:
@@ -455,8 +470,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print("\n" + reporting.summary_table(outputs.metrics_log.records), flush=True)
     print(f"final ({config.eval.split}): " +
           ", ".join(f"{k} {100 * v:.2f}%" for k, v in final.items()), flush=True)
-    with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+    partial = os.path.join(workdir, "final_eval.json.tmp")
+    with open(partial, "w") as f:
       json.dump(final, f, indent=2)
+    os.replace(partial, os.path.join(workdir, "final_eval.json"))
   return final
 
 

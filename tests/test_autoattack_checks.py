@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from regmix_jax import attacks
 from regmix_jax.attacks import checks
@@ -137,3 +138,38 @@ def test_rand_beats_standard_on_a_model_with_input_noise():
   assert rand.robust_accuracy < standard.robust_accuracy - 0.1, (rand.accuracy,
                                                                  standard.accuracy)
   assert any("randomized" in w for w in standard.warnings)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epsilon": float("nan")}, "epsilon must be a finite positive radius"),
+    ({"epsilon": float("inf")}, "epsilon must be a finite positive radius"),
+    ({"epsilon": -0.03}, "epsilon must be a finite positive radius"),
+    ({"epsilon": 0.0}, "epsilon must be a finite positive radius"),
+    ({"epsilon": 8.0}, "exceeds the .0, 1. image range"),
+    ({"x": "nan"}, "finite images; 1 values are NaN"),
+    ({"labels": "fractional"}, "integer labels; got non-integer or NaN"),
+    ({"labels": "nan"}, "integer labels; got non-integer or NaN"),
+    ({"labels": "too large"}, r"labels in \[0, 10\).*got labels in \[0, 10\]"),
+    ({"labels": "negative"}, r"labels in \[0, 10\)"),
+])
+def test_inputs_that_cannot_be_meant_are_refused_before_any_attack(changes, message):
+  """Today's answers to these were a robust accuracy (2.5%, 100%, 0%...) for a radius, image or
+  label nobody meant; each is now an error naming it."""
+  logits_fn, x, labels = _data()
+  x, labels = x.copy(), labels.astype(np.float64)
+  kwargs = {}
+  for name, change in changes.items():
+    if name == "x":
+      x[3, 1, 1, 0] = np.nan
+    elif name == "labels":
+      labels[2] = {"fractional": 1.5, "nan": np.nan, "too large": 10, "negative": -1}[change]
+    else:
+      kwargs[name] = change
+  with pytest.raises(ValueError, match=message):
+    _run(logits_fn, x, labels, **kwargs)
+
+
+def test_integer_valued_float_labels_are_accepted():
+  logits_fn, x, labels = _data()
+  as_float = _run(logits_fn, x, labels.astype(np.float32))
+  np.testing.assert_array_equal(as_float.robust, _run(logits_fn, x, labels).robust)

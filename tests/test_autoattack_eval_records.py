@@ -1,4 +1,4 @@
-"""`eval.json` records and AutoAttack's threat models: a record names its norm, version and
+"""Evaluation records and AutoAttack's threat models: a record names its norm, version and
 warnings; records written before those fields read as L-inf "standard"; records for another norm
 or radius are appended beside, never replacing, each other; `covers` tells them apart."""
 
@@ -28,7 +28,7 @@ def test_old_records_read_as_linf_standard():
 
 
 def test_records_for_other_norms_and_versions_are_kept_apart(tmp_path):
-  path = str(tmp_path / "eval.json")
+  path = evaluate.records_path(str(tmp_path))
   linf = _record()
   l2 = _record(epsilon=0.5, norm="L2", accuracy={"clean": 0.5, "aa": 0.3},
                warnings=("there are 3 points with zero gradient! ...",))
@@ -36,7 +36,7 @@ def test_records_for_other_norms_and_versions_are_kept_apart(tmp_path):
   for r in (linf, l2, plus):
     evaluate.append_eval_record(path, r)
   with open(path) as f:
-    on_disk = json.load(f)
+    on_disk = [json.loads(line) for line in f]
   assert [(r["norm"], r["version"], r["accuracy"]["aa"]) for r in on_disk] == [
       ("Linf", "standard", 0.2), ("L2", "standard", 0.3), ("Linf", "plus", 0.1)]
   assert evaluate.read_eval_records(path) == [linf, l2, plus]
@@ -73,6 +73,6 @@ def test_evaluate_checkpoint_runs_autoattack_in_another_norm(tmp_path):
   assert [k for k in acc if k.startswith("aa:")] == [
       "aa:apgd-ce", "aa:apgd-t", "aa:fab-t", "aa:square"]
   # The resumable state is removed once the record holds the result.
-  state_dir = os.path.join(os.path.dirname(record["path"]), "autoattack")
-  assert not os.listdir(state_dir)
+  state_dir = os.path.join(workdir, evaluate.STATE_DIR, f"checkpoints_{record['step']}")
+  assert os.path.isdir(state_dir) and not os.listdir(state_dir)
   assert evaluate.read_eval_records(record["path"])[-1].norm == "L2"

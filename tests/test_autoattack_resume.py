@@ -83,10 +83,39 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   with open(state_path) as f:
     assert json.load(f)["run_attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
-  # A state made for other attacks or another radius is refused, naming the cause.
-  with pytest.raises(ValueError, match="different set of attacks"):
-    attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
-                           state_path=state_path, version=["apgd-ce"], **s["kwargs"])
-  with pytest.raises(ValueError, match="epsilon"):
-    attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
-                           state_path=state_path, **{**s["kwargs"], "epsilon": 0.03})
+  _refuses_a_state_made_for_another_evaluation(s, state_path, whole)
+
+
+def _refuses_a_state_made_for_another_evaluation(s, state_path, whole):
+  """The finished state of `whole` given to a call that differs in one thing the result
+  depends on: refused, naming that field (resuming would return `whole`'s flags and points). What
+  the result does not depend on (batch_size) resumes."""
+  aa = attacks.run_autoattack
+  x, labels, key, kwargs = s["x"], s["labels"], jax.random.key(5), s["kwargs"]
+  w = s["w"]
+  other_model = lambda z: z.reshape(z.shape[0], -1) @ (w * 1.5)  # same predictions, other logits
+  assert (np.argmax(other_model(x), -1) == labels).all()
+  other_overrides = {**kwargs["overrides"], "square": dict(num_queries=41)}
+  cases = {
+      "images": (s["logits_fn"], np.clip(x[::-1] * 0.5 + 0.25, 0, 1), labels, key, {}),
+      "labels": (s["logits_fn"], x, (labels + 1) % 10, key, {}),
+      "probe": (other_model, x, labels, key, {}),
+      "model_id": (s["logits_fn"], x, labels, key, {"model_id": "weights-b"}),
+      "key": (s["logits_fn"], x, labels, jax.random.key(6), {}),
+      "epsilon": (s["logits_fn"], x, labels, key, {"epsilon": 0.03}),
+      "norm": (s["logits_fn"], x, labels, key, {"norm": "L2", "epsilon": 0.5}),
+      "attacks_to_run": (s["logits_fn"], x, labels, key, {"version": ["apgd-ce"]}),
+      "overrides": (s["logits_fn"], x, labels, key, {"overrides": other_overrides}),
+  }
+  for field, (fn, xs, ys, k, changes) in cases.items():
+    with pytest.raises(attacks.StateMismatchError,
+                       match=rf"was made for another evaluation: its [a-z_, ]*{field}.*another "
+                             "state_path, or delete the file"):
+      aa(fn, xs, ys, k, state_path=state_path, **{**kwargs, **changes})
+  again = aa(s["logits_fn"], x, labels, key, state_path=state_path,
+             **{**kwargs, "batch_size": 8})
+  np.testing.assert_array_equal(again.x_adv, whole.x_adv)
+  with open(state_path, "w") as f:
+    f.write("{damaged")
+  with pytest.raises(attacks.StateMismatchError, match="cannot be read.*Delete it"):
+    aa(s["logits_fn"], x, labels, key, state_path=state_path, **kwargs)

@@ -12,6 +12,8 @@ import pytest
 
 from regmix_jax import data
 
+import tiny_runs
+
 SUBSET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10_subset.npz")
 
 
@@ -290,19 +292,7 @@ def test_reflect_padding_and_rotation_match_their_references():
 
 
 def _npz(tmp_path, **arrays):
-  r = np.random.default_rng(0)
-  base = {"x_train": r.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
-          "y_train": np.arange(20) % 10,
-          "x_test": r.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
-          "y_test": np.arange(10) % 10}
-  base.update(arrays)
-  for k in [k for k, v in base.items() if v is None]:
-    del base[k]
-  path = tmp_path / "data.npz"
-  np.savez(path, **base)
-  cfg = ml_collections.ConfigDict(dict(source="files", name="cifar10", dir=str(path),
-                                       download=False, val_size=0, seed=0))
-  return cfg
+  return tiny_runs.cifar_npz_config(tmp_path, **arrays)
 
 
 @pytest.mark.parametrize("change,message", [

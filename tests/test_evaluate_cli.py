@@ -1,4 +1,4 @@
-"""`python -m regmix_jax.evaluate` on a trained run: the table, eval.json next to the checkpoint,
+"""`python -m regmix_jax.evaluate` on a trained run: the table, the workdir's records file,
 AutoAttack on the robust points only giving the same answer as the fixed-shape composition, and
 clear errors."""
 
@@ -6,6 +6,7 @@ import functools
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ def run(tmp_path_factory):
   return workdir, config
 
 
-def test_evaluate_checkpoint_writes_eval_json_and_aa_matches_the_composition(run):
+def test_evaluate_checkpoint_writes_a_record_and_aa_matches_the_composition(run):
   workdir, config = run
   record = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3,aa", epsilon=16 / 255,
                                         progress=False)
@@ -48,8 +49,11 @@ def test_evaluate_checkpoint_writes_eval_json_and_aa_matches_the_composition(run
   assert 0 < sum(record["seconds"][k] for k in ran) <= record["seconds"]["aa"]
   row = next(r for r in evaluate.format_table(record).splitlines() if r.startswith("aa:apgd-ce"))
   assert len(row.split()) == 3, row  # name, accuracy, seconds
-  with open(os.path.join(workdir, "checkpoints", str(record["step"]), "eval.json")) as f:
-    assert json.load(f)[-1]["accuracy"] == acc
+  assert record["path"] == os.path.join(workdir, "eval_records.jsonl")
+  with open(record["path"]) as f:
+    last = json.loads(f.readlines()[-1])
+  assert last["accuracy"] == acc and last["step"] == record["step"]
+  assert last["checkpoint"] == "checkpoints" and len(last["weights_id"]) == 8
   # The same points through the fixed-shape `attacks.autoattack` inside `eval_step`, at the same
   # position (2) of the list, with the convolutions the command ran: the same count.
   dataset = data.load_dataset(config.data)
@@ -147,7 +151,8 @@ def test_best_flag_evaluates_the_kept_best_checkpoint(tmp_path):
   record = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", best=True,
                                         progress=False)
   assert record["step"] == best_step and record["split"] == "val"
-  assert record["path"] == os.path.join(workdir, "best", str(best_step), "eval.json")
+  assert record["checkpoint"] == "best"
+  assert evaluate.eval_records(workdir, best_step, best=True)[-1].accuracy == record["accuracy"]
   # The kept state scores on the validation split what training measured for it.
   np.testing.assert_allclose(record["accuracy"]["clean"], meta["value"])
 
@@ -157,7 +162,7 @@ KILL_AFTER_TWO_ATTACKS = """
 import os, runpy, sys
 workdir = sys.argv[1]
 """ + tiny_runs.kill_after_attacks_source(
-    'os.path.join(workdir, "checkpoints", "*", "autoattack", "*.json")') + """
+    'os.path.join(workdir, "eval_state", "*", "*.json")') + """
 sys.argv = ["regmix_jax.evaluate", *sys.argv[1 + 1:]]
 runpy.run_module("regmix_jax.evaluate", run_name="__main__")
 print("finished without being killed")
@@ -165,26 +170,115 @@ print("finished without being killed")
 
 
 def test_evaluate_command_killed_during_autoattack_resumes_to_the_same_record(run):
-  """SIGKILL of the command after AutoAttack's second attack; the rerun resumes from the state
-  under `checkpoints/<step>/autoattack/`, writes the record an uninterrupted run writes, and
-  removes the state."""
+  """SIGKILL of the command after AutoAttack's second attack. A rerun with another `--dtype`
+  does not take the float32 state's results (it starts afresh, in its own state); the rerun with
+  the same flags resumes, writes the record an uninterrupted run writes, and removes the state."""
   workdir, _ = run
   args = [f"--workdir={workdir}", "--attacks=aa", "--n_examples=16", "--epsilon=16/255"]
   killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_ATTACKS, workdir, *args],
                           cwd=ROOT, capture_output=True, text=True,
                           env=tiny_runs.killable_env({**os.environ, "PYTHONPATH": ROOT}))
   assert killed.returncode == -9, killed.stderr[-2000:]
-  states = glob.glob(os.path.join(workdir, "checkpoints", "*", "autoattack", "*.json"))
-  assert len(states) == 1
+  states = glob.glob(os.path.join(workdir, "eval_state", "*", "*.json"))
+  assert len(states) == 1 and states[0].endswith("_float32.json")
   with open(states[0]) as f:
     assert json.load(f)["run_attacks"] == ["apgd-ce", "apgd-t"]
+  bf16 = _cli(*args, "--dtype=bfloat16", check=True)
+  assert "Restored state" not in bf16.stdout + bf16.stderr
+  with open(states[0]) as f:  # the float32 state is left for its own rerun
+    assert json.load(f)["run_attacks"] == ["apgd-ce", "apgd-t"]
   resumed = _cli(*args, check=True)
+  assert "Restored state" in resumed.stdout + resumed.stderr
   assert not os.path.exists(states[0]) and not os.path.exists(states[0] + ".x_adv.npz")
   whole = _cli(*args, check=True)
   assert "written to" in resumed.stdout and "written to" in whole.stdout
-  path = os.path.join(os.path.dirname(os.path.dirname(states[0])), "eval.json")
-  with open(path) as f:
-    records = json.load(f)
+  records = [r.to_json() for r in evaluate.latest_eval_records(workdir)]
+  assert [r["dtype"] for r in records[-3:]] == ["bfloat16", "float32", "float32"]
   assert records[-2]["accuracy"] == records[-1]["accuracy"]
   assert records[-1]["accuracy"]["aa"] < records[-1]["accuracy"]["aa:apgd-ce"] or \
       records[-1]["accuracy"]["aa"] < 1.0
+
+
+def test_the_table_is_shown_before_the_record_is_written_and_a_failed_write_keeps_it(
+    run, tmp_path):
+  """A records file that cannot be written (here: a directory in its place) does not lose the
+  evaluation: the table is printed, then the error names the file; exit status 1."""
+  workdir, _ = run
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  records = os.path.join(copy, "eval_records.jsonl")
+  if os.path.exists(records):
+    os.remove(records)
+  os.makedirs(records)  # a path that cannot be opened as a file (root ignores file modes)
+  out = _cli(f"--workdir={copy}", "--attacks=clean", "--n_examples=8")
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "attack  accuracy %" in out.stdout and "clean" in out.stdout
+  assert "could not be recorded in" in out.stderr and "eval_records.jsonl" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "0", "-8/255", "8/0"])
+def test_a_radius_that_cannot_be_meant_is_refused_naming_the_flag(text):
+  """`--epsilon=nan` and `inf` ran and recorded NaN / Infinity (which strict JSON readers then
+  refuse for the whole file); 0 divided by zero later. Each is refused at the flag."""
+  for flag in ("epsilon", "step_size"):
+    with pytest.raises(ValueError, match=f"--{flag}='?{text}'?: use a (finite positive )?number"):
+      evaluate._fraction(text, flag)
+
+
+@pytest.mark.parametrize("field, value", [("epsilon", float("nan")), ("epsilon", 0.0),
+                                          ("step_size", float("inf")), ("step_size", -1.0)])
+def test_evaluate_checkpoint_refuses_a_radius_that_cannot_be_meant(run, field, value):
+  workdir, _ = run
+  with pytest.raises(ValueError, match=f"{field} must be a finite positive number"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", progress=False,
+                                 **{field: value})
+
+
+def test_a_read_only_workdir_is_said_at_the_start_and_autoattack_saves_no_state(
+    run, monkeypatch, capsys):
+  """A workdir this user cannot write (a shared, read-only run) still evaluates: the command says
+  at once that the result cannot be recorded, and AutoAttack gets no state file to fail on
+  after its first attack. (File modes do not stop root, so `os.access` answers no here.)"""
+  workdir, _ = run
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def fake_run_autoattack(*args, **kwargs):
+    seen.update(kwargs)
+    raise Stop
+
+  monkeypatch.setattr(evaluate.os, "access", lambda *a, **k: False)
+  monkeypatch.setattr(evaluate.attacks, "run_autoattack", fake_run_autoattack)
+  with pytest.raises(Stop):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="aa", n_examples=8, progress=False)
+  assert seen["state_path"] is None
+  assert "is not writable: the result will be shown but cannot be recorded" in \
+      capsys.readouterr().out
+
+
+def test_a_few_points_are_not_padded_to_the_whole_eval_batch(run, monkeypatch):
+  """`--n_examples=8` with `eval_batch_size` 16 ran a batch of 16 (padding costs what a point
+  does: 20 points of a WRN-34-10 cost 500). Now a batch of 8, with the accuracies a padded
+  batch of 16 gives."""
+  workdir, config = run
+  sizes = []
+  batches = data.eval_batches
+  monkeypatch.setattr(evaluate.data, "eval_batches",
+                      lambda *a, **k: sizes.append(k["batch_size"]) or batches(*a, **k))
+  few = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd2", n_examples=8,
+                                     epsilon=16 / 255, weights="live", progress=False,
+                                     write=False)
+  assert sizes == [8, 8]
+  dataset = data.load_dataset(config.data)
+  net = models.get_model("small_cnn", 10, width=4, conv=cpu.choose(config.cpu_convolutions).conv)
+  state = ts.create_train_state(config, {"target": net}, dataset.image_shape, 1)
+  state, _ = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
+  state = state.replace(ema_params=None, ema_batch_stats=None)
+  step = jax.jit(functools.partial(evaluation.eval_step, model=net, attack_list=(
+      attacks.parse_attacks("clean,pgd2", epsilon=16 / 255, step_size=4 / 255))))
+  padded = evaluation.accuracies(batches(dataset.test, batch_size=16, num_examples=8),
+                                 lambda b: step(state, b))
+  assert padded == few["accuracy"]

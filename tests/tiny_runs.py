@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 
+import ml_collections
+import numpy as np
+
 from regmix_jax import config as config_lib
 from regmix_jax import methods
 
@@ -82,3 +85,18 @@ def killable_env(env=None) -> dict[str, str]:
   entry for every later process to warn about."""
   return {**(os.environ if env is None else env),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
+
+
+def cifar_npz_config(tmp_path, **arrays) -> ml_collections.ConfigDict:
+  """`config.data` reading a small CIFAR-10-shaped `.npz` written in `tmp_path` (20 train and 10
+  test random images, labels `arange % 10`); `arrays` replace those (None removes one)."""
+  r = np.random.default_rng(0)
+  base = {"x_train": r.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+          "y_train": np.arange(20) % 10,
+          "x_test": r.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+          "y_test": np.arange(10) % 10}
+  base.update(arrays)
+  path = tmp_path / "data.npz"
+  np.savez(path, **{k: v for k, v in base.items() if v is not None})
+  return ml_collections.ConfigDict(dict(source="files", name="cifar10", dir=str(path),
+                                        download=False, val_size=0, seed=0))

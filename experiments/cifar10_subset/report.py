@@ -1,5 +1,5 @@
 """The study's report: tables (mean and standard deviation over seeds) and plots, drawn from the
-runs' saved metrics (`metrics.jsonl`, `checkpoints/<step>/eval.json`, stage 1's and stage 5's
+runs' saved metrics (`metrics.jsonl`, `eval_records.jsonl`, stage 1's and stage 5's
 JSON), so anyone can redraw them without training. Missing stages leave their rows out.
 
   python experiments/cifar10_subset/report.py [--workdir_root=runs/cifar10_subset]

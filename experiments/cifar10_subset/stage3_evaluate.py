@@ -8,7 +8,7 @@ paired). On this CPU `main` costs about 2 min per model, `sweep` 2 min, `aa` 1-4
 images (here AutoAttack ran on the first 100 test images of every seed's model). The EMA
 teacher is evaluated where the run kept one (the FGSM-PGK family), as the papers do. Results
 are appended to each run's
-`checkpoints/<step>/eval.json`; a run already evaluated with the same attacks, radius and number
+`eval_records.jsonl`; a run already evaluated with the same attacks, radius and number
 of images is skipped, so a stopped stage resumes.
 
   python experiments/cifar10_subset/stage3_evaluate.py --data=../shared/data/cifar10_subset.npz

@@ -10,11 +10,12 @@ from regmix_jax.attacks.cag import cag
 from regmix_jax.attacks.fab import fab, fab_targeted
 from regmix_jax.attacks.norms import NORMS as AUTOATTACK_NORMS
 from regmix_jax.attacks.pgd import ATTACK_LOSSES, cw_linf, fgsm, pgd, project
-from regmix_jax.attacks.autoattack_runner import AutoAttackResult, run_autoattack
+from regmix_jax.attacks.autoattack_runner import (AutoAttackResult, StateMismatchError,
+                                                  run_autoattack)
 from regmix_jax.attacks.spec import AUTOATTACK_PARTS, parse_attacks
 from regmix_jax.attacks.square import square
 
 __all__ = ["ATTACK_LOSSES", "AUTOATTACK_ATTACKS", "AUTOATTACK_NAMES", "AUTOATTACK_NORMS",
            "AUTOATTACK_PARTS", "AutoAttackResult", "apgd", "apgd_targeted", "autoattack",
            "autoattack_version", "cag", "cw_linf", "fab", "fab_targeted", "fgsm",
-           "parse_attacks", "pgd", "project", "run_autoattack", "square"]
+           "parse_attacks", "pgd", "project", "run_autoattack", "square", "StateMismatchError"]

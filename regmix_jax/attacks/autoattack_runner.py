@@ -37,8 +37,11 @@ Resume (`state_path`): after the clean pass and after each attack, the robust fl
 labels, accuracies, times and warnings are written to `state_path` (JSON) and the adversarial
 points found so far to `state_path + ".x_adv.npz"`, each written to a temporary file and renamed
 (the points first), so a kill leaves the last complete state. A run given an existing state
-skips the attacks it records as done and continues from its flags; a state made for other
-attacks, norm, radius or points is refused. Unlike the official `state.py`, this state resumes
+skips the attacks it records as done and continues from its flags. The state records what its
+result depends on (`_evaluation_id`): hashes of the images, labels and key, the model's logits
+on the first points (and the caller's `model_id`), the radius, norm, version, attacks,
+overrides and `randomized`; a state whose record differs in any of them is refused, naming the
+fields (StateMismatchError). Unlike the official `state.py`, this state resumes
 (the official saves the attack set as a string and compares it to a set, so it always refuses,
 and leaves `y_adv` undefined on restore) and it keeps the adversarial points, so a resumed run
 returns all of them. The official writes the state after every batch; here after every attack.
@@ -67,7 +70,17 @@ from regmix_jax.attacks.autoattack import (CHECK_CALL, AttackSpec, attack_specs,
 from regmix_jax.attacks.square import check_square_args, square_init, square_steps
 
 _LOG = logging.getLogger(__name__)
-STATE_FORMAT = 1
+# 2: the state records hashes of the images, key, model probe and settings (`_evaluation_id`).
+STATE_FORMAT = 2
+# The model's fingerprint in a state: its logits on the first PROBE_POINTS points, compared to
+# PROBE_RTOL of their scale (a rerun of the same model on the same machine matches exactly;
+# another model, or the same weights computing in another precision, differs far more).
+PROBE_POINTS = 8
+PROBE_RTOL = 1e-4
+
+
+class StateMismatchError(ValueError):
+  """An AutoAttack state file was made for another evaluation."""
 # The gradient attacks' batch cap on CPU (`grad_batch_size`'s default there): XLA:CPU's
 # forward-backward costs less per point in batches of up to 64 (the activations fit the caches;
 # docs/performance.md). Forward passes (Square, the checks) gain from larger batches and keep
@@ -199,8 +212,43 @@ class _Batcher:
     return tuple(jax.device_put(a, self.sharding) for a in arrays)
 
 
-def _fingerprint(labels: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:16]
+def _digest(*arrays: np.ndarray) -> str:
+  """A hash of the arrays' shapes, dtypes and bytes."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def _evaluation_id(*, x, labels, key_data, probe, epsilon, norm, version, names, overrides,
+                   randomized, model_id) -> dict[str, Any]:
+  """What a state's result depends on, as JSON values (compared field by field on resume;
+  `probe` within PROBE_RTOL)."""
+  return dict(format=STATE_FORMAT, images=_digest(x), labels=_digest(labels.astype(np.int64)),
+              n_examples=len(x), key=_digest(key_data), model_id=model_id,
+              probe=np.asarray(probe, np.float64).round(7).tolist(), epsilon=float(epsilon),
+              norm=norm, version=version_name(version), attacks_to_run=list(names),
+              overrides=json.loads(json.dumps(overrides or {}, sort_keys=True, default=repr)),
+              randomized=bool(randomized))
+
+
+def _differing_fields(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+  """The fields of `expected` whose value in `saved` differs (the probe: beyond PROBE_RTOL)."""
+  out = []
+  for field, want in expected.items():
+    got = saved.get(field)
+    if field == "probe" and got is not None:
+      got, want_a = np.asarray(got, np.float64), np.asarray(want, np.float64)
+      scale = float(np.max(np.abs(want_a))) if want_a.size else 0.0
+      if got.shape == want_a.shape and np.allclose(got, want_a, rtol=0,
+                                                   atol=PROBE_RTOL * max(scale, 1e-6)):
+        continue
+      out.append(field)
+    elif got != want:
+      out.append(field)
+  return out
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -234,18 +282,27 @@ def _load_state(path: str, expected: Mapping[str, Any], x: np.ndarray
   evaluation."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    state = json.load(f)
-  if set(state.get("attacks_to_run", [])) != set(expected["attacks_to_run"]):
-    raise ValueError("The state was created with a different set of attacks to run. You are "
-                     f"probably using the wrong state file. ({path}: "
-                     f"{state.get('attacks_to_run')}, this run: {expected['attacks_to_run']}; "
-                     "delete it or pass another state_path.)")  # autoattack.py:89-91
-  for field in ("norm", "epsilon", "n_examples", "labels", "format"):
-    if state.get(field) != expected[field]:
-      raise ValueError(f"The state in {path} was made for another evaluation ({field}: "
-                       f"{state.get(field)!r} there, {expected[field]!r} here); delete it or "
-                       "pass another state_path.")
+  try:
+    with open(path) as f:
+      state = json.load(f)
+    if not isinstance(state, dict):
+      raise ValueError("not a JSON object")
+  except ValueError as e:
+    raise StateMismatchError(
+        f"The AutoAttack state {path} cannot be read ({e}): it is not a state this library "
+        "wrote, or it was damaged. Delete it (and its .x_adv.npz) to start over, or pass another "
+        "state_path.") from None
+  differ = _differing_fields(state, expected)
+  if differ:
+    shown = {f: (state.get(f), expected[f]) for f in differ if f != "probe"}
+    details = "; ".join(f"{f}: {a!r} there, {b!r} here" for f, (a, b) in shown.items())
+    raise StateMismatchError(
+        f"The AutoAttack state {path} was made for another evaluation: its "
+        f"{', '.join(differ)} differ{'s' if len(differ) == 1 else ''} from this call's"
+        f"{' (' + details + ')' if details else ''}"
+        f"{' (probe: the model gives other logits on the first points)' if 'probe' in differ else ''}"
+        ". Resuming would report that evaluation's result as this one's. Pass another "
+        "state_path, or delete the file (and its .x_adv.npz) to start over.")
   x_adv = x.copy()
   points = path + ".x_adv.npz"
   if os.path.exists(points):
@@ -262,7 +319,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
                    randomized: bool = False,
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
                    devices: Sequence[jax.Device] | None = None,
-                   grad_batch_size: int | None = None) -> AutoAttackResult:
+                   grad_batch_size: int | None = None, model_id: str = "") -> AutoAttackResult:
   """AutoAttack's evaluation of `logits_fn` on `(x, labels)`, as the official
   `run_standard_evaluation` (see the module docstring).
 
@@ -279,7 +336,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     version: "standard", "plus", "rand", or a list of names from `ATTACK_NAMES` (custom).
     batch_size: the most points per compiled batch (the official `bs`).
     state_path: a JSON file to save the evaluation state to after each attack and to resume
-      from (module docstring).
+      from (module docstring); a state made for another evaluation is refused
+      (StateMismatchError).
     progress: a tqdm bar per attack and the official log lines.
     randomized: `logits_fn` takes `(x, key)`.
     overrides: `{attack: {setting: value}}` replacing official settings (`attack_specs`), for
@@ -290,17 +348,23 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
       `split_sizes` does (fewest padded points). Default: `CPU_GRAD_BATCH_SIZE` (64) on CPU,
       where smaller batches of input gradients run faster per point; elsewhere `batch_size`
       batches, padded as the forward passes are. Results do not depend on it.
+    model_id: names the model in the state (e.g. a hash of its weights and dtype), beside the
+      logits on the first points the state always records.
 
   Returns:
     An `AutoAttackResult`.
   """
   norms.check_norm(norm)
   names = resolve_version(version)
+  check_epsilon(epsilon, norm)
   x = np.asarray(x, np.float32)
-  labels = np.asarray(labels).astype(np.int32)
+  labels = _integer_labels(labels)
   if x.ndim != 4 or labels.shape != (len(x),):
     raise ValueError(f"run_autoattack needs x [N, H, W, C] and labels [N]; got x {x.shape} and "
                      f"labels {labels.shape}.")
+  if not np.isfinite(x).all():
+    raise ValueError(f"run_autoattack needs finite images; {int((~np.isfinite(x)).sum())} "
+                     "values are NaN or infinite.")
   if len(x) and (x.min() < 0.0 or x.max() > 1.0):
     raise ValueError(f"run_autoattack needs images in [0, 1]; got values in [{x.min()}, "
                      f"{x.max()}]. Divide uint8 images by 255 (and put any normalisation "
@@ -347,12 +411,16 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     raise ValueError(f"logits_fn must map x [B, H, W, C] to logits [B, K]; got {probe.shape} "
                      f"for {len(first)} points.")
   num_classes = probe.shape[1]
+  if n and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"run_autoattack needs labels in [0, {num_classes}) (logits_fn gives "
+                     f"{num_classes} classes); got labels in [{labels.min()}, {labels.max()}].")
   specs = attack_specs(norm, version, num_classes, epsilon=epsilon, overrides=overrides)
   if any(s.kind == "square" for s in specs):
     check_square_args(x.shape, norm, "margin")
 
-  expected = dict(format=STATE_FORMAT, attacks_to_run=sorted(names), norm=norm,
-                  epsilon=float(epsilon), n_examples=n, labels=_fingerprint(labels))
+  expected = _evaluation_id(x=x, labels=labels, key_data=key_data, probe=probe[:PROBE_POINTS],
+                            epsilon=epsilon, norm=norm, version=version, names=names,
+                            overrides=overrides, randomized=randomized, model_id=model_id)
   restored = _load_state(state_path, expected, x) if state_path else None
 
   # The checks (autoattack.py:111-119), on the first batch_size points, correct or not.
@@ -450,6 +518,34 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
   return AutoAttackResult(x_adv=x_adv, robust=robust, y_adv=y_adv, accuracy=accuracy,
                           seconds=seconds, warnings=tuple(warnings_list), norm=norm,
                           version=version_name(version), attacks=names, epsilon=float(epsilon))
+
+
+def check_epsilon(epsilon, norm: str) -> None:
+  """Raises ValueError unless `epsilon` is a finite positive radius (at most 1 under Linf, where
+  images span [0, 1])."""
+  try:
+    value = float(epsilon)
+  except (TypeError, ValueError):
+    raise ValueError(f"epsilon must be a number, got {epsilon!r}.") from None
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f"epsilon must be a finite positive radius, got {epsilon!r} (e.g. 8/255 "
+                     "for Linf, 0.5 for L2, 12 for L1 on CIFAR-10).")
+  if norm == "Linf" and value > 1:
+    raise ValueError(f"A Linf epsilon of {value:g} exceeds the [0, 1] image range: radii are "
+                     f"fractions of it (8/255 = {8 / 255:.6f}).")
+
+
+def _integer_labels(labels) -> np.ndarray:
+  """`labels` as int32, refusing values that are not whole numbers (a silent floor would attack
+  other classes than meant)."""
+  labels = np.asarray(labels)
+  if labels.dtype.kind == "f":
+    if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+      raise ValueError("run_autoattack needs integer labels; got non-integer or NaN values "
+                       f"(e.g. {labels[~np.isfinite(labels) | (labels != np.round(labels))][:3]}).")
+  elif labels.dtype.kind not in "iub":
+    raise ValueError(f"run_autoattack needs integer labels; got dtype {labels.dtype}.")
+  return labels.astype(np.int32)
 
 
 def target_counts_requested(norm, version, overrides) -> tuple[int, int]:

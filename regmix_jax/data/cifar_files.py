@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -31,6 +33,10 @@ _ALLOWED = {
 }
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+  """A pickle naming a global `SafeUnpickler` does not admit (the message names the file)."""
+
+
 class SafeUnpickler(pickle.Unpickler):
   """An Unpickler that resolves only numpy array reconstruction (plus latin1 bytes encoding)."""
 
@@ -42,14 +48,26 @@ class SafeUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(
+      raise RefusedGlobal(
           f"Refused to load global `{module}.{name}` from {self.path}: a CIFAR batch only holds "
           "numpy arrays, lists and strings. The file is corrupt or not a CIFAR batch.") from None
 
 
+def _damaged(path: str, what: str) -> ValueError:
+  return ValueError(f"{path} is damaged: {what}. Extract or copy the file again (a download or "
+                    "copy may have been cut short).")
+
+
 def load_pickle(path: str) -> dict:
   with open(path, "rb") as f:
-    return SafeUnpickler(f, path).load()
+    try:
+      return SafeUnpickler(f, path).load()
+    except RefusedGlobal:
+      raise
+    # Cut short or garbled: the unpickler's own errors, or its stack's on nonsense opcodes.
+    except (EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError,
+            pickle.UnpicklingError) as e:
+      raise _damaged(path, f"not a complete pickle ({type(e).__name__}: {e})") from None
 
 
 def _chw_to_hwc(data: np.ndarray) -> np.ndarray:
@@ -58,14 +76,29 @@ def _chw_to_hwc(data: np.ndarray) -> np.ndarray:
 
 
 def _read_python(paths: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-  batches = [load_pickle(p) for p in paths]
-  x = np.concatenate([_chw_to_hwc(b[b"data"]) for b in batches])
-  y = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
-  return x, y
+  xs, ys = [], []
+  for path in paths:
+    batch = load_pickle(path)
+    try:
+      x, y = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    except (KeyError, TypeError):
+      raise _damaged(path, f"not a CIFAR batch with {b'data'!r} and {label_key!r}") from None
+    if x.size % 3072 or len(x.reshape(-1, 3072)) != len(y.reshape(-1)):
+      raise _damaged(path, f"{x.size} image bytes (3072 per image) for {y.size} labels")
+    xs.append(_chw_to_hwc(x))
+    ys.append(y.reshape(-1))
+  return np.concatenate(xs), np.concatenate(ys)
 
 
 def _read_binary(paths: list[str], label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-  rec = np.concatenate([np.fromfile(p, np.uint8).reshape(-1, label_bytes + 3072) for p in paths])
+  records = []
+  for path in paths:
+    raw = np.fromfile(path, np.uint8)
+    if raw.size % (label_bytes + 3072):
+      raise _damaged(path, f"{raw.size} bytes, not a whole number of {label_bytes + 3072}-byte "
+                     "records")
+    records.append(raw.reshape(-1, label_bytes + 3072))
+  rec = np.concatenate(records)
   return _chw_to_hwc(rec[:, label_bytes:]), rec[:, label_bytes - 1].astype(np.int64)
 
 
@@ -84,13 +117,30 @@ _LAYOUTS = {
 }
 
 
+# What numpy and zipfile raise for a damaged or truncated .npz (ValueError: a bad .npy header,
+# pickled data).
+_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
 def load_npz(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as f:
-    missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+  """x_train, y_train, x_test, y_test of an .npz; ValueError naming the file when it lacks one
+  or is damaged (truncated, not a zip archive)."""
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except _NPZ_ERRORS as e:
+    raise _damaged(path, f"not an .npz archive ({type(e).__name__}: {e})") from None
+  if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load also reads a single .npy
+    raise ValueError(f"{path} holds one array, not an .npz of x_train, y_train, x_test, y_test; "
+                     "save them with np.savez.")
+  with archive:
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
     if missing:
       raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs x_train, y_train, x_test, "
-                       f"y_test (it has {f.files}).")
-    return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+                       f"y_test (it has {archive.files}).")
+    try:
+      return {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except _NPZ_ERRORS as e:  # a member cut short or failing its CRC
+      raise _damaged(path, f"{type(e).__name__}: {e}") from None
 
 
 def load_cifar_dir(directory: str, name: str) -> dict[str, np.ndarray]:

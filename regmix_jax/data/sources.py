@@ -41,7 +41,29 @@ def _load_tfds(name: str, data_dir: str, download: bool) -> dict[str, np.ndarray
   return out
 
 
+def _integer_labels(y: np.ndarray, what: str) -> np.ndarray:
+  """`y` as int64; ValueError naming `what` for labels that are not whole numbers (1.5, NaN,
+  strings): truncating them would train on labels nobody gave."""
+  y = np.asarray(y)
+  if np.issubdtype(y.dtype, np.integer):
+    return y.astype(np.int64)
+  if not np.issubdtype(y.dtype, np.floating):
+    raise ValueError(f"{what}: labels must be integers (class indices), got {y.dtype}.")
+  bad = ~np.isfinite(y) | (y != np.round(y))
+  if bad.any():
+    i = int(np.flatnonzero(bad.reshape(-1))[0])
+    raise ValueError(f"{what}: labels must be whole class indices, got {y.reshape(-1)[i]} at "
+                     f"index {i} ({int(bad.sum())} such labels). Save the labels as integers.")
+  return y.astype(np.int64)
+
+
 def _check(x: np.ndarray, y: np.ndarray, what: str, num_classes: int) -> Split:
+  if x.ndim and len(x) == 0:
+    raise ValueError(f"{what}: the split has no images (shape {x.shape}): training or evaluating "
+                     "on it would report nothing. Give it at least one image.")
+  if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    raise ValueError(f"{what}: images hold {int((~np.isfinite(x)).sum())} NaN or infinite "
+                     "values; images must be uint8 0-255.")
   if x.dtype != np.uint8 and np.issubdtype(x.dtype, np.number) and x.size:
     low, high = float(x.min()), float(x.max())
     fix = ("(x * 255).round().astype(np.uint8)" if 0.0 <= low and high <= 1.0 else
@@ -74,14 +96,13 @@ def load_dataset(cfg) -> Dataset:
       raise ValueError("Config field `data.source` = 'tfds': TFDS has no Tiny ImageNet builder. "
                        "Use --config.data.source=files --config.data.dir=<tiny-imagenet-200/>.")
     arrays = _load_tfds(cfg.name, cfg.dir, cfg.download)
-    num_classes = _NUM_CLASSES.get(cfg.name, 0) or int(arrays["y_train"].max()) + 1
+    num_classes = _NUM_CLASSES.get(cfg.name, 0)  # 0: the labels'
   elif cfg.source == "files":
     if cfg.dir.endswith(".npz"):
       if not os.path.isfile(cfg.dir):
         raise FileNotFoundError(f"Config field `data.dir`: no such .npz file {cfg.dir!r}.")
       arrays = cifar_files.load_npz(cfg.dir)
-      # A known dataset's class count; else the labels' (an .npz of another dataset).
-      num_classes = _NUM_CLASSES.get(cfg.name) or int(arrays["y_train"].max(initial=0)) + 1
+      num_classes = _NUM_CLASSES.get(cfg.name, 0)  # 0: the labels' (an .npz of another dataset)
     elif cfg.name == "tiny_imagenet":
       arrays = tiny_imagenet.load_tiny_imagenet_dir(cfg.dir)
       num_classes = _NUM_CLASSES[cfg.name]
@@ -92,6 +113,9 @@ def load_dataset(cfg) -> Dataset:
     raise ValueError(f"Config field `data.source` = {cfg.source!r} is not one of {SOURCES}.")
 
   what = f"data.source={cfg.source} ({cfg.dir or cfg.name})"
+  for split in ("train", "test"):
+    arrays[f"y_{split}"] = _integer_labels(arrays[f"y_{split}"], f"{what} {split}")
+  num_classes = num_classes or int(arrays["y_train"].max(initial=0)) + 1
   train = _check(arrays["x_train"], arrays["y_train"], what + " train", num_classes)
   test = _check(arrays["x_test"], arrays["y_test"], what + " test", num_classes)
   if train.x.shape[1:] != test.x.shape[1:]:

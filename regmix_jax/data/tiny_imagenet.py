@@ -29,8 +29,12 @@ def _root(path: str) -> str:
 
 
 def _read_image(path: str) -> np.ndarray:
-  with Image.open(path) as image:
-    array = np.asarray(image.convert("RGB"), np.uint8)
+  try:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert("RGB"), np.uint8)
+  except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, bad header
+    raise ValueError(f"Tiny ImageNet image {path} is damaged ({type(e).__name__}: {e}): extract "
+                     "the official tiny-imagenet-200.zip again.") from None
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
     raise ValueError(f"Tiny ImageNet image {path} is {array.shape[:2]}, expected 64x64.")
   return array

@@ -25,7 +25,7 @@ import ml_collections
 
 from regmix_jax.methods import d2r, fgsm_agr, fgsm_amr, fgsm_pgk, fgsm_rs, mart, n_fgsm, pgd_at
 from regmix_jax.methods import standard, trades
-from regmix_jax.methods.base import LossOutput, apply_model, logits_fn
+from regmix_jax.methods.base import LossOutput, Range, apply_model, logits_fn
 from regmix_jax.sample_state import SampleStateSpec
 
 
@@ -39,8 +39,9 @@ class Method:
   roles: the model roles the method trains ("target" always first).
   choices: allowed values of the method's string fields, checked when the config is validated.
   sample_state: what the method keeps per example between visits (None: nothing).
-  ranges: `{field: (low, high)}` inclusive bounds of numeric fields (None = unbounded), checked
-    when the config is validated.
+  ranges: `{field: (low, high)}` inclusive bounds of numeric fields (None = unbounded), or a
+    `base.Range` (`base.POSITIVE`: > 0, for radii and step sizes); every numeric field has one
+    (tested), checked when the config is validated.
   metrics: the names of the scalars the loss reports in `LossOutput.metrics` (the train step
     adds "learning_rate", "ema_decay" when EMA is on, and "ema_applied" when the loss gates the
     EMA).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax
 import jax
@@ -14,6 +14,22 @@ from regmix_jax import losses
 # `robust_output` (clean + adversarial methods).
 SUPERVISED_METRICS = ("loss", "accuracy")
 ROBUST_METRICS = ("loss", "accuracy", "clean_accuracy")
+
+
+class Range(NamedTuple):
+  """Bounds of a numeric method field in a method's `RANGES`: `low <= value <= high` (None:
+  unbounded), `low < value` where `low_open`. A plain `(low, high)` tuple is inclusive."""
+
+  low: float | None
+  high: float | None = None
+  low_open: bool = False
+
+
+# Radii and step sizes: a zero one makes the attack return its start, i.e. clean (or noise)
+# training at an attack's cost, which `standard` does; a negative one inverts the attack.
+POSITIVE = Range(0.0, low_open=True)
+# Noise around the start (N-FGSM's `noise_radius`, TRADES' and MART's `init_std`): 0 = none.
+NON_NEGATIVE = Range(0.0)
 
 
 @flax.struct.dataclass

@@ -27,7 +27,7 @@ CHOICES = {"clean_term": losses.D2R_CLEAN_TERMS}
 # Accuracies of the target on x' and x and of the guide on x; the four terms of `losses.d2r_loss`.
 METRICS = ("loss", "accuracy", "clean_accuracy", "guide_accuracy", "guide_ce", "mse", "clean",
            "adv_kl")
-RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "num_steps": (1, None),
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE, "num_steps": (1, None),
           "w_sym": (0.0, None), "w_adv": (0.0, None), "kl_eps": (0.0, 1e-2)}
 
 

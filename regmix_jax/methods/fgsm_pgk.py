@@ -89,7 +89,7 @@ TINY_IMAGENET = {**CIFAR100, "ema_update": "every_step"}
 EMA_UPDATES = ("every_step", "ratio_at_least_tau")
 CHOICES = {"regularizer": losses.REGULARIZERS, "ce_target": losses.CE_TARGETS,
            "clean_bn": ("train", "eval"), "ema_update": EMA_UPDATES}
-RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "label_smoothing": (0.0, 1.0),
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE, "label_smoothing": (0.0, 1.0),
           "lam": (0.0, None), "momentum_decay": (0.0, None), "ema_threshold": (1e-6, None),
           "reset_every": (1, None), "ratio_offset": (0, None), "amr_alpha": (0.0, None),
           "amr_beta": (0.0, None), "agr_gamma": (0.0, 1.0)}

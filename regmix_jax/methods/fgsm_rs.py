@@ -18,6 +18,7 @@ NAME = "fgsm_rs"
 DEFAULTS = {"epsilon": 8 / 255, "step_size": 10 / 255, "attack_bn": "train"}
 METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE}
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

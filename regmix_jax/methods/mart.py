@@ -14,6 +14,8 @@ NAME = "mart"
 DEFAULTS = {"epsilon": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0.001,
             "beta": 6.0}
 METRICS = base.ROBUST_METRICS
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE, "num_steps": (1, None),
+          "init_std": base.NON_NEGATIVE, "beta": (0.0, None)}
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

@@ -17,6 +17,8 @@ DEFAULTS = {"epsilon": 8 / 255, "step_size": 8 / 255, "noise_radius": 16 / 255,
             "attack_bn": "train"}
 METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE,
+          "noise_radius": base.NON_NEGATIVE}  # 0: FGSM from x, no noise (the paper's k = 0)
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

@@ -26,7 +26,7 @@ DEFAULTS = {"epsilon": 8 / 255,  # train_cifar.py:139 (`--epsilon 8`, / 255 and 
             "extra_bn_passes": True}  # :120 and :339
 METRICS = base.SUPERVISED_METRICS
 CHOICES = {"attack_bn": ("train", "eval")}
-RANGES = {"epsilon": (0.0, None), "step_size": (0.0, None), "num_steps": (1, None)}
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE, "num_steps": (1, None)}
 
 
 def loss(params, batch_stats, batch, keys, *, models, cfg, axis_name=None):

@@ -32,6 +32,8 @@ DEFAULTS = {"epsilon": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0
             "beta": 6.0,
             "first_step_float32": True}  # ours, for bfloat16 policies only (docstring)
 METRICS = base.ROBUST_METRICS
+RANGES = {"epsilon": base.POSITIVE, "step_size": base.POSITIVE, "num_steps": (1, None),
+          "init_std": base.NON_NEGATIVE, "beta": (0.0, None)}
 
 
 def adversarial_examples(params, batch_stats, x, keys, *, models, cfg):

@@ -23,9 +23,12 @@ at import time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
+import zipfile
+import zlib
 from typing import Any, Mapping
 
 import flax
@@ -180,8 +183,7 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"No checkpoint file {path!r}.")
   suffix = os.path.splitext(path)[1].lower()
   if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as f:
-      return unwrap_state_dict({k: f[k] for k in f.files})
+    return unwrap_state_dict(_read_npz(path))
   if suffix == ".safetensors":
     return unwrap_state_dict(_read_safetensors(path))
   if suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -208,24 +210,81 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "U8": np.uint8, "BOOL": np.bool_}
 
 
+def _damaged(path: str, what: str) -> ValueError:
+  return ValueError(f"{path} is damaged or not a checkpoint: {what}. Save the state_dict again "
+                    "(or copy the file again: a download or copy may have been cut short).")
+
+
+# What numpy and zipfile raise for a damaged or truncated .npz (ValueError: pickled data, a bad
+# .npy header).
+_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """Every array of an .npz; a damaged or truncated file raises `_damaged`."""
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except _NPZ_ERRORS as e:
+    raise _damaged(path, f"{type(e).__name__}: {e}") from e
+  if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load also reads a single .npy
+    raise _damaged(path, "it holds one array, not an .npz archive of named arrays")
+  with archive:
+    try:
+      return {k: archive[k] for k in archive.files}
+    except _NPZ_ERRORS as e:  # a member cut short or failing its CRC
+      raise _damaged(path, f"{type(e).__name__}: {e}") from e
+
+
+_SAFETENSORS_ITEMSIZE = {"BF16": 2, **{k: np.dtype(v).itemsize
+                                       for k, v in _SAFETENSORS_DTYPES.items()}}
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   """The safetensors format: an 8-byte little-endian header length, a JSON header of
-  {name: {dtype, shape, data_offsets}}, then the raw little-endian data."""
+  {name: {dtype, shape, data_offsets}}, then the raw little-endian data. Every length and offset
+  is checked against the file's size before anything is read, so a damaged file raises
+  `_damaged` and never makes us read (or allocate) more than it holds."""
+  size = os.path.getsize(path)
   with open(path, "rb") as f:
+    if size < 8:
+      raise _damaged(path, f"{size} bytes, shorter than the 8-byte header length")
     (length,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(length))
+    if length > size - 8:
+      raise _damaged(path, f"its header claims {length} bytes, the file holds {size - 8} after "
+                     "the header length")
+    try:
+      header = json.loads(f.read(length))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      raise _damaged(path, f"its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+      raise _damaged(path, "its header is not a JSON object")
+    data_size = size - 8 - length
+    spans = {}
+    for name, info in header.items():
+      if name == "__metadata__":
+        continue
+      try:
+        dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        valid = (isinstance(shape, list) and isinstance(dtype, str)
+                 and all(isinstance(n, int) and n >= 0 for n in (*shape, start, end))
+                 and start <= end <= data_size)
+      except (TypeError, KeyError, ValueError):  # not a dict; a missing key; not two offsets
+        valid = False
+      if not valid:
+        raise _damaged(path, f"tensor {name!r}: {str(info)[:200]} is no dtype, shape and "
+                       f"data_offsets within the file's {data_size} data bytes")
+      if dtype not in _SAFETENSORS_ITEMSIZE:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, not supported.")
+      if end - start != math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]:
+        raise _damaged(path, f"tensor {name!r} of {dtype} {shape} spans {end - start} bytes")
+      spans[name] = (dtype, shape, start, end)
     data = f.read()
   out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    if info["dtype"] == "BF16":  # numpy has no bfloat16: widen to float32
+  for name, (dtype, shape, start, end) in spans.items():
+    if dtype == "BF16":  # numpy has no bfloat16: widen to float32
       raw = np.frombuffer(data[start:end], np.uint16).astype(np.uint32) << 16
       array = raw.view(np.float32)
-    elif info["dtype"] in _SAFETENSORS_DTYPES:
-      array = np.frombuffer(data[start:end], _SAFETENSORS_DTYPES[info["dtype"]])
     else:
-      raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, not supported.")
-    out[name] = array.reshape(info["shape"]).copy()
+      array = np.frombuffer(data[start:end], _SAFETENSORS_DTYPES[dtype])
+    out[name] = array.reshape(shape).copy()
   return out
