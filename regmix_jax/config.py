@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import ml_collections
@@ -305,7 +306,7 @@ def _check_numbers(config) -> None:
         raise ValueError(f"Config field `{path}` = {v} is not a finite number.")
     if path.rsplit(".", 1)[-1] in _RADII and isinstance(value, (int, float)) and value > 1:
       hint = (f" It looks like pixel units: did you mean {value:g}/255 = {value / 255:.6f}? "
-              f"Pass --config.{path}={value / 255:.6f}." if value <= 255 else "")
+              f"Pass --config.{path}={value:g}/255." if value <= 255 else "")
       raise ValueError(f"Config field `{path}` = {value:g} is larger than the whole [0, 1] image "
                        f"range: radii and steps are fractions of it.{hint}")
 
@@ -452,6 +453,26 @@ def renamed_arguments(argv: Sequence[str]) -> list[str]:
       if arg == flag or arg.startswith(flag + "="):
         logging.warning("`%s` is now `--config.%s`; using that.", flag, new)
         arg = f"--config.{new}" + arg[len(flag):]
+    out.append(arg)
+  return out
+
+
+_FRACTION = re.compile(r"^(--config\.[\w.]+=)([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)/([0-9.]+(?:[eE][-+]?[0-9]+)?)$")
+
+
+def fraction_arguments(argv: Sequence[str]) -> list[str]:
+  """Command-line arguments with a fraction as a config value written as its decimal, so that a
+  radius can be given as the papers write it: `--config.method.epsilon=8/255` ->
+  `--config.method.epsilon=0.03137254901960784` (absl parses float fields with `float()`). A
+  zero denominator is left as it is, for the field's parser to refuse."""
+  out = []
+  for arg in argv:
+    match = _FRACTION.match(arg)
+    if match:
+      try:
+        arg = f"{match[1]}{float(match[2]) / float(match[3])!r}"
+      except (ValueError, ZeroDivisionError):
+        pass
     out.append(arg)
   return out
 

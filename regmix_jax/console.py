@@ -37,3 +37,21 @@ def _is_restore_echo(unraisable) -> bool:
   code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
   return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
           and str(error).startswith("Encountered error while reading array index"))
+
+
+HELP_ARGUMENTS = ("--help", "-h", "-?", "--helpshort")
+
+
+def exit_on_help(argv, usage: str, flag_values, names) -> None:
+  """Prints `usage` and the flags `names` (help text and default) and exits 0 when `argv` asks
+  for help. absl's own `--help` prints only "Try --helpfull" under `python -m` and exits 1;
+  `--helpfull` (every flag of every library) is left to absl."""
+  if not any(a in HELP_ARGUMENTS for a in argv[1:]):
+    return
+  print(usage.strip() + "\n\nflags:")
+  for name in names:
+    flag = flag_values[name]
+    default = "" if flag.default in (None, "") else f" (default: {flag.default_as_str})"
+    print(f"  --{name}: {flag.help}{default}")
+  print("  --verbosity=1: show library logs and tracebacks\n  --helpfull: every flag")
+  sys.exit(0)

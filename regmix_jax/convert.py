@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from regmix_jax import checkpointing, config as config_lib, data, methods, models
+from regmix_jax import checkpointing, config as config_lib, console, data, methods, models
 from regmix_jax import train_state, workdir as workdir_lib
 from regmix_jax.models import torch_weights
 
@@ -72,6 +72,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
+  console.quiet_console(f)  # Orbax logs its save at INFO: ~60 lines before the one that matters
   sizes = {k: v for k, v in (("width", f.width), ("depth", f.depth)) if v}
   try:
     state_dict = torch_weights.load_state_dict_file(f.checkpoint)
@@ -82,8 +83,10 @@ def main(argv) -> None:
                           overwrite=f.overwrite, **sizes)
   except (ValueError, ImportError, FileNotFoundError, workdir_lib.WorkdirError) as e:
     sys.exit(f"regmix_jax.convert: {type(e).__name__}: {e}")
-  print(f"{f.checkpoint} -> {directory}/0 ({f.model}, {f.num_classes} classes). Evaluate it with:"
-        f"\n  python -m regmix_jax.evaluate --workdir={f.workdir} --attacks=clean,pgd20,aa")
+  print(f"{f.checkpoint} -> {directory}/0 ({f.model}, {f.num_classes} classes). Evaluate it "
+        "with (100 points: minutes on a CPU; --n_examples=0 for the whole test set on a GPU, "
+        f"and add aa for AutoAttack):\n  python -m regmix_jax.evaluate --workdir={f.workdir} "
+        "--attacks=clean,pgd20 --n_examples=100")
 
 
 def define_flags() -> None:
@@ -109,4 +112,7 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
+  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, [
+      "checkpoint", "model", "num_classes", "workdir", "width", "depth", "normalize", "dataset",
+      "data_source", "data_dir", "overwrite"])
   app.run(main)

@@ -272,7 +272,13 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   config_lib.validate(config)
   convolutions = cpu.choose(config.cpu_convolutions)
 
-  dataset = data.load_dataset(config.data)
+  try:
+    dataset = data.load_dataset(config.data)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{e} (The run's data, as its config.json records it: data.dir={config.data.dir!r}, "
+        "read from the current directory. Pass --data_dir=<path> to read it from elsewhere.)"
+    ) from None
   nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,
                                     step=step, best=best, conv=convolutions.conv)
   if weights == "live":
@@ -328,11 +334,21 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                                              attack_list=((name, attack),),
                                              first_position=position),
                            donate_state=False, per_device_outputs=True)
-    batches = tqdm.tqdm(data.eval_batches(split_data, batch_size=batch_size, num_examples=n),
-                        total=data.num_eval_batches(n, batch_size), desc=name,
-                        disable=not progress, leave=False)
-    accuracy.update(evaluation.accuracies(batches, lambda b: fn(device_state, data_parallel.put_batch(b)),
-                               fetch=data_parallel.host_sum))
+    # The bar moves when a batch's result exists (dispatch is asynchronous: a bar on the batches
+    # reached 100% while the work was queued), and says when the first batch compiles.
+    bar = tqdm.tqdm(total=data.num_eval_batches(n, batch_size), desc=f"{name} (compiling)",
+                    disable=not progress, leave=False)
+
+    def run_batch(batch, fn=fn, bar=bar, name=name):
+      counts = jax.block_until_ready(fn(device_state, data_parallel.put_batch(batch)))
+      bar.set_description(name, refresh=False)
+      bar.update(1)
+      return counts
+
+    accuracy.update(evaluation.accuracies(
+        data.eval_batches(split_data, batch_size=batch_size, num_examples=n), run_batch,
+        fetch=data_parallel.host_sum))
+    bar.close()
     seconds[name] = time.time() - t0
 
   record = EvalRecord(step=int(step), role=role, weights=used, split=config.eval.split,
@@ -435,4 +451,7 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
+  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, [
+      "workdir", "attacks", "n_examples", "epsilon", "norm", "version", "step", "weights",
+      "role", "split", "data_dir", "best", "dtype", "cpu_convolutions", "step_size"])
   app.run(main)

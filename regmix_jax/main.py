@@ -1,6 +1,7 @@
 """Command line: `python -m regmix_jax.main --config=configs/quickstart.py --workdir=DIR`.
 
-Any config field can be overridden: `--config.num_epochs=5 --config.data.source=files`.
+Any config field can be overridden: `--config.num_epochs=5 --config.data.source=files`; radii
+as the papers write them, `--config.method.epsilon=8/255`.
 Also installed as the console script `regmix-train`.
 """
 
@@ -91,8 +92,9 @@ def _parse_flags(argv):
 
 def run():
   """Console-script entry point. Renamed config fields on the command line are given their new
-  names first (`config.RENAMED_FIELDS`)."""
-  sys.argv = config_lib.renamed_arguments(sys.argv)
+  names first (`config.RENAMED_FIELDS`), and fractions (`8/255`) their decimal values."""
+  sys.argv = config_lib.fraction_arguments(config_lib.renamed_arguments(sys.argv))
+  console.exit_on_help(sys.argv, __doc__, FLAGS, ["config", "workdir"])
   app.run(main, flags_parser=_parse_flags)
 
 

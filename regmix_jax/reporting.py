@@ -94,18 +94,30 @@ class TensorBoard:
       self._writer.close()
 
 
-def summary_table(records: list[Mapping[str, Any]]) -> str:
-  """A fixed-width table of the per-epoch records (accuracies in percent)."""
+def summary_table(records: list[Mapping[str, Any]], width: int = 100) -> str:
+  """A fixed-width table of the per-epoch records (accuracies in percent), in blocks of columns
+  no wider than `width` characters (each block repeats the epoch), so that it does not wrap."""
   if not records:
     return "(no epochs recorded)"
-  columns = ["epoch"] + [k for k in records[-1] if k not in ("epoch", "step", "time")]
+  columns = [k for k in records[-1] if k not in ("epoch", "step", "time")]
   def fmt(key, value):
     if value is None:
       return "-"
     if key.endswith("accuracy") or key.startswith("eval_"):
       return f"{100 * value:.2f}"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-  rows = [[fmt(k, r.get(k)) for k in columns] for r in records]
-  widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-  line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+  def column(key):
+    cells = [fmt(key, r.get(key)) for r in records]
+    return key, max(len(key), *(len(c) for c in cells)), cells
+  epoch, blocks = column("epoch"), [[]]
+  for col in map(column, columns):
+    used = epoch[1] + sum(2 + w for _, w, _ in blocks[-1])
+    if blocks[-1] and used + 2 + col[1] > width:
+      blocks.append([])
+    blocks[-1].append(col)
+  def render(block):
+    block = [epoch, *block]
+    line = lambda cells: "  ".join(c.rjust(w) for c, (_, w, _) in zip(cells, block))
+    return "\n".join([line([k for k, _, _ in block]), line(["-" * w for _, w, _ in block])] +
+                     [line([cells[i] for _, _, cells in block]) for i in range(len(records))])
+  return "\n\n".join(render(b) for b in blocks)

@@ -419,12 +419,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run with no checkpoint first moves another run's outputs aside (`workdir.set_aside_previous_run`).
   """
   config_lib.validate(config)  # a mistyped config fails before the workdir is touched
+  config = _with_absolute_data_dir(config)
   is_main = jax.process_index() == 0
   with workdir_lib.exclusive(workdir, "training") if is_main else contextlib.nullcontext():
     if is_main and not checkpointing.saved_steps(
         os.path.join(workdir, checkpointing.CHECKPOINTS_DIR)):
       workdir_lib.set_aside_previous_run(workdir)
     return _train_in(build_trainer(config), workdir)
+
+
+def _with_absolute_data_dir(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `data.dir`, if relative, is absolute: config.json is read later
+  from other directories (`evaluate`), where a relative path would name another place."""
+  path = os.path.expanduser(config.data.dir)
+  if not path or (os.path.isabs(path) and path == config.data.dir):
+    return config
+  config = config.copy_and_resolve_references()
+  config.data.dir = os.path.abspath(path)
+  return config
 
 
 def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
@@ -564,8 +576,21 @@ def _evaluate(trainer: Trainer, device_state, num_examples: int,
           raise _Interrupted()
         yield batch
     put = trainer.data_parallel.put_batch
-    acc = evaluation.accuracies(batches(), lambda b, f=eval_step: f(device_state, put(b)),
-                                fetch=trainer.data_parallel.host_sum)
+    total = data.num_eval_batches(
+        len(trainer.eval_split.y) if num_examples <= 0 else
+        min(num_examples, len(trainer.eval_split.y)), trainer.config.data.eval_batch_size)
+    bar = tqdm.tqdm(total=total, desc=f"evaluating{'' if role == 'target' else ' ' + role}",
+                    disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
+
+    def run_batch(batch, f=eval_step, bar=bar):
+      counts = jax.block_until_ready(f(device_state, put(batch)))  # the bar follows results
+      bar.update(1)
+      return counts
+
+    try:
+      acc = evaluation.accuracies(batches(), run_batch, fetch=trainer.data_parallel.host_sum)
+    finally:
+      bar.close()
     out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})
   return out
 
@@ -610,7 +635,9 @@ def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
       outputs.checkpointer.wait()
       return {}, trainer.steps_per_epoch
     record.update({f"eval_{k}": v for k, v in result.items()})
-    outputs.board.scalars(epoch + 1, result, "eval/")
+    # On the training curves' step axis (the global step at the epoch's end), with the epoch
+    # count as a scalar of its own.
+    outputs.board.scalars(record["step"], {**result, "epoch": epoch + 1}, "eval/")
   if result and config.checkpoint.keep_best:
     _keep_if_best(trainer, outputs, device_state, epoch, result[config.checkpoint.keep_best])
   if outputs.is_main:

@@ -282,3 +282,34 @@ def test_a_few_points_are_not_padded_to_the_whole_eval_batch(run, monkeypatch):
   padded = evaluation.accuracies(batches(dataset.test, batch_size=16, num_examples=8),
                                  lambda b: step(state, b))
   assert padded == few["accuracy"]
+
+
+def test_the_bar_moves_only_when_a_batch_result_exists(run, monkeypatch):
+  """The bars reached 100% as soon as the work was queued (asynchronous dispatch), then nothing
+  moved while it ran. Each update now follows the blocking wait for its batch's result, and
+  the first batch is announced as compiling."""
+  workdir, _ = run
+  events = []
+  block = jax.block_until_ready
+  monkeypatch.setattr(evaluate.jax, "block_until_ready",
+                      lambda x: events.append("result") or block(x))
+
+  class Bar:
+    def __init__(self, total=None, desc="", **kwargs):
+      events.append(f"bar {desc} of {total}")
+
+    def set_description(self, desc, refresh=True):
+      events.append(f"desc {desc}")
+
+    def update(self, n):
+      events.append("update")
+
+    def close(self):
+      events.append("close")
+
+  monkeypatch.setattr(evaluate.tqdm, "tqdm", Bar)
+  evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", n_examples=24, write=False)
+  assert events[0] == "bar clean (compiling) of 2" and events[-1] == "close"
+  updates = [i for i, e in enumerate(events) if e == "update"]
+  assert len(updates) == 2  # (the fetch of the counts blocks again later: not a bar's update)
+  assert all(events[i - 2:i] == ["result", "desc clean"] for i in updates), events

@@ -4,6 +4,9 @@
 Needs the `onednn` extra and g++ (`.ci/run` installs it); the tests of oneDNN's values skip
 without them, the error-message tests do not."""
 
+import re
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,6 +266,25 @@ def test_a_failed_compile_says_why_and_leaves_no_file(monkeypatch, tmp_path):
   with pytest.raises(onednn.OnednnUnavailable, match="Compiling .*broken.cc failed"):
     onednn.build()
   assert list((tmp_path / "cache").iterdir()) == []
+
+
+@needs_onednn
+def test_the_one_time_build_says_so_and_how_long_it_took(monkeypatch, tmp_path, capsys):
+  """A first run was silent for the build's 15-20 s. (The compiler is faked: a real build is
+  the other tests'.)"""
+  monkeypatch.setenv("REGMIX_JAX_CACHE", str(tmp_path / "cache"))
+
+  def fake_compile(command, **kwargs):
+    with open(command[command.index("-o") + 1], "wb") as f:
+      f.write(b"\x7fELF")
+    return subprocess.CompletedProcess(command, 0, "", "")
+
+  monkeypatch.setattr(onednn.subprocess, "run", fake_compile)
+  path = onednn.build()
+  err = capsys.readouterr().err
+  assert f"Building oneDNN's convolution handler into {tmp_path / 'cache'}" in err
+  assert re.search(r"Built in \d+ s\.", err)
+  assert onednn.build() == path and capsys.readouterr().err == ""  # built once, then silent
 
 
 @needs_onednn

@@ -125,6 +125,10 @@ def test_convert_never_overwrites_a_run(finished, tmp_path):
   moved = subprocess.run(command + ["--overwrite"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
   assert moved.returncode == 0, moved.stderr[-2000:]
+  # convert logs like train and evaluate (Orbax's INFO lines were ~60), and the command it
+  # suggests is sized for a CPU.
+  assert not re.search(r"^I\d{4} ", moved.stderr, re.M), moved.stderr[:2000]
+  assert "--attacks=clean,pgd20 --n_examples=100" in moved.stdout
   (aside,) = glob.glob(os.path.join(workdir, "replaced.*"))
   assert f"Moved the run that was in {workdir} to {aside}" in moved.stdout
   for path, content in before.items():  # the old run, whole, in the replaced. folder

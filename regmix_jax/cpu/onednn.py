@@ -31,7 +31,9 @@ import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from typing import Any, Sequence
 
 import jax
@@ -103,6 +105,10 @@ def build() -> pathlib.Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     command = [compiler, str(SOURCE), "-o", partial, *flags]
+    # Said, not logged: a first run is otherwise silent for the build's 15-20 s (2 cores).
+    print(f"Building oneDNN's convolution handler into {target.parent} (once for this "
+          "jaxlib and oneDNN; about 20 s on 2 cores) ...", file=sys.stderr, flush=True)
+    start = time.time()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode:
       raise OnednnUnavailable(f"Compiling {SOURCE} failed ({' '.join(command)}):\n"
@@ -110,6 +116,7 @@ def build() -> pathlib.Path:
     os.chmod(partial, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
     os.replace(partial, target)
     partial = None
+    print(f"Built in {time.time() - start:.0f} s.", file=sys.stderr, flush=True)
   except OSError as e:  # an unwritable cache, a $CXX that cannot run
     raise OnednnUnavailable(f"Building {SOURCE.name} into {target.parent} failed: {e}. Set "
                             f"REGMIX_JAX_CACHE to a writable directory or CXX to a C++ "

@@ -1,0 +1,128 @@
+"""What a new user meets first: radii written as fractions on the command line, TensorBoard's
+curves on one step axis, the per-epoch evaluation's bar, a run's data path that holds from any directory."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from regmix_jax import config as config_lib, evaluate, reporting, train
+
+import tiny_runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_fractions_become_decimals_only_in_config_values():
+  argv = ["prog", "--config=configs/quickstart.py", "--config.method.epsilon=8/255",
+          "--config.method.step_size=2.5/255", "--config.eval.attacks=clean,pgd10",
+          "--config.eval.epsilon=8/0", "--workdir=runs/8/255"]
+  out = config_lib.fraction_arguments(argv)
+  assert out[2] == f"--config.method.epsilon={8 / 255!r}"
+  assert out[3] == f"--config.method.step_size={2.5 / 255!r}"
+  assert out[4:] == argv[4:]  # not a fraction; a zero denominator; not a config value
+
+
+def test_a_fraction_override_reaches_the_config_on_the_command_line(tmp_path):
+  """`--config.method.epsilon=8/255` was refused by absl ("could not convert string to float");
+  it now reaches validation as 8/255 (here 300/255, which validation refuses naming its
+  decimal: the proof that the fraction was read, in a command that stops before training)."""
+  result = subprocess.run(
+      [sys.executable, "-m", "regmix_jax.main", "--config=configs/quickstart.py",
+       f"--workdir={tmp_path / 'run'}", "--config.method.epsilon=300/255"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert f"`method.epsilon` = {300 / 255:g} is larger than the whole [0, 1]" in result.stderr
+  assert not os.path.exists(tmp_path / "run")  # refused before the workdir was made
+
+
+def test_evaluation_curves_share_the_training_curves_step_axis(tmp_path, monkeypatch):
+  """`eval/*` was logged at epoch + 1 while `train/*` is at the global step, so the evaluation
+  curves sat squashed at the left edge. Both on the global step now, the epoch a scalar."""
+  logged, bars = [], []
+  monkeypatch.setattr(reporting.TensorBoard, "scalars",
+                      lambda self, step, values, prefix="": logged.append((prefix, step,
+                                                                           dict(values))))
+
+  class Bar:  # the per-epoch evaluation had no bar
+    def __init__(self, total=None, desc="", **kwargs):
+      self.record = [desc, total, 0]
+      bars.append(self.record)
+
+    def update(self, n=1):
+      self.record[2] += n
+
+    def __getattr__(self, name):
+      return lambda *a, **k: None
+
+  monkeypatch.setattr(train.tqdm, "tqdm", Bar)
+  config = tiny_runs.tiny_config("fgsm_rs", **{
+      "num_epochs": 2, "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
+      "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 16,
+      "eval.attacks": "clean", "log_every_steps": 1})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  train_steps = [step for prefix, step, _ in logged if prefix == "train/"]
+  evals = [(step, values) for prefix, step, values in logged if prefix == "eval/"]
+  assert train_steps == list(range(1, 9))
+  assert [(step, values["epoch"]) for step, values in evals] == [(4, 1), (8, 2)]
+  assert all("clean" in values for _, values in evals)
+  assert [b for b in bars if b[0] == "evaluating"] == [["evaluating", 1, 1]] * 2
+
+
+def test_config_json_records_the_data_dir_absolute_so_evaluate_runs_from_anywhere(
+    tmp_path, monkeypatch):
+  """A run trained with `--config.data.dir=data.npz` (relative) stored that relative path, and
+  `evaluate` from another directory failed without naming `--data_dir`."""
+  home = tmp_path / "project"
+  home.mkdir()
+  monkeypatch.chdir(home)
+  config = tiny_runs.tiny_config("fgsm_rs", **{"num_epochs": 1, "eval.attacks": "clean",
+                                               "data.batch_size": 20, "data.eval_batch_size": 8})
+  tiny_runs.cifar_npz_config(home)  # writes project/data.npz
+  config.data.update(source="files", name="cifar10", dir="data.npz")
+  workdir = str(home / "run")
+  train.train_and_evaluate(config, workdir)
+  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  assert saved.data.dir == str(home / "data.npz")
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)
+  record = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", progress=False,
+                                        write=False)
+  assert record["n_examples"] == 10
+  os.rename(home / "data.npz", home / "moved.npz")
+  with pytest.raises(FileNotFoundError, match=r"data.dir=.*data.npz.*Pass --data_dir=<path>"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", progress=False, write=False)
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("regmix_jax.main", ["--config", "--workdir"]),
+    ("regmix_jax.evaluate", ["--workdir", "--attacks", "--n_examples", "--epsilon", "--norm"]),
+    ("regmix_jax.convert", ["--checkpoint", "--model", "--num_classes", "--workdir"]),
+])
+def test_help_shows_the_usage_and_main_flags_and_exits_0(command, flags):
+  """`--help` printed "Try --helpfull to get a list of all flags." and exited 1."""
+  result = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"python -m {command}" in result.stdout
+  for flag in flags:
+    assert f"\n  {flag}: " in result.stdout, flag
+
+
+def test_the_summary_table_fits_in_100_columns_and_keeps_every_value():
+  """FGSM-PGK's table was about 200 columns wide and wrapped in a terminal."""
+  names = ["train_loss", "train_accuracy", "train_clean_accuracy", "train_learning_rate",
+           "train_mse", "train_kl_forward", "train_kl_backward", "images_per_sec", "eval_clean",
+           "eval_pgd10", "eval_pgd20"]
+  records = [{"epoch": e, "step": 8 * e, **{n: 0.125 * (i + 1) for i, n in enumerate(names)}}
+             for e in range(3)]
+  table = reporting.summary_table(records)
+  assert max(len(line) for line in table.splitlines()) <= 100
+  for name in names:  # every column once, each block with the epochs
+    assert sum(line.split().count(name) for line in table.splitlines()) == 1
+  blocks = table.split("\n\n")
+  assert len(blocks) > 1 and all(b.startswith("epoch") for b in blocks)
+  assert [line.split()[0] for line in blocks[-1].splitlines()[2:]] == ["0", "1", "2"]
+  assert "12.50" in table and "137.50" in table  # accuracies in percent
