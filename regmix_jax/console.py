@@ -42,15 +42,18 @@ def _is_restore_echo(unraisable) -> bool:
 HELP_ARGUMENTS = ("--help", "-h", "-?", "--helpshort")
 
 
-def exit_on_help(argv, usage: str, flag_values, names) -> None:
-  """Prints `usage` and the flags `names` (help text and default) and exits 0 when `argv` asks
-  for help. absl's own `--help` prints only "Try --helpfull" under `python -m` and exits 1;
-  `--helpfull` (every flag of every library) is left to absl."""
+def exit_on_help(argv, usage: str, flag_values, module_name: str) -> None:
+  """Prints `usage` and the flags the command's module defines (help text and default, in the
+  order defined) and exits 0 when `argv` asks for help. absl's own `--help` prints only "Try
+  --helpfull" under `python -m` and exits 1; `--helpfull` (every flag of every library) is left
+  to absl. absl files a module's flags under its script path when it runs as `python -m`, else
+  under `module_name`."""
   if not any(a in HELP_ARGUMENTS for a in argv[1:]):
     return
+  by_module = flag_values.flags_by_module_dict()
   print(usage.strip() + "\n\nflags:")
-  for name in names:
-    flag = flag_values[name]
+  for flag in by_module.get(argv[0]) or by_module.get(module_name, []):
+    name = flag.name
     default = "" if flag.default in (None, "") else f" (default: {flag.default_as_str})"
     print(f"  --{name}: {flag.help}{default}")
   print("  --verbosity=1: show library logs and tracebacks\n  --helpfull: every flag")

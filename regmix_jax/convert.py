@@ -54,9 +54,6 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
         if not name.startswith("replaced."):
           os.replace(os.path.join(workdir, name), os.path.join(aside, name))
       print(f"Moved the run that was in {workdir} to {aside}.", flush=True)
-    partial = os.path.join(workdir, "config.json.tmp")
-    with open(partial, "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                               async_save=False)
     try:
@@ -64,7 +61,9 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
                                    "converted_from": "pytorch"})
     finally:
       checkpointer.close()
-    os.replace(partial, os.path.join(workdir, "config.json"))  # last: a whole run, or none
+    # Last: the workdir holds a whole run, or no config.json for evaluate to take for one.
+    workdir_lib.write_atomic(os.path.join(workdir, "config.json"),
+                             config.to_json_best_effort(indent=2))
   return checkpointer.directory
 
 
@@ -112,7 +111,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, [
-      "checkpoint", "model", "num_classes", "workdir", "width", "depth", "normalize", "dataset",
-      "data_source", "data_dir", "overwrite"])
+  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, "regmix_jax.convert")
   app.run(main)

@@ -451,7 +451,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, [
-      "workdir", "attacks", "n_examples", "epsilon", "norm", "version", "step", "weights",
-      "role", "split", "data_dir", "best", "dtype", "cpu_convolutions", "step_size"])
+  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, "regmix_jax.evaluate")
   app.run(main)

@@ -94,7 +94,7 @@ def run():
   """Console-script entry point. Renamed config fields on the command line are given their new
   names first (`config.RENAMED_FIELDS`), and fractions (`8/255`) their decimal values."""
   sys.argv = config_lib.fraction_arguments(config_lib.renamed_arguments(sys.argv))
-  console.exit_on_help(sys.argv, __doc__, FLAGS, ["config", "workdir"])
+  console.exit_on_help(sys.argv, __doc__, FLAGS, __name__)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -403,10 +403,7 @@ def _record_config(workdir: str, config: ml_collections.ConfigDict,
       os.replace(kept + ".tmp", kept)
     logging.warning("Resuming at step %d with a changed config: %s. The config that trained the "
                     "steps before is kept in %s.", resumed_step, "; ".join(changes), kept)
-  partial = path + ".tmp"
-  with open(partial, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(partial, path)
+  workdir_lib.write_atomic(path, config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -482,10 +479,8 @@ def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
     print("\n" + reporting.summary_table(outputs.metrics_log.records), flush=True)
     print(f"final ({config.eval.split}): " +
           ", ".join(f"{k} {100 * v:.2f}%" for k, v in final.items()), flush=True)
-    partial = os.path.join(workdir, "final_eval.json.tmp")
-    with open(partial, "w") as f:
-      json.dump(final, f, indent=2)
-    os.replace(partial, os.path.join(workdir, "final_eval.json"))
+    workdir_lib.write_atomic(os.path.join(workdir, "final_eval.json"),
+                             json.dumps(final, indent=2))
   return final
 
 

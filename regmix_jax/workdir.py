@@ -105,6 +105,15 @@ def exclusive(workdir: str, what: str) -> Iterator[None]:
     os.close(fd)  # releases the lock (so does any exit of this process)
 
 
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file renamed into place: a kill leaves the old
+  file or the new one, never a truncated one."""
+  partial = f"{path}.tmp"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
 def previous_run_outputs(workdir: str) -> list[str]:
   """The names of another run's outputs in `workdir` (`RUN_OUTPUTS` that exist, and then
   `config.json` and `config.to_step_*.json`); [] when there are none."""

@@ -418,9 +418,11 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
   if any(s.kind == "square" for s in specs):
     check_square_args(x.shape, norm, "margin")
 
-  expected = _evaluation_id(x=x, labels=labels, key_data=key_data, probe=probe[:PROBE_POINTS],
-                            epsilon=epsilon, norm=norm, version=version, names=names,
-                            overrides=overrides, randomized=randomized, model_id=model_id)
+  # Hashing every image costs a pass over them: only for a state to check or write.
+  expected = _evaluation_id(
+      x=x, labels=labels, key_data=key_data, probe=probe[:PROBE_POINTS], epsilon=epsilon,
+      norm=norm, version=version, names=names, overrides=overrides, randomized=randomized,
+      model_id=model_id) if state_path else None
   restored = _load_state(state_path, expected, x) if state_path else None
 
   # The checks (autoattack.py:111-119), on the first batch_size points, correct or not.

@@ -105,9 +105,9 @@ def build() -> pathlib.Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     command = [compiler, str(SOURCE), "-o", partial, *flags]
-    # Said, not logged: a first run is otherwise silent for the build's 15-20 s (2 cores).
+    # Said, not logged: a first run is otherwise silent while the compiler runs.
     print(f"Building oneDNN's convolution handler into {target.parent} (once for this "
-          "jaxlib and oneDNN; about 20 s on 2 cores) ...", file=sys.stderr, flush=True)
+          "jaxlib and oneDNN) ...", file=sys.stderr, flush=True)
     start = time.time()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode:
