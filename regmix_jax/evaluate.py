@@ -295,11 +295,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   device_state = data_parallel.put_state(state)
   split_data = dataset.eval_split(config.eval.split)
   n = len(split_data.y) if n_examples <= 0 else min(n_examples, len(split_data.y))
-  # Every batch is padded to the full batch size (one compiled shape), and a padding row costs
-  # what a real one does: 20 points in a batch of 500 cost 500. No batch larger than the points
-  # asked for, rounded up to the device count.
-  devices = data_parallel.num_devices
-  batch_size = min(config.data.eval_batch_size, max(-(-n // devices), 1) * devices)
+  batch_size = data.eval_batch_size(n, config.data.eval_batch_size, data_parallel.num_devices)
   accuracy, seconds = {}, {}
 
   aa_warnings: list[str] = []

@@ -4,6 +4,11 @@
 re-run after a resume produces the record it produced before: a record for an epoch already in
 the file is not written twice, and a line cut short by a kill is dropped on the next start. A
 damaged complete line is no kill's doing: it stops the run with a ValueError naming the line.
+
+Epochs are counted from 1, as the progress bar and every printed line count them: the record of
+the first epoch has `"epoch": 1` and `"step"` = steps per epoch. Files written before 2026-12-07
+counted from 0 (`step == (epoch + 1) * steps_per_epoch`); given `steps_per_epoch`, such a file is
+renumbered when opened (rewritten atomically: a kill leaves the old or the new file whole).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import json
 import os
 import sys
 from typing import Any, Mapping
+
+from regmix_jax.workdir import write_atomic
 
 # tensorboardX imports torch where it is installed (a large share of every command's start, and
 # its memory; docs/performance.md), only to accept torch tensors; we log floats. Unless torch is
@@ -27,9 +34,10 @@ else:
 
 
 class MetricsLog:
-  """Append-only JSON-lines log of per-epoch records (`{"epoch": e, ...}`)."""
+  """Append-only JSON-lines log of per-epoch records (`{"epoch": e, "step": s, ...}`, e from 1).
+  `steps_per_epoch` (the run's) renumbers a file that counted epochs from 0."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, steps_per_epoch: int = 0):
     self.path = path
     self.epochs: set[int] = set()
     self.records: list[dict[str, Any]] = []
@@ -44,7 +52,11 @@ class MetricsLog:
         if line.strip():
           record = self._parse(line, number)
           self.records.append(record)
-          self.epochs.add(record["epoch"])
+      if steps_per_epoch > 0 and any(_counted_from_zero(r, steps_per_epoch) for r in self.records):
+        self.records = [dict(r, epoch=r["epoch"] + 1) if _counted_from_zero(r, steps_per_epoch)
+                        else r for r in self.records]
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+      self.epochs.update(r["epoch"] for r in self.records)
 
   def _parse(self, line: bytes, number: int) -> dict[str, Any]:
     """One complete line's record; ValueError naming the file, the line and the fix."""
@@ -73,6 +85,11 @@ class MetricsLog:
     self.epochs.add(record["epoch"])
     self.records.append(dict(record))
     return True
+
+
+def _counted_from_zero(record: Mapping[str, Any], steps_per_epoch: int) -> bool:
+  """A record written when epochs were counted from 0 (before 2026-12-07)."""
+  return record.get("step") == (record["epoch"] + 1) * steps_per_epoch
 
 
 class TensorBoard:

@@ -267,7 +267,8 @@ class RunOutputs:
   best_checkpointer: checkpointing.Checkpointer | None = None
 
   @classmethod
-  def open(cls, workdir: str, config: ml_collections.ConfigDict) -> "RunOutputs":
+  def open(cls, workdir: str, config: ml_collections.ConfigDict,
+           steps_per_epoch: int) -> "RunOutputs":
     """Creates `workdir` and opens the writers. The config is written once the run's state is
     known (`_record_config`)."""
     is_main = jax.process_index() == 0
@@ -281,8 +282,8 @@ class RunOutputs:
                                         max_to_keep=1,
                                         async_save=config.checkpoint.async_save)
     return cls(workdir=workdir, checkpointer=checkpointer,
-               metrics_log=(reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-                            if is_main else None),
+               metrics_log=(reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                                                 steps_per_epoch) if is_main else None),
                board=reporting.TensorBoard(os.path.join(workdir, "tensorboard")
                                            if is_main else None),
                is_main=is_main, best_checkpointer=best)
@@ -439,7 +440,7 @@ def _with_absolute_data_dir(config: ml_collections.ConfigDict) -> ml_collections
 def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
   """`train_and_evaluate`'s loop, in a workdir this process may write."""
   config = trainer.config
-  outputs = RunOutputs.open(workdir, config)
+  outputs = RunOutputs.open(workdir, config, trainer.steps_per_epoch)
   final: dict[str, float] = {}
   try:
     state, meta = _restore_latest_good(trainer, outputs)
@@ -450,6 +451,7 @@ def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
         print(trainer.convolutions.describe(), flush=True)
     device_state = trainer.data_parallel.put_state(state)
     del state  # the live state is `device_state`
+    compiled: set = set()  # what this process has compiled, for the bars' "(compiling ...)"
     with _StopRequest() as stop:
       for epoch in range(meta["epoch"], config.num_epochs):
         resuming = epoch == meta["epoch"] and meta["step_in_epoch"] > 0
@@ -457,10 +459,10 @@ def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
         # Checkpoint metadata keeps the epoch's running totals under "sums" and "steps".
         metrics = _EpochMetrics(meta["sums"], meta["steps"]) if resuming else _EpochMetrics()
         device_state, stopped, rate = _train_epoch(trainer, outputs, device_state, epoch, start,
-                                                   metrics, stop)
+                                                   metrics, stop, compiled)
         if not stopped:
           epoch_result, stopped = _end_epoch(trainer, outputs, device_state, epoch, metrics,
-                                             rate, stop)
+                                             rate, stop, compiled)
         if stopped:
           if outputs.is_main:
             print(f"Stopped by a signal at step {epoch * trainer.steps_per_epoch + stopped}; the "
@@ -470,7 +472,7 @@ def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
           final = epoch_result
       else:
         if not final:  # nothing left to train (a finished run started again): evaluate only
-          final = _evaluate(trainer, device_state, num_examples=0)
+          final = _evaluate(trainer, device_state, num_examples=0, compiled=compiled)
   except BaseException:
     outputs.close(raise_errors=False)
     raise
@@ -515,24 +517,35 @@ def _save(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int, step_
 
 
 def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int, start: int,
-                 metrics: _EpochMetrics, stop: _StopRequest):
+                 metrics: _EpochMetrics, stop: _StopRequest, compiled: set):
   """Runs the steps of `epoch` from `start`. Returns `(state, stopped, images/s)`, where `stopped`
-  is the step within the epoch at which a signal stopped it (checkpoint saved), or 0."""
+  is the step within the epoch at which a signal stopped it (checkpoint saved), or 0. The bar
+  says "compiling" while the process's first step compiles (`compiled` records it)."""
   config, steps_per_epoch = trainer.config, trainer.steps_per_epoch
   t0, done = time.time(), 0
   bar = tqdm.tqdm(total=steps_per_epoch, initial=start,
                   desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not outputs.is_main,
                   dynamic_ncols=True, mininterval=1.0)
   single_process = jax.process_count() == 1
+  in_flight = None
   if trainer.samples is not None and start == 0:
     trainer.samples.maybe_reset(config.method, epoch, config.seed)
   for step_in_epoch, (index, batch) in enumerate(trainer.batches(epoch, start), start):
     global_step = epoch * steps_per_epoch + step_in_epoch + 1
+    if "train" not in compiled:
+      bar.set_description(f"epoch {epoch + 1}/{config.num_epochs} (compiling the train step)")
     device_state, step_metrics, sample_values = trainer.train_step(device_state, batch)
+    if "train" not in compiled:
+      compiled.add("train")
+      bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
     trainer.sample_sync.push(index, sample_values)
     metrics.push(global_step, step_metrics)
     done += 1
-    bar.update(1)
+    # The bar counts finished steps: the previous step's result is waited for once this one is
+    # queued (one step stays in flight, so the device never waits for the host).
+    jax.block_until_ready(in_flight)
+    in_flight = step_metrics
+    bar.update(1 if done > 1 else 0)
     every = config.checkpoint.every_steps
     want_checkpoint = every > 0 and global_step % every == 0 and step_in_epoch + 1 < steps_per_epoch
     sync = want_checkpoint or global_step % config.log_every_steps == 0
@@ -549,6 +562,8 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
       bar.close()
       outputs.checkpointer.wait()
       return device_state, step_in_epoch + 1, 0.0
+  jax.block_until_ready(in_flight)
+  bar.update(1 if done else 0)
   bar.close()
   trainer.sample_sync.flush()
   metrics.flush(trainer.data_parallel)
@@ -556,29 +571,36 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
 
 
 def _evaluate(trainer: Trainer, device_state, num_examples: int,
-              stop: _StopRequest | None = None) -> dict[str, float]:
+              stop: _StopRequest | None = None, compiled: set | None = None) -> dict[str, float]:
   """Accuracies of every evaluated role; names of roles other than the target are prefixed.
-  With `stop`, a stop request between two batches raises `_Interrupted`."""
+  With `stop`, a stop request between two batches raises `_Interrupted`. The bar says
+  "compiling" until the first result of a batch shape this process has not run (`compiled`)."""
+  compiled = set() if compiled is None else compiled
   out = {}
+  split = trainer.eval_split
+  n = len(split.y) if num_examples <= 0 else min(num_examples, len(split.y))
+  batch_size = data.eval_batch_size(n, trainer.config.data.eval_batch_size,
+                                    trainer.data_parallel.num_devices)
   for role, eval_step in trainer.eval_steps.items():
     def batches():
-      for batch in data.eval_batches(trainer.eval_split,
-                                     batch_size=trainer.config.data.eval_batch_size,
+      for batch in data.eval_batches(split, batch_size=batch_size,
                                      process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     num_examples=num_examples):
+                                     process_count=jax.process_count(), num_examples=n):
         if stop is not None and stop.requested():
           raise _Interrupted()
         yield batch
     put = trainer.data_parallel.put_batch
-    total = data.num_eval_batches(
-        len(trainer.eval_split.y) if num_examples <= 0 else
-        min(num_examples, len(trainer.eval_split.y)), trainer.config.data.eval_batch_size)
-    bar = tqdm.tqdm(total=total, desc=f"evaluating{'' if role == 'target' else ' ' + role}",
+    desc = f"evaluating{'' if role == 'target' else ' ' + role}"
+    shape = ("eval", role, batch_size)
+    bar = tqdm.tqdm(total=data.num_eval_batches(n, batch_size),
+                    desc=desc if shape in compiled else f"{desc} (compiling)",
                     disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
 
-    def run_batch(batch, f=eval_step, bar=bar):
+    def run_batch(batch, f=eval_step, bar=bar, desc=desc, shape=shape):
       counts = jax.block_until_ready(f(device_state, put(batch)))  # the bar follows results
+      if shape not in compiled:
+        compiled.add(shape)
+        bar.set_description(desc, refresh=False)
       bar.update(1)
       return counts
 
@@ -601,7 +623,7 @@ def _keep_if_best(trainer: Trainer, outputs: RunOutputs, device_state, epoch: in
   if previous is not None and (value < previous["value"] or step in best.all_steps()):
     return
   best.save(step, trainer.data_parallel.unreplicate(device_state),
-            {"epoch": epoch, "metric": trainer.config.checkpoint.keep_best, "value": value,
+            {"epoch": epoch + 1, "metric": trainer.config.checkpoint.keep_best, "value": value,
              "split": trainer.config.eval.split})
   if outputs.is_main:
     print(f"best so far on {trainer.config.eval.split} "
@@ -610,21 +632,23 @@ def _keep_if_best(trainer: Trainer, outputs: RunOutputs, device_state, epoch: in
 
 
 def _end_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int,
-               metrics: _EpochMetrics, rate: float,
-               stop: _StopRequest | None = None) -> tuple[dict[str, float], int]:
+               metrics: _EpochMetrics, rate: float, stop: _StopRequest | None = None,
+               compiled: set | None = None) -> tuple[dict[str, float], int]:
   """Evaluates when due, appends the epoch record, checkpoints the next epoch's start. Returns
   `(evaluation ({} when none was due), stopped)`. The last epoch evaluates the whole split. A
   stop request during the evaluation saves the epoch's end (its evaluation still to do, which a
   resumed run does first) and returns `stopped` = the epoch's step count."""
   config = trainer.config
   _check_finite(trainer, device_state, "evaluating or saving them")
-  record = {"epoch": epoch, "step": (epoch + 1) * trainer.steps_per_epoch,
+  # Epochs counted from 1 where a user sees them (the bar, this line, metrics.jsonl).
+  record = {"epoch": epoch + 1, "step": (epoch + 1) * trainer.steps_per_epoch,
             **{f"train_{k}": v for k, v in metrics.means().items()}, "images_per_sec": rate}
   last = epoch + 1 == config.num_epochs
   result = {}
   if last or (epoch + 1) % config.eval.every_epochs == 0:
     try:
-      result = _evaluate(trainer, device_state, 0 if last else config.eval.num_examples, stop)
+      result = _evaluate(trainer, device_state, 0 if last else config.eval.num_examples, stop,
+                         compiled)
     except _Interrupted:
       _save(trainer, outputs, device_state, epoch, trainer.steps_per_epoch, metrics)
       outputs.checkpointer.wait()

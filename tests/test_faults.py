@@ -161,7 +161,7 @@ def test_kills_anywhere_resume_to_the_uninterrupted_run(tmp_path, reference, env
 
 @pytest.mark.parametrize("fault,stops_at,records", [
     # During the 2nd epoch's evaluation: it is abandoned, the epoch's end (step 16) saved with
-    # its evaluation still to do, so only epoch 0's record exists.
+    # its evaluation still to do, so only the first epoch's record exists.
     ("term_eval:2", 16, 1),
     # During the 3rd save (step 6): the run stops at the next step, saved there.
     ("term_save:3", 7, 0)])

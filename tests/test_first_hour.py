@@ -1,13 +1,15 @@
 """What a new user meets first: radii written as fractions on the command line, TensorBoard's
-curves on one step axis, the per-epoch evaluation's bar, a run's data path that holds from any directory."""
+curves on one step axis, bars that move with results and say when they compile, epochs counted
+from 1 everywhere, a run's data path that holds from any directory."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from regmix_jax import config as config_lib, evaluate, reporting, train
+from regmix_jax import config as config_lib, data, evaluate, reporting, train
 
 import tiny_runs
 
@@ -37,26 +39,50 @@ def test_a_fraction_override_reaches_the_config_on_the_command_line(tmp_path):
   assert not os.path.exists(tmp_path / "run")  # refused before the workdir was made
 
 
+class _Bar:
+  """A tqdm stand-in recording its descriptions and moves into `events` (shared)."""
+  events: list = []
+
+  def __init__(self, total=None, desc="", initial=0, **kwargs):
+    self.desc, self.total, self.n = desc, total, initial
+    self.descs = [desc]
+    _Bar.events.append(("bar", self))
+
+  def update(self, n=1):
+    self.n += n
+    if n:
+      _Bar.events.append(("update", self, self.n))
+
+  def set_description(self, desc, refresh=True):
+    self.desc = desc
+    self.descs.append(desc)
+
+  def __getattr__(self, name):
+    return lambda *a, **k: None
+
+
+def _record_bars_and_waits(monkeypatch):
+  """Replaces train's bars by `_Bar` and records `jax.block_until_ready` calls on a value in
+  `_Bar.events`, so that a bar's moves can be checked against the results waited for."""
+  _Bar.events = []
+  monkeypatch.setattr(train.tqdm, "tqdm", _Bar)
+  wait = train.jax.block_until_ready
+
+  def recorded(x):
+    if x is not None:
+      _Bar.events.append(("result", x))
+    return wait(x)
+  monkeypatch.setattr(train.jax, "block_until_ready", recorded)
+
+
 def test_evaluation_curves_share_the_training_curves_step_axis(tmp_path, monkeypatch):
   """`eval/*` was logged at epoch + 1 while `train/*` is at the global step, so the evaluation
   curves sat squashed at the left edge. Both on the global step now, the epoch a scalar."""
-  logged, bars = [], []
+  logged = []
   monkeypatch.setattr(reporting.TensorBoard, "scalars",
                       lambda self, step, values, prefix="": logged.append((prefix, step,
                                                                            dict(values))))
-
-  class Bar:  # the per-epoch evaluation had no bar
-    def __init__(self, total=None, desc="", **kwargs):
-      self.record = [desc, total, 0]
-      bars.append(self.record)
-
-    def update(self, n=1):
-      self.record[2] += n
-
-    def __getattr__(self, name):
-      return lambda *a, **k: None
-
-  monkeypatch.setattr(train.tqdm, "tqdm", Bar)
+  _record_bars_and_waits(monkeypatch)
   config = tiny_runs.tiny_config("fgsm_rs", **{
       "num_epochs": 2, "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
       "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 16,
@@ -67,7 +93,81 @@ def test_evaluation_curves_share_the_training_curves_step_axis(tmp_path, monkeyp
   assert train_steps == list(range(1, 9))
   assert [(step, values["epoch"]) for step, values in evals] == [(4, 1), (8, 2)]
   assert all("clean" in values for _, values in evals)
-  assert [b for b in bars if b[0] == "evaluating"] == [["evaluating", 1, 1]] * 2
+  bars = [e[1] for e in _Bar.events if e[0] == "bar"]
+  evaluating = [b for b in bars if b.desc == "evaluating"]  # the per-epoch evaluation had none
+  assert [(b.total, b.n) for b in evaluating] == [(1, 1)] * 2
+  assert evaluating[0].descs == ["evaluating (compiling)", "evaluating"]  # first batch only
+  assert evaluating[1].descs == ["evaluating"]
+
+
+def test_epochs_count_from_1_and_bars_move_only_with_results(tmp_path, monkeypatch, capsys):
+  """The per-epoch line said `epoch=0` under a bar saying "epoch 1/2"; the training bar reached
+  100% as steps were queued (asynchronous dispatch) while they still ran."""
+  _record_bars_and_waits(monkeypatch)
+  eval_batch_sizes = []
+  eval_batches = train.data.eval_batches
+  monkeypatch.setattr(train.data, "eval_batches", lambda *a, **k: (
+      eval_batch_sizes.append(k["batch_size"]), eval_batches(*a, **k))[1])
+  config = tiny_runs.tiny_config("fgsm_rs", **{
+      "num_epochs": 2, "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
+      "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 500,
+      "eval.attacks": "clean", "log_every_steps": 100})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  lines = [line for line in out.splitlines() if line.startswith("epoch=")]
+  assert [line.split()[:2] for line in lines] == [["epoch=1", "step=4"], ["epoch=2", "step=8"]]
+  records = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), 4).records
+  assert [(r["epoch"], r["step"]) for r in records] == [(1, 4), (2, 8)]
+  epochs = [e[1] for e in _Bar.events if e[0] == "bar" and e[1].desc.startswith("epoch")]
+  assert [b.desc for b in epochs] == ["epoch 1/2", "epoch 2/2"]
+  assert epochs[0].descs[:2] == ["epoch 1/2", "epoch 1/2 (compiling the train step)"]
+  assert epochs[1].descs == ["epoch 2/2"]
+  # Every move of a training bar comes after as many step results were waited for.
+  for bar in epochs:
+    results = 0
+    start = _Bar.events.index(("bar", bar))
+    for kind, what, *position in _Bar.events[start:]:
+      if kind == "bar" and what is not bar:
+        break
+      results += kind == "result"
+      if kind == "update" and what is bar:
+        assert position[0] <= results, "the bar moved ahead of the steps' results"
+    assert bar.n == bar.total == 4
+  # 16 test images are evaluated in a batch of 16, not padded to data.eval_batch_size (500).
+  assert eval_batch_sizes == [16, 16]
+
+
+def test_evaluation_batches_are_no_larger_than_the_examples_need():
+  assert data.eval_batch_size(20, 500, 2) == 20
+  assert data.eval_batch_size(21, 500, 2) == 22  # rounded up to the device count
+  assert data.eval_batch_size(1017, 500, 4) == 500
+  assert data.eval_batch_size(0, 500, 2) == 2
+
+
+def test_a_metrics_file_counting_epochs_from_0_is_renumbered_on_resume(tmp_path):
+  """Workdirs written before epochs were counted from 1: the records are renumbered when the
+  run resumes, and the resumed epochs are not written twice."""
+  config = tiny_runs.tiny_config("fgsm_rs", **{
+      "num_epochs": 1, "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
+      "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 16,
+      "eval.attacks": "clean"})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    (record,) = [json.loads(line) for line in f]
+  with open(path, "w") as f:  # as the earlier code wrote it
+    f.write(json.dumps(dict(record, epoch=0)) + "\n")
+  config.num_epochs = 2  # more epochs: the run resumes
+  train.train_and_evaluate(config, workdir)
+  with open(path) as f:
+    assert [(r["epoch"], r["step"]) for r in map(json.loads, f)] == [(1, 4), (2, 8)]
+  # Records without steps, or counting from 1, are left as they are.
+  other = tmp_path / "m.jsonl"
+  other.write_text('{"epoch": 0}\n{"epoch": 1, "step": 4}\n')
+  assert [r["epoch"] for r in reporting.MetricsLog(str(other), 4).records] == [0, 1]
+  assert other.read_text() == '{"epoch": 0}\n{"epoch": 1, "step": 4}\n'
 
 
 def test_config_json_records_the_data_dir_absolute_so_evaluate_runs_from_anywhere(
@@ -117,12 +217,12 @@ def test_the_summary_table_fits_in_100_columns_and_keeps_every_value():
            "train_mse", "train_kl_forward", "train_kl_backward", "images_per_sec", "eval_clean",
            "eval_pgd10", "eval_pgd20"]
   records = [{"epoch": e, "step": 8 * e, **{n: 0.125 * (i + 1) for i, n in enumerate(names)}}
-             for e in range(3)]
+             for e in range(1, 4)]
   table = reporting.summary_table(records)
   assert max(len(line) for line in table.splitlines()) <= 100
   for name in names:  # every column once, each block with the epochs
     assert sum(line.split().count(name) for line in table.splitlines()) == 1
   blocks = table.split("\n\n")
   assert len(blocks) > 1 and all(b.startswith("epoch") for b in blocks)
-  assert [line.split()[0] for line in blocks[-1].splitlines()[2:]] == ["0", "1", "2"]
+  assert [line.split()[0] for line in blocks[-1].splitlines()[2:]] == ["1", "2", "3"]
   assert "12.50" in table and "137.50" in table  # accuracies in percent

@@ -92,7 +92,7 @@ def _assert_same_run(full, resumed):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=key)
   assert np.abs(np.asarray(sample_full["momentum"])).max() > 0  # the buffers were trained
   records_full, records_resumed = _records(full), _records(resumed)
-  assert [r["epoch"] for r in records_resumed] == [0, 1, 2]  # no gap, no duplicate
+  assert [r["epoch"] for r in records_resumed] == [1, 2, 3]  # no gap, no duplicate
   for a, b in zip(records_full, records_resumed):
     for k in ("train_loss", "train_accuracy", "eval_clean", "eval_pgd2"):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
@@ -143,7 +143,7 @@ def test_training_learns_and_restart_of_finished_run_only_evaluates(tmp_path, ca
   assert set(final) == {"clean", "pgd2"}
   assert final["pgd2"] <= final["clean"]
   records = _records(str(tmp_path))
-  assert [r["epoch"] for r in records] == [0, 1, 2]
+  assert [r["epoch"] for r in records] == [1, 2, 3]  # counted as the bar counts them
   again = train.train_and_evaluate(config, str(tmp_path))
   np.testing.assert_allclose(again["clean"], final["clean"])
   assert len(_records(str(tmp_path))) == 3
@@ -212,7 +212,7 @@ def test_resuming_with_a_changed_config_keeps_the_one_before(tmp_path):
   train.train_and_evaluate(tiny_config(num_epochs=2), workdir)
   assert json.load(open(os.path.join(workdir, f"config.to_step_{step}.json"))) == first
   assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 2
-  assert [r["epoch"] for r in _records(workdir)] == [0, 1]
+  assert [r["epoch"] for r in _records(workdir)] == [1, 2]
 
 
 def test_resuming_with_another_data_layout_is_refused(tmp_path):
@@ -251,12 +251,12 @@ def test_keep_best_keeps_the_best_validation_epoch(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   records = _records(str(tmp_path))
   scores = [r["eval_clean"] for r in records]
-  best_epoch = max(range(len(scores)), key=lambda e: (scores[e], e))
+  best_epoch = max(range(len(scores)), key=lambda e: (scores[e], e))  # from 0 here
   best = checkpointing.Checkpointer(os.path.join(str(tmp_path), checkpointing.BEST_DIR))
   try:
     meta = best.latest_meta()
     assert best.all_steps() == [(best_epoch + 1) * records[0]["step"]]
   finally:
     best.close()
-  assert meta["epoch"] == best_epoch and meta["metric"] == "clean" and meta["split"] == "val"
+  assert meta["epoch"] == best_epoch + 1 and meta["metric"] == "clean" and meta["split"] == "val"
   np.testing.assert_allclose(meta["value"], scores[best_epoch])

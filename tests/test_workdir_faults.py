@@ -145,7 +145,7 @@ def test_a_fresh_run_never_inherits_a_deleted_runs_metrics(finished, tmp_path, c
   train.train_and_evaluate(_config(**{"optim.learning_rate": 0.05}), workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert [r["epoch"] for r in records] == [0]
+  assert [r["epoch"] for r in records] == [1]
   assert records[0]["train_learning_rate"] == pytest.approx(0.05)
   (aside,) = glob.glob(os.path.join(workdir, "previous_run.*"))
   assert sorted(os.listdir(aside)) == ["config.json", "final_eval.json", "metrics.jsonl",

@@ -7,7 +7,7 @@ attribute names, so `regmix_jax.models.torch_weights` moves weights between the 
 `TRADESStep` run the released PGD-AT and TRADES steps through their line-for-line ports in
 `tests/crosscheck/torch_steps.py`. Used by `experiments/benchmarks/benchmark.py` (the
 JAX/PyTorch speed ratios) and `experiments/autoattack_vs_torch` (identical weights). Install:
-`pip install torch==2.13.0`.
+`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu` (the CPU build).
 """
 
 from __future__ import annotations

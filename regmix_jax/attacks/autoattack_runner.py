@@ -67,6 +67,7 @@ from regmix_jax.attacks import checks, norms
 from regmix_jax.attacks.apgd import CLEAN_CALL, as_model, model_key
 from regmix_jax.attacks.autoattack import (CHECK_CALL, AttackSpec, attack_specs,
                                            resolve_version, target_counts, version_name)
+from regmix_jax.attacks.autoattack_progress import Progress, pass_cost
 from regmix_jax.attacks.square import check_square_args, square_init, square_steps
 
 _LOG = logging.getLogger(__name__)
@@ -338,7 +339,9 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     state_path: a JSON file to save the evaluation state to after each attack and to resume
       from (module docstring); a state made for another evaluation is refused
       (StateMismatchError).
-    progress: a tqdm bar per attack and the official log lines.
+    progress: the official log lines, and what `autoattack_progress` shows: a bar per attack
+      that moves with results, compilations as they happen, the points each attack attacks and
+      an estimate of the time left.
     randomized: `logits_fn` takes `(x, key)`.
     overrides: `{attack: {setting: value}}` replacing official settings (`attack_specs`), for
       tests and quick looks; results are then not AutoAttack's.
@@ -405,6 +408,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
 
   t0 = time.time()
   first = np.arange(min(batch_size, n))
+  say(f"AutoAttack {version_name(version)}, {norm} eps {float(epsilon):.5g}, {n} points: "
+      f"compiling the model for batches of {len(first)} ...")
   k_first = jnp.asarray(key_data[first])
   probe = np.asarray(forward(x[first], k_first, CLEAN_CALL))
   if probe.ndim != 2 or probe.shape[0] != len(first):
@@ -475,6 +480,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     say(f"{', '.join(run_attacks)} was/were already run.")
 
   start = time.time()
+  shown = Progress(specs, say, progress)
   for spec in specs:
     if spec.name in run_attacks:
       continue
@@ -484,14 +490,14 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     i = names.index(spec.name)
     t_attack = time.time()
     keys_i = np.asarray(jax.random.key_data(rng.fold(jnp.asarray(key_data), i)))
-    bar = tqdm.tqdm(total=spec.num_passes, desc=spec.name, disable=not progress, leave=False)
+    shown.begin(spec, len(index))
     if spec.kind == "square":
-      candidate, fooled = _square_host(model, spec, x, labels, keys_i, index, batcher, bar)
+      candidate, fooled = _square_host(model, spec, x, labels, keys_i, index, batcher, shown)
       zero = np.zeros(len(index), bool)
     else:
       candidate, fooled, zero = _passes_host(model, spec, x, labels, keys_i, index, batcher,
-                                             bar, grad_split)
-    bar.close()
+                                             shown, grad_split)
+    shown.end()
     if zero.any():
       warn(checks.zero_gradients_message(int(zero.sum())))
     # autoattack.py:218-228: a point is fooled iff its candidate is misclassified.
@@ -558,36 +564,42 @@ def target_counts_requested(norm, version, overrides) -> tuple[int, int]:
 _project = jax.jit(norms.project, static_argnames=("norm",))
 
 
-def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar, split_at):
+def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress,
+                 split_at):
   """APGD / FAB passes over the points `index`, each on the points not yet fooled, gathered into
-  padded batches (of at most `split_at` points, cut by `split_sizes`, when given). Returns `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with
-  `index`."""
+  padded batches (of at most `split_at` points, cut by `split_sizes`, when given). Returns
+  `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`."""
   pass_fn = jax.jit(spec.pass_fn(model))
+  cost = pass_cost(spec)
   candidate = x[index].copy()
   fooled = np.zeros(len(index), bool)
   zero = np.zeros(len(index), bool)
   for p in range(spec.num_passes):
     todo = np.nonzero(~fooled)[0]
     if len(todo) == 0:
-      bar.update(spec.num_passes - p)
       break
     pending = []
     for chunk, padded in batcher.chunks(todo, split_at):
       rows = index[padded]
       xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
-      pending.append((chunk, pass_fn(xs, ys, ks, np.int32(p))))  # dispatched asynchronously
-    for chunk, (adv, hit, zg) in pending:
+      with shown.dispatch("pass", len(padded)):
+        out = pass_fn(xs, ys, ks, np.int32(p))  # runs asynchronously
+      pending.append((chunk, out, shown.clock()))
+    later = spec.num_passes - p - 1
+    for chunk, (adv, hit, zg), dispatched in pending:
       hit = np.asarray(hit)[:len(chunk)]
       adv = np.asarray(adv)[:len(chunk)]
       zero[chunk] |= np.asarray(zg)[:len(chunk)]
       candidate[chunk[hit]] = adv[hit]
       fooled[chunk[hit]] = True
-    bar.update(1)
-    bar.set_postfix(left=int((~fooled).sum()))
+      shown.result(dispatched, len(chunk) * cost)
+      shown.advance(len(chunk))
+      shown.skip(int(hit.sum()) * later, int(hit.sum()) * later * cost)
+      shown.left(int((~fooled).sum()))
   return candidate, fooled, zero
 
 
-def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
+def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress):
   """Square's restarts over the points `index`, its query loop cut into segments between which
   the unfooled points are re-gathered. Returns `(candidate, fooled)` aligned with `index`."""
   s = dict(spec.settings)
@@ -599,12 +611,13 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
   check = jax.jit(lambda z, ys, ks, r: jnp.argmax(model(z, model_key(ks, r, CLEAN_CALL)),
                                                   axis=-1) != ys)
   cuts = [c for c in SQUARE_CUTS if c < queries] + [queries]
+  query_cost = pass_cost(spec) / queries
   candidate = x[index].copy()
   fooled = np.zeros(len(index), bool)
-  bar.reset(total=spec.num_passes * len(cuts))
   for r in range(spec.num_passes):
     todo = np.nonzero(~fooled)[0]
     if len(todo) == 0:
+      shown.skip((spec.num_passes - r) * queries, 0)
       break
     x_best = x[index[todo]].copy()
     margin = np.zeros(len(todo), np.float32)
@@ -612,13 +625,16 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
     for chunk, padded in batcher.chunks(np.arange(len(todo))):
       rows = index[todo[padded]]
       xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
-      xb, m, l = init(xs, ys, ks, np.int32(r))
+      with shown.dispatch("init", len(padded)):
+        xb, m, l = init(xs, ys, ks, np.int32(r))
       x_best[chunk] = np.asarray(xb)[:len(chunk)]
       margin[chunk] = np.asarray(m)[:len(chunk)]
       loss[chunk] = np.asarray(l)[:len(chunk)]
-    begin = 0
+    begin, running = 0, len(todo)
     for cut in cuts:
       active = np.nonzero(margin > 0)[0]
+      shown.skip(0, (running - len(active)) * (queries - begin) * query_cost)  # fooled
+      running = len(active)
       if len(active) and begin < cut:
         pending = []
         # Square runs 5000 forward passes on a set that rarely shrinks: the finer ladder pads
@@ -627,20 +643,25 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, bar):
           rows = index[todo[padded]]
           xs, ys, ks, xb = batcher.put(x[rows], labels[rows], keys[rows], x_best[padded])
           m, l = batcher.put(margin[padded], loss[padded])
-          pending.append((chunk, steps(xs, ys, ks, np.int32(r), (xb, m, l), np.int32(begin),
-                                       np.int32(cut))))
-        for chunk, (xb, m, l) in pending:
+          with shown.dispatch("steps", len(padded)):
+            out = steps(xs, ys, ks, np.int32(r), (xb, m, l), np.int32(begin), np.int32(cut))
+          pending.append((chunk, out, shown.clock()))
+        for chunk, (xb, m, l), dispatched in pending:
           x_best[chunk] = np.asarray(xb)[:len(chunk)]
           margin[chunk] = np.asarray(m)[:len(chunk)]
           loss[chunk] = np.asarray(l)[:len(chunk)]
+          shown.result(dispatched, len(chunk) * (cut - begin) * query_cost)
+      shown.advance(cut - begin)
+      shown.left(int((margin > 0).sum()))
       begin = cut
-      bar.update(1)
-      bar.set_postfix(left=int((margin > 0).sum()))
     hit = np.zeros(len(todo), bool)
     for chunk, padded in batcher.chunks(np.arange(len(todo))):
       rows = index[todo[padded]]
       z, ys, ks = batcher.put(x_best[padded], labels[rows], keys[rows])
-      hit[chunk] = np.asarray(check(z, ys, ks, np.int32(r)))[:len(chunk)]
+      with shown.dispatch("check", len(padded)):
+        hit[chunk] = np.asarray(check(z, ys, ks, np.int32(r)))[:len(chunk)]
     candidate[todo[hit]] = x_best[hit]
     fooled[todo[hit]] = True
+    # The points fooled in this restart skip the later ones.
+    shown.skip(0, int(hit.sum()) * (spec.num_passes - r - 1) * queries * query_cost)
   return candidate, fooled

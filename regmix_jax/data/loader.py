@@ -68,6 +68,13 @@ class TrainLoader:
       yield _batch(self.split, order[s])
 
 
+def eval_batch_size(n: int, batch_size: int, multiple: int) -> int:
+  """The global batch for evaluating `n` examples: `batch_size` (data.eval_batch_size), or fewer
+  when `n` needs less, rounded up to `multiple` (the device count). Every batch is padded to it
+  and a padding row costs what a real one does: 20 examples in a batch of 500 would cost 500."""
+  return min(batch_size, max(-(-n // multiple), 1) * multiple)
+
+
 def num_eval_batches(n: int, batch_size: int) -> int:
   """Number of (padded) global batches covering `n` examples."""
   return -(-n // batch_size)
