@@ -344,8 +344,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         or (high is not None and value > high)):
       bound = " and ".join(b for b in (low is not None and f"{'>' if low_open else '>='} {low}",
                                        high is not None and f"<= {high}") if b)
-      raise ValueError(f"Config field `method.{key}` must be {bound}, got {value} (method "
-                       f"{config.method.name!r}'s default: {method.defaults[key]!r}).")
+      raise ValueError(f"Config field `method.{key}` must be {bound}, got {value} (the default "
+                       f"of method {config.method.name!r}: {method.defaults[key]!r}).")
   _choice("parallel", config.parallel, parallel.KINDS)
   host.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
   _choice("cpu_convolutions", config.cpu_convolutions, cpu.CHOICES)
@@ -464,14 +464,18 @@ def fraction_arguments(argv: Sequence[str]) -> list[str]:
   """Command-line arguments with a fraction as a config value written as its decimal, so that a
   radius can be given as the papers write it: `--config.method.epsilon=8/255` ->
   `--config.method.epsilon=0.03137254901960784` (absl parses float fields with `float()`). A
-  zero denominator is left as it is, for the field's parser to refuse."""
+  zero denominator raises ValueError naming the argument (absl said "could not convert string
+  to float")."""
   out = []
   for arg in argv:
     match = _FRACTION.match(arg)
     if match:
       try:
         arg = f"{match[1]}{float(match[2]) / float(match[3])!r}"
-      except (ValueError, ZeroDivisionError):
+      except ZeroDivisionError:
+        raise ValueError(f"{arg}: the fraction divides by zero. Write the radius as the papers "
+                         "do, e.g. 8/255.") from None
+      except ValueError:
         pass
     out.append(arg)
   return out

@@ -41,12 +41,7 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
   state = train_state.create_train_state(config, net, (image, image, 3), steps_per_epoch=1)
   state = state.replace(params={"target": params}, batch_stats={"target": batch_stats})
   with workdir_lib.exclusive(workdir, "convert"):
-    held = [n for n in sorted(os.listdir(workdir)) if n != workdir_lib.LOCK_FILE]
-    if held and not overwrite:
-      raise workdir_lib.WorkdirError(
-          f"{workdir} already holds a run ({', '.join(held[:6])}{', ...' if len(held) > 6 else ''}"
-          "): convert writes a new run. Pass a new --workdir, or --overwrite to move what is "
-          "there into a replaced.<time>/ folder inside it.")
+    held = check_free(workdir, overwrite)
     if held:
       aside = os.path.join(workdir, time.strftime("replaced.%Y%m%d-%H%M%S"))
       os.makedirs(aside)
@@ -67,6 +62,20 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
   return checkpointer.directory
 
 
+def check_free(workdir: str, overwrite: bool) -> list[str]:
+  """What `workdir` holds (besides its lock); WorkdirError when that is a run and not
+  `overwrite`. Checked before the weights are read (seconds for a WRN-34-10) and again under the
+  lock."""
+  held = [n for n in sorted(os.listdir(workdir)) if n != workdir_lib.LOCK_FILE] if (
+      os.path.isdir(workdir)) else []
+  if held and not overwrite:
+    raise workdir_lib.WorkdirError(
+        f"{workdir} already holds a run ({', '.join(held[:6])}{', ...' if len(held) > 6 else ''}"
+        "): convert writes a new run. Pass a new --workdir, or --overwrite to move what is "
+        "there into a replaced.<time>/ folder inside it.")
+  return held
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -74,6 +83,7 @@ def main(argv) -> None:
   console.quiet_console(f)  # Orbax logs its save at INFO: ~60 lines before the one that matters
   sizes = {k: v for k, v in (("width", f.width), ("depth", f.depth)) if v}
   try:
+    check_free(f.workdir, f.overwrite)
     state_dict = torch_weights.load_state_dict_file(f.checkpoint)
     params, batch_stats = torch_weights.from_torch(state_dict, f.model, f.num_classes, **sizes)
     directory = write_run(f.workdir, params, batch_stats, model=f.model,

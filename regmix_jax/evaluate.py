@@ -18,6 +18,15 @@ each attack on the points still robust), resumable: its state is saved after eac
 
 from __future__ import annotations
 
+USAGE = """Evaluates a trained run's checkpoint (or one `regmix_jax.convert` wrote) with PGD, C&W
+and AutoAttack, prints a table and appends it to RUN/eval_records.jsonl:
+
+  python -m regmix_jax.evaluate --workdir=RUN --attacks=clean,pgd20,aa --n_examples=500
+
+AutoAttack costs about 2,000 forward-backward passes per still-robust point: a few hundred
+points on a CPU, the full test set on a GPU. Killed, the same command resumes it. Flags,
+records and versions: docs/evaluation.md."""
+
 import dataclasses
 import fcntl
 import functools
@@ -35,6 +44,7 @@ from absl import app, flags
 
 from regmix_jax import attacks, checkpointing, config as config_lib, console, cpu, data, evaluation
 from regmix_jax import methods, models, parallel, rng, train_state
+from regmix_jax import progress as progress_lib  # `progress` is evaluate_checkpoint's argument
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 
 # Where a workdir's evaluation records go, and (read only) where earlier versions wrote them.
@@ -331,19 +341,22 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                                              first_position=position),
                            donate_state=False, per_device_outputs=True)
     # The bar moves when a batch's result exists (dispatch is asynchronous: a bar on the batches
-    # reached 100% while the work was queued), and says when the first batch compiles.
+    # reached 100% while the work was queued), says while the first batch compiles (the call
+    # returns once it is compiled and queued), and keeps time during long batches.
     bar = tqdm.tqdm(total=data.num_eval_batches(n, batch_size), desc=f"{name} (compiling)",
                     disable=not progress, leave=False)
 
     def run_batch(batch, fn=fn, bar=bar, name=name):
-      counts = jax.block_until_ready(fn(device_state, data_parallel.put_batch(batch)))
-      bar.set_description(name, refresh=False)
+      pending = fn(device_state, data_parallel.put_batch(batch))
+      bar.set_description(f"{name} ({n} points in batches of {batch_size})")
+      counts = jax.block_until_ready(pending)
       bar.update(1)
       return counts
 
-    accuracy.update(evaluation.accuracies(
-        data.eval_batches(split_data, batch_size=batch_size, num_examples=n), run_batch,
-        fetch=data_parallel.host_sum))
+    with progress_lib.ticking(bar):
+      accuracy.update(evaluation.accuracies(
+          data.eval_batches(split_data, batch_size=batch_size, num_examples=n), run_batch,
+          fetch=data_parallel.host_sum))
     bar.close()
     seconds[name] = time.time() - t0
 
@@ -405,9 +418,11 @@ def main(argv) -> None:
     if f.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
     sys.exit(f"regmix_jax.evaluate: {type(e).__name__}: {e}")
+  autoattack = any(k == "aa" or k in attacks.AUTOATTACK_PARTS for k in record["accuracy"])
   print(f"{f.workdir}: step {record['step']}, {record['role']} ({record['weights']} weights), "
         f"{record['n_examples']} {record['split']} examples, {record['norm']} eps "
-        f"{record['epsilon']:.5f}, AutoAttack version {record['version']}, computed in "
+        f"{record['epsilon']:.5f}"
+        f"{', AutoAttack version ' + record['version'] if autoattack else ''}, computed in "
         f"{record['dtype']}")
   print(format_table(record), flush=True)
   for warning in record["warnings"]:
@@ -447,5 +462,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  console.exit_on_help(sys.argv, __doc__, flags.FLAGS, "regmix_jax.evaluate")
+  console.exit_on_help(sys.argv, USAGE, flags.FLAGS, "regmix_jax.evaluate")
   app.run(main)

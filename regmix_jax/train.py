@@ -33,7 +33,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from regmix_jax import checkpointing, config as config_lib, cpu, data, evaluation, methods, models
-from regmix_jax import parallel, reporting, sample_state, train_state as ts_lib
+from regmix_jax import parallel, progress as progress_lib, reporting, sample_state
+from regmix_jax import train_state as ts_lib
 from regmix_jax import workdir as workdir_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
@@ -574,7 +575,8 @@ def _evaluate(trainer: Trainer, device_state, num_examples: int,
               stop: _StopRequest | None = None, compiled: set | None = None) -> dict[str, float]:
   """Accuracies of every evaluated role; names of roles other than the target are prefixed.
   With `stop`, a stop request between two batches raises `_Interrupted`. The bar says
-  "compiling" until the first result of a batch shape this process has not run (`compiled`)."""
+  "compiling" while a batch shape this process has not run compiles (`compiled`), and keeps
+  time while a batch computes."""
   compiled = set() if compiled is None else compiled
   out = {}
   split = trainer.eval_split
@@ -597,15 +599,17 @@ def _evaluate(trainer: Trainer, device_state, num_examples: int,
                     disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
 
     def run_batch(batch, f=eval_step, bar=bar, desc=desc, shape=shape):
-      counts = jax.block_until_ready(f(device_state, put(batch)))  # the bar follows results
+      pending = f(device_state, put(batch))  # returns once compiled and queued
       if shape not in compiled:
         compiled.add(shape)
-        bar.set_description(desc, refresh=False)
+        bar.set_description(desc)
+      counts = jax.block_until_ready(pending)  # the bar follows results
       bar.update(1)
       return counts
 
     try:
-      acc = evaluation.accuracies(batches(), run_batch, fetch=trainer.data_parallel.host_sum)
+      with progress_lib.ticking(bar):
+        acc = evaluation.accuracies(batches(), run_batch, fetch=trainer.data_parallel.host_sum)
     finally:
       bar.close()
     out.update({(k if role == "target" else f"{role}_{k}"): v for k, v in acc.items()})

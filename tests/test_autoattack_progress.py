@@ -138,11 +138,35 @@ def test_the_estimate_is_the_work_left_at_each_kinds_measured_rate():
   # FAB-T: no estimate at its start (its kind has not run); after its first result, its own rate.
   shown.begin(fab_t, 8)
   assert not lines[-1].startswith("estimate")
-  dispatched = now[0]
+  first = now[0]
+  with shown.dispatch("pass", 4):  # another shape compiles while the first batch computes
+    now[0] += 3.0
+  second = now[0]
+  now[0] += 5.0
+  shown.result(first, 4 * 5)  # slowed by the compile: not a measure while a clean one exists
+  assert not lines[-1].startswith("estimate") and "fab" not in shown.work_done
+  assert shown.rate("fab") == pytest.approx(8.0 / 20)  # the only measure so far
   now[0] += 4.0
-  shown.result(dispatched, 8 * 5)  # 40 passes in 4 s: 10 per s, 3.3 times APGD's cost
+  shown.result(second, 4 * 5)  # 20 passes in the 4 s after the first's result
   assert lines[-1].startswith("estimate: up to about")
-  assert shown.seconds_left() == pytest.approx(8 * 10 / 10 + 8 * 40 / 3 * (7.0 / 140))
+  assert shown.rate("fab") == pytest.approx(4.0 / 20)  # 2.7 times APGD's cost per pass
+  # FAB-T's 80 passes left at its rate; Square's at the rate of all clean batches, 7 s / 120.
+  assert shown.seconds_left() == pytest.approx(80 * 0.2 + 8 * 40 / 3 * (7.0 / 120))
+
+
+def test_a_finished_state_says_nothing_is_left_to_run(tmp_path, capsys):
+  """A rerun of a finished evaluation printed "using standard version including ." (no names)."""
+  logits_fn, x, labels = _model()
+  kwargs = dict(epsilon=0.05, batch_size=16, overrides=OVERRIDES,
+                state_path=str(tmp_path / "aa_state.json"))
+  first = attacks.run_autoattack(logits_fn, x, labels, jax.random.key(5), **kwargs)
+  capsys.readouterr()
+  again = attacks.run_autoattack(logits_fn, x, labels, jax.random.key(5), **kwargs)
+  out = capsys.readouterr()
+  text = out.out + out.err
+  assert "including ." not in text and "using standard version" not in text
+  assert "apgd-ce, apgd-t, fab-t, square was/were already run: nothing left to run." in text
+  assert again.robust_accuracy == first.robust_accuracy
 
 
 def test_format_duration():

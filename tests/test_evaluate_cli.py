@@ -192,6 +192,7 @@ def test_evaluate_command_killed_during_autoattack_resumes_to_the_same_record(ru
   assert not os.path.exists(states[0]) and not os.path.exists(states[0] + ".x_adv.npz")
   whole = _cli(*args, check=True)
   assert "written to" in resumed.stdout and "written to" in whole.stdout
+  assert "AutoAttack version standard, computed in float32" in whole.stdout
   records = [r.to_json() for r in evaluate.latest_eval_records(workdir)]
   assert [r["dtype"] for r in records[-3:]] == ["bfloat16", "float32", "float32"]
   assert records[-2]["accuracy"] == records[-1]["accuracy"]
@@ -213,6 +214,8 @@ def test_the_table_is_shown_before_the_record_is_written_and_a_failed_write_keep
   out = _cli(f"--workdir={copy}", "--attacks=clean", "--n_examples=8")
   assert out.returncode == 1, out.stderr[-2000:]
   assert "attack  accuracy %" in out.stdout and "clean" in out.stdout
+  # The header names AutoAttack's version only when AutoAttack ran.
+  assert "computed in float32" in out.stdout and "AutoAttack" not in out.stdout
   assert "could not be recorded in" in out.stderr and "eval_records.jsonl" in out.stderr
   assert "Traceback" not in out.stderr
 
@@ -287,7 +290,7 @@ def test_a_few_points_are_not_padded_to_the_whole_eval_batch(run, monkeypatch):
 def test_the_bar_moves_only_when_a_batch_result_exists(run, monkeypatch):
   """The bars reached 100% as soon as the work was queued (asynchronous dispatch), then nothing
   moved while it ran. Each update now follows the blocking wait for its batch's result, and
-  the first batch is announced as compiling."""
+  the first batch is announced as compiling until its call returns (compiled and queued)."""
   workdir, _ = run
   events = []
   block = jax.block_until_ready
@@ -295,6 +298,8 @@ def test_the_bar_moves_only_when_a_batch_result_exists(run, monkeypatch):
                       lambda x: events.append("result") or block(x))
 
   class Bar:
+    disable = True  # no clock thread (progress.tick)
+
     def __init__(self, total=None, desc="", **kwargs):
       events.append(f"bar {desc} of {total}")
 
@@ -312,4 +317,6 @@ def test_the_bar_moves_only_when_a_batch_result_exists(run, monkeypatch):
   assert events[0] == "bar clean (compiling) of 2" and events[-1] == "close"
   updates = [i for i, e in enumerate(events) if e == "update"]
   assert len(updates) == 2  # (the fetch of the counts blocks again later: not a bar's update)
-  assert all(events[i - 2:i] == ["result", "desc clean"] for i in updates), events
+  # "(compiling)" until the first batch is compiled and queued, then the points and batches.
+  assert all(events[i - 2:i] == ["desc clean (24 points in batches of 16)", "result"]
+             for i in updates), events

@@ -61,8 +61,8 @@ def test_negative_or_non_finite_radius_refused_naming_the_field(name, field, val
 
 def test_negative_epsilon_names_the_bound_and_the_default():
   """The reporter's case: `--config.method.epsilon=-0.03` trained FGSM-RS."""
-  with pytest.raises(ValueError, match=r"`method\.epsilon` must be > 0\.0, got -0\.03 \(method "
-                                       r"'fgsm_rs''s default: 0\.0313"):
+  with pytest.raises(ValueError, match=r"`method\.epsilon` must be > 0\.0, got -0\.03 \(the "
+                                       r"default of method 'fgsm_rs': 0\.0313"):
     config_lib.validate(_method_config("fgsm_rs", epsilon=-0.03))
 
 

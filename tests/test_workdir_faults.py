@@ -118,6 +118,11 @@ def test_convert_never_overwrites_a_run(finished, tmp_path):
   refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
   assert "already holds a run (checkpoints, config.json" in refused.stderr
+  # Refused before the weights are read (they took 10 s for a WRN-34-10): a missing file is not
+  # what it reports.
+  first = subprocess.run([*command, "--checkpoint=missing.pt"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+  assert first.returncode == 1 and "already holds a run" in first.stderr, first.stderr
   assert "a new --workdir, or --overwrite" in refused.stderr
   after = {p: open(p, "rb").read() for p in glob.glob(os.path.join(workdir, "**"),
                                                       recursive=True) if os.path.isfile(p)}

@@ -6,12 +6,13 @@ blank screen:
 - "compiling for B points" in the bar while a new batch shape compiles (the first call of a
   jitted function with that shape runs the compiler before it dispatches);
 - at each attack's start, how many points it attacks;
-- an estimate of the time left after the first batch's result, after the first result of each
-  kind of attack (APGD, FAB, Square: their costs per pass differ, e.g. FAB's L2 and L1
-  projections), and at the start of each attack whose kind was measured: every point still robust
-  through every remaining pass (an upper bound on the work; each fooled point shortens it), at
-  each kind's measured rate with compiling time left out; kinds not yet run are counted at the
-  rate measured so far, and named.
+- an estimate of the time left after the first measured result of each kind of attack (APGD,
+  FAB, Square: their costs per pass differ, e.g. FAB's L2 and L1 projections), and at the start
+  of each attack whose kind was measured: every point still robust through every remaining pass
+  (an upper bound on the work; each fooled point shortens it), at each kind's measured rate;
+  kinds not yet run are counted at the rate measured so far, and named. A batch measures the rate
+  only when no compilation ran while it computed (on 2 cores a compile halves its speed: the
+  first estimate of a 500-point run was 19 min for 7), unless no other batch of its kind has.
 
 Work is counted in forward-backward passes per point (`pass_cost`).
 """
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 
 import tqdm
 
+from regmix_jax import progress as progress_lib
 from regmix_jax.attacks.autoattack import AttackSpec
 
 
@@ -52,7 +54,8 @@ class Progress:
   `say` prints a line (tqdm-safe); with `enabled=False` nothing is shown. The rate is measured
   on the results themselves: batch k's time is from its dispatch (after any compiling) or the
   previous result, whichever is later, to its result; batches run in order on a device, so this
-  leaves out compiling and host work between passes."""
+  leaves out compiling and host work between passes. Batches during which a compilation ran are
+  tallied apart (`overlapped`), used only for kinds without a clean measure."""
 
   def __init__(self, specs: Sequence[AttackSpec], say: Callable[[str], None], enabled: bool,
                clock: Callable[[], float] = time.monotonic):
@@ -63,6 +66,8 @@ class Progress:
     self.compile_seconds = 0.0
     self.busy: dict[str, float] = {}  # kind -> seconds the device spent on its batches
     self.work_done: dict[str, float] = {}  # kind -> their forward-backward passes (real points)
+    self.overlapped: dict[str, tuple[float, float]] = {}  # kind -> (busy, work) beside compiles
+    self.compiles: list[tuple[float, float]] = []  # (start, end) of each compilation
     self.kind = ""
     self.work_left_now = 0.0  # of the attack running
     self.later: list[tuple[AttackSpec, int]] = []
@@ -86,13 +91,15 @@ class Progress:
       total, unit = spec.num_passes * n_points, " point-passes"
     self.say(f"{spec.name}: attacking the {n_points} points still robust "
              f"({spec.num_passes} pass{'es' if spec.num_passes > 1 else ''})")
-    if spec.kind in self.work_done:
+    if spec.kind in self.work_done or spec.kind in self.overlapped:
       self._estimate()
     self.bar = tqdm.tqdm(total=total, desc=spec.name, unit=unit, disable=not self.enabled,
                          leave=False)
+    self._stop_ticking = progress_lib.tick(self.bar)  # its clock moves during long batches
 
   def end(self) -> None:
     if self.bar is not None:
+      self._stop_ticking()
       self.bar.close()
     self.bar = None
 
@@ -111,6 +118,7 @@ class Progress:
     try:
       yield
     finally:
+      self.compiles.append((t0, self.clock()))
       self.compile_seconds += self.clock() - t0
       if self.bar is not None:
         self.bar.set_description(self.name)
@@ -120,12 +128,16 @@ class Progress:
     the host: `work` forward-backward passes of real points. The first result of each kind of
     attack prints an estimate."""
     now = self.clock()
-    first = self.kind not in self.work_done
-    self.busy[self.kind] = (self.busy.get(self.kind, 0.0) +
-                            now - max(dispatched, self.last_result or dispatched))
+    start = max(dispatched, self.last_result or dispatched)
     self.last_result = now
-    self.work_done[self.kind] = self.work_done.get(self.kind, 0.0) + work
     self.work_left_now = max(self.work_left_now - work, 0.0)
+    if any(end > start and begin < now for begin, end in self.compiles):
+      busy, done = self.overlapped.get(self.kind, (0.0, 0.0))
+      self.overlapped[self.kind] = (busy + now - start, done + work)
+      return
+    first = self.kind not in self.work_done
+    self.busy[self.kind] = self.busy.get(self.kind, 0.0) + now - start
+    self.work_done[self.kind] = self.work_done.get(self.kind, 0.0) + work
     if first and work > 0:
       self._estimate()
 
@@ -148,10 +160,18 @@ class Progress:
 
   # --- the estimate ---
   def rate(self, kind: str) -> float | None:
-    """Seconds per forward-backward pass of `kind`'s attacks, or of all measured so far when
-    `kind` has not run (None before any result)."""
-    busy, work = ((self.busy[kind], self.work_done[kind]) if self.work_done.get(kind) else
-                  (sum(self.busy.values()), sum(self.work_done.values())))
+    """Seconds per forward-backward pass of `kind`'s attacks (batches beside a compilation only
+    when there is no other), or of all measured so far when `kind` has not run (None before any
+    result)."""
+    if self.work_done.get(kind):
+      busy, work = self.busy[kind], self.work_done[kind]
+    elif self.overlapped.get(kind, (0, 0))[1]:
+      busy, work = self.overlapped[kind]
+    elif any(self.work_done.values()):
+      busy, work = sum(self.busy.values()), sum(self.work_done.values())
+    else:
+      busy = sum(b for b, _ in self.overlapped.values())
+      work = sum(w for _, w in self.overlapped.values())
     return busy / work if work > 0 and busy > 0 else None
 
   def seconds_left(self) -> float | None:
@@ -165,7 +185,8 @@ class Progress:
     left = self.seconds_left()
     if left is None:
       return
-    guessed = [s.name for s, n in self.later if n and not self.work_done.get(s.kind)]
+    measured = set(self.work_done) | set(self.overlapped)
+    guessed = [s.name for s, n in self.later if n and s.kind not in measured]
     self.say(f"estimate: up to about {format_duration(left)} left if no more points are fooled "
              f"(each one fooled shortens it), plus compiling "
              f"({format_duration(self.compile_seconds)} so far)"

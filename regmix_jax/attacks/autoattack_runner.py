@@ -475,9 +475,11 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
   if restored is None:
     save()
   todo = [s for s in specs if s.name not in run_attacks]
-  say(f"using {version_name(version)} version including {', '.join(s.name for s in todo)}.")
+  if todo:
+    say(f"using {version_name(version)} version including {', '.join(s.name for s in todo)}.")
   if run_attacks:
-    say(f"{', '.join(run_attacks)} was/were already run.")
+    say(f"{', '.join(run_attacks)} was/were already run"
+        f"{': nothing left to run' if not todo else ''}.")
 
   start = time.time()
   shown = Progress(specs, say, progress)
