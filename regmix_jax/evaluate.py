@@ -275,6 +275,10 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   for name, value in (("epsilon", epsilon), ("step_size", step_size)):
     if value is not None and not (math.isfinite(value) and value > 0):
       raise ValueError(f"{name} must be a finite positive number, got {value}.")
+    if value is not None and norm == "Linf" and value > 1:  # as training refuses it
+      raise ValueError(f"--{name}={value:g} is larger than the whole [0, 1] image range: L-inf "
+                       f"radii are fractions of it. Did you mean {value:g}/255 = "
+                       f"{value / 255:.6f}?")
   if step_size is None:
     step_size = config.eval.step_size * epsilon / config.eval.epsilon
   attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,

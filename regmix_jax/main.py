@@ -75,8 +75,8 @@ def main(argv):
     # atomically, so leaving at once loses nothing a rerun does not redo.
     if FLAGS.verbosity >= 1:
       raise
-    print("regmix_jax: interrupted. The checkpoints in --workdir are as they were; run the same "
-          "command to resume.", file=sys.stderr, flush=True)
+    print("regmix_jax: interrupted. Checkpoints already in --workdir, if any, are kept: the same "
+          "command resumes from them.", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)  # pylint: disable=protected-access
 

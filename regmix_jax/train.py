@@ -480,7 +480,11 @@ def _train_in(trainer: Trainer, workdir: str) -> dict[str, float]:
   outputs.close()
   if outputs.is_main and final:
     print("\n" + reporting.summary_table(outputs.metrics_log.records), flush=True)
-    print(f"final ({config.eval.split}): " +
+    n = len(trainer.eval_split.y)
+    if 0 < config.eval.num_examples < n:  # the table's eval_* columns differ in their points
+      print(f"(eval_* of the epochs before the last: the first {config.eval.num_examples} "
+            f"{config.eval.split} examples, eval.num_examples; the last epoch: all {n})")
+    print(f"final ({config.eval.split}, all {n}; Linf eps {config.eval.epsilon:.5f}): " +
           ", ".join(f"{k} {100 * v:.2f}%" for k, v in final.items()), flush=True)
     workdir_lib.write_atomic(os.path.join(workdir, "final_eval.json"),
                              json.dumps(final, indent=2))

@@ -40,10 +40,10 @@ class Recorder(Progress):
     super().begin(spec, n_points)
     self.total = self.bar.total
 
-  def result(self, dispatched, work):
+  def result(self, work):
     if self.kind != "square":
       self.arrived += round(work / self.cost)  # real points whose pass result is on the host
-    super().result(dispatched, work)
+    super().result(work)
 
   def advance(self, units):
     self.advanced += units
@@ -87,9 +87,9 @@ def test_bars_follow_results_and_lines_name_points_and_time_left(monkeypatch, ca
   out = capsys.readouterr().err + capsys.readouterr().out
   assert "apgd-ce: attacking the 34 points still robust (1 pass)" in "\n".join(run.lines)
   assert "apgd-t: attacking the " in "\n".join(run.lines)
-  # An estimate after the first result of each kind of attack (APGD, FAB, Square), and at the
+  # An estimate after the first pass of each kind of attack (APGD, FAB, Square), and at the
   # start of an attack whose kind has run (APGD-T after APGD-CE).
-  estimates = [i for i, line in enumerate(run.lines) if line.startswith("estimate: up to about ")]
+  estimates = [i for i, line in enumerate(run.lines) if line.startswith("estimate: about ")]
   starts = [i for i, line in enumerate(run.lines) if ": attacking the " in line]
   names = [run.lines[i].split(":")[0] for i in starts]
   assert names == [e[1] for e in begins]
@@ -111,47 +111,45 @@ def test_the_estimate_is_the_work_left_at_each_kinds_measured_rate():
   apgd_ce, apgd_t, fab_t, square = specs
   shown.begin(apgd_ce, 20)
   assert shown.seconds_left() is None and len(lines) == 1  # no rate yet: no estimate
+  start = shown.group()
   with shown.dispatch("pass", 16):
     now[0] += 7.0  # compiling: not in the rate
-  dispatched = now[0]
-  now[0] += 2.0
-  shown.result(dispatched, 16 * 5)  # 16 points x 5 steps took 2 s: 40 passes per s
-  # Left: 4 points of APGD-CE (4 x 5), then 20 points through APGD-T (3 targets x 5 steps),
-  # FAB-T (3 x 5) and Square (40 queries / 3), all at APGD's rate so far.
-  want = (4 * 5 + 20 * 15 + 20 * 15 + 20 * 40 / 3) / 40
+  with shown.dispatch("pass", 16):
+    pass  # the same shape: no compile
+  now[0] += 0.5  # the batches compute concurrently: the first result comes late,
+  shown.result(16 * 5)
+  assert len(lines) == 1  # (no estimate before the pass is whole)
+  now[0] += 2.5
+  shown.result(4 * 5)  # the second at once after it: only the pass's total time means anything
+  shown.measured(start, 20 * 5)  # 100 passes in 3 s of the 10 (7 compiling)
+  # Left: nothing of APGD-CE, then 20 points through APGD-T (3 targets x 5 steps), FAB-T (3 x 5)
+  # and Square (40 queries / 3), all at APGD's rate.
+  want = (20 * 15 + 20 * 15 + 20 * 40 / 3) * 3.0 / 100
   assert shown.seconds_left() == pytest.approx(want)
-  assert lines[-1].startswith(f"estimate: up to about {format_duration(want)} left")
-  assert lines[-1].endswith("(7 s so far); fab-t, square not run yet, timed at the rate so far")
-  assert shown.compile_seconds == 7.0
-  # A second batch queued behind the first counts from the first's result, not its dispatch.
-  now[0] += 1.0
-  shown.result(dispatched, 4 * 5)
-  assert shown.busy["apgd"] == pytest.approx(3.0)  # 100 passes in 3 s
+  assert lines[-1].startswith(f"estimate: about {format_duration(want)} left")
+  assert lines[-1].endswith("(7 s so far); fab-t, square not run yet: timed at the rate so far, "
+                            "their own may differ")
   shown.end()
   # 12 of the 20 points fooled: the later attacks meet 8. APGD-T's kind has run: an estimate.
   shown.begin(apgd_t, 8)
   assert shown.seconds_left() == pytest.approx((8 * 15 + 8 * 15 + 8 * 40 / 3) * 3.0 / 100)
-  assert lines[-1].startswith("estimate: up to about")
+  assert lines[-1].startswith("estimate: about")
   shown.skip(0, 8 * 15)  # all 8 fooled before any pass ran
   assert shown.seconds_left() == pytest.approx((8 * 15 + 8 * 40 / 3) * 3.0 / 100)
   shown.end()
-  # FAB-T: no estimate at its start (its kind has not run); after its first result, its own rate.
+  # FAB-T: no estimate at its start (its kind has not run); after its first pass, its own rate.
   shown.begin(fab_t, 8)
   assert not lines[-1].startswith("estimate")
-  first = now[0]
-  with shown.dispatch("pass", 4):  # another shape compiles while the first batch computes
+  start = shown.group()
+  with shown.dispatch("pass", 8):
     now[0] += 3.0
-  second = now[0]
-  now[0] += 5.0
-  shown.result(first, 4 * 5)  # slowed by the compile: not a measure while a clean one exists
-  assert not lines[-1].startswith("estimate") and "fab" not in shown.work_done
-  assert shown.rate("fab") == pytest.approx(8.0 / 20)  # the only measure so far
-  now[0] += 4.0
-  shown.result(second, 4 * 5)  # 20 passes in the 4 s after the first's result
-  assert lines[-1].startswith("estimate: up to about")
-  assert shown.rate("fab") == pytest.approx(4.0 / 20)  # 2.7 times APGD's cost per pass
-  # FAB-T's 80 passes left at its rate; Square's at the rate of all clean batches, 7 s / 120.
-  assert shown.seconds_left() == pytest.approx(80 * 0.2 + 8 * 40 / 3 * (7.0 / 120))
+  now[0] += 8.0
+  shown.result(8 * 5)
+  shown.measured(start, 8 * 5)  # 40 passes in 8 s: 2.7 times APGD's cost per pass
+  assert lines[-1].startswith("estimate: about")
+  assert shown.rate("fab") == pytest.approx(8.0 / 40)
+  # FAB-T's 80 passes left at its rate; Square's at the rate of all so far, 11 s / 140.
+  assert shown.seconds_left() == pytest.approx(80 * 0.2 + 8 * 40 / 3 * (11.0 / 140))
 
 
 def test_a_finished_state_says_nothing_is_left_to_run(tmp_path, capsys):

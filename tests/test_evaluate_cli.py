@@ -200,6 +200,19 @@ def test_evaluate_command_killed_during_autoattack_resumes_to_the_same_record(ru
       records[-1]["accuracy"]["aa"] < 1.0
 
 
+@pytest.mark.parametrize("flag", ["epsilon", "step_size"])
+def test_a_radius_in_pixel_units_is_refused_before_anything_is_recorded(run, flag):
+  """`--epsilon=8` (meant 8/255) ran, printed PGD-20 0.00% and recorded it; training refuses
+  the same value."""
+  workdir, _ = run
+  before = evaluate.latest_eval_records(workdir)
+  with pytest.raises(ValueError, match=rf"^--{flag}=8 is larger than the whole \[0, 1\] image "
+                                       r"range: .* Did you mean 8/255 = 0\.031373\?$"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd2", n_examples=8,
+                                 progress=False, **{flag: 8.0})
+  assert evaluate.latest_eval_records(workdir) == before
+
+
 def test_the_table_is_shown_before_the_record_is_written_and_a_failed_write_keeps_it(
     run, tmp_path):
   """A records file that cannot be written (here: a directory in its place) does not lose the

@@ -276,5 +276,19 @@ def test_ctrl_c_outside_the_training_loop_exits_at_once_in_one_line(tmp_path):
   assert time.monotonic() - start < 30  # not the 60 s the thread would keep it
   assert result.returncode == 130, result.stderr[-2000:]
   assert result.stderr.strip().splitlines() == [
-      "regmix_jax: interrupted. The checkpoints in --workdir are as they were; run the same "
-      "command to resume."]
+      "regmix_jax: interrupted. Checkpoints already in --workdir, if any, are kept: the same "
+      "command resumes from them."]
+
+
+def test_the_final_lines_say_which_points_and_radius_the_numbers_are_on(tmp_path, capsys):
+  """The per-epoch eval_* columns used the first eval.num_examples points, the last epoch all of
+  them, and the table did not say so; the final line did not give the radius."""
+  config = tiny_runs.tiny_config("fgsm_rs", **{
+      "num_epochs": 2, "data.synthetic.num_train": 64, "data.synthetic.num_test": 16,
+      "data.synthetic.image_size": 8, "data.batch_size": 16, "data.eval_batch_size": 16,
+      "eval.attacks": "clean", "eval.num_examples": 8})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert ("(eval_* of the epochs before the last: the first 8 test examples, eval.num_examples; "
+          "the last epoch: all 16)") in out
+  assert "final (test, all 16; Linf eps 0.03137): clean " in out

@@ -55,7 +55,7 @@ def test_two_processes_match_one_process(tmp_path):
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  assert "final (test)" in outputs[0]  # process 0 reports
+  assert "final (test, all " in outputs[0]  # process 0 reports
   step_single, single_tree = _final(single)
   step_multi, multi_tree = _final(multi, like=single_tree)
   single_tree = {**single_tree["state"], **single_tree["sample"]}

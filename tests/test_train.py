@@ -148,7 +148,7 @@ def test_training_learns_and_restart_of_finished_run_only_evaluates(tmp_path, ca
   np.testing.assert_allclose(again["clean"], final["clean"])
   assert len(_records(str(tmp_path))) == 3
   out = capsys.readouterr().out
-  assert "final (test): clean" in out and "epoch" in out
+  assert "final (test, all 128; Linf eps 0.03137): clean" in out and "epoch" in out
   assert "(training complete at epoch 3: evaluating it)" in out
 
 

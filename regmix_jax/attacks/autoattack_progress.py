@@ -6,14 +6,15 @@ blank screen:
 - "compiling for B points" in the bar while a new batch shape compiles (the first call of a
   jitted function with that shape runs the compiler before it dispatches);
 - at each attack's start, how many points it attacks;
-- an estimate of the time left after the first measured result of each kind of attack (APGD,
-  FAB, Square: their costs per pass differ, e.g. FAB's L2 and L1 projections), and at the start
-  of each attack whose kind was measured: every point still robust through every remaining pass
-  (an upper bound on the work; each fooled point shortens it), at each kind's measured rate;
-  kinds not yet run are counted at the rate measured so far, and named. A batch measures the rate
-  only when no compilation ran while it computed (on 2 cores a compile halves its speed: the
-  first estimate of a 500-point run was 19 min for 7), unless no other batch of its kind has.
+- an estimate of the time left after the first pass (all batches of it) of each kind of attack
+  (APGD, FAB, Square: their costs per pass differ, e.g. FAB's L2 and L1 projections), and at the
+  start of each attack whose kind has run: every point still robust through every remaining
+  pass (each fooled point shortens it), at each kind's measured rate; kinds not yet run are
+  timed at the rate so far, and named (their own may differ).
 
+A pass's time is the wall time from its first dispatch to its last result less the compiling
+within it: batches may compute concurrently (XLA:CPU runs them on its thread pool), so the time
+between two results says nothing alone (measured per result, the rate read near 0 s).
 Work is counted in forward-backward passes per point (`pass_cost`).
 """
 
@@ -51,11 +52,9 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """The bars, compile notices and estimates of one `run_autoattack` call (module docstring).
 
-  `say` prints a line (tqdm-safe); with `enabled=False` nothing is shown. The rate is measured
-  on the results themselves: batch k's time is from its dispatch (after any compiling) or the
-  previous result, whichever is later, to its result; batches run in order on a device, so this
-  leaves out compiling and host work between passes. Batches during which a compilation ran are
-  tallied apart (`overlapped`), used only for kinds without a clean measure."""
+  `say` prints a line (tqdm-safe); with `enabled=False` nothing is shown. Per pass:
+  `start = group()`, the dispatches (each in `dispatch`), `result` per batch, then
+  `measured(start, work)`."""
 
   def __init__(self, specs: Sequence[AttackSpec], say: Callable[[str], None], enabled: bool,
                clock: Callable[[], float] = time.monotonic):
@@ -64,17 +63,14 @@ class Progress:
     self.enabled = enabled
     self.clock = clock
     self.compile_seconds = 0.0
-    self.busy: dict[str, float] = {}  # kind -> seconds the device spent on its batches
+    self.busy: dict[str, float] = {}  # kind -> seconds of its passes, compiling left out
     self.work_done: dict[str, float] = {}  # kind -> their forward-backward passes (real points)
-    self.overlapped: dict[str, tuple[float, float]] = {}  # kind -> (busy, work) beside compiles
-    self.compiles: list[tuple[float, float]] = []  # (start, end) of each compilation
-    self.kind = ""
     self.work_left_now = 0.0  # of the attack running
     self.later: list[tuple[AttackSpec, int]] = []
-    self.last_result: float | None = None
     self.seen: set = set()
     self.bar = None
     self.name = ""
+    self.kind = ""
 
   # --- one attack ---
   def begin(self, spec: AttackSpec, n_points: int) -> None:
@@ -84,14 +80,13 @@ class Progress:
     position = self.specs.index(spec)
     self.later = [(s, n_points) for s in self.specs[position + 1:]]
     self.work_left_now = n_points * spec.num_passes * pass_cost(spec)
-    self.last_result = None
     if spec.kind == "square":
       total, unit = spec.num_passes * spec.settings["num_queries"], " queries"
     else:
       total, unit = spec.num_passes * n_points, " point-passes"
     self.say(f"{spec.name}: attacking the {n_points} points still robust "
              f"({spec.num_passes} pass{'es' if spec.num_passes > 1 else ''})")
-    if spec.kind in self.work_done or spec.kind in self.overlapped:
+    if spec.kind in self.work_done:
       self._estimate()
     self.bar = tqdm.tqdm(total=total, desc=spec.name, unit=unit, disable=not self.enabled,
                          leave=False)
@@ -118,27 +113,29 @@ class Progress:
     try:
       yield
     finally:
-      self.compiles.append((t0, self.clock()))
       self.compile_seconds += self.clock() - t0
       if self.bar is not None:
         self.bar.set_description(self.name)
 
-  def result(self, dispatched: float, work: float) -> None:
-    """A batch dispatched at `dispatched` (`clock()` after its call returned) has its result on
-    the host: `work` forward-backward passes of real points. The first result of each kind of
-    attack prints an estimate."""
-    now = self.clock()
-    start = max(dispatched, self.last_result or dispatched)
-    self.last_result = now
+  def group(self) -> tuple[float, float]:
+    """Marks the start of a pass (before its first dispatch)."""
+    return self.clock(), self.compile_seconds
+
+  def result(self, work: float) -> None:
+    """A batch's result is on the host: `work` forward-backward passes of real points."""
     self.work_left_now = max(self.work_left_now - work, 0.0)
-    if any(end > start and begin < now for begin, end in self.compiles):
-      busy, done = self.overlapped.get(self.kind, (0.0, 0.0))
-      self.overlapped[self.kind] = (busy + now - start, done + work)
+
+  def measured(self, start: tuple[float, float], work: float) -> None:
+    """The pass begun at `start` (`group()`) has all its results: `work` forward-backward passes
+    in its wall time less the compiling within it. The first of each kind prints an estimate."""
+    began, compiled = start
+    seconds = self.clock() - began - (self.compile_seconds - compiled)
+    if work <= 0 or seconds <= 0:
       return
     first = self.kind not in self.work_done
-    self.busy[self.kind] = self.busy.get(self.kind, 0.0) + now - start
+    self.busy[self.kind] = self.busy.get(self.kind, 0.0) + seconds
     self.work_done[self.kind] = self.work_done.get(self.kind, 0.0) + work
-    if first and work > 0:
+    if first:
       self._estimate()
 
   def advance(self, units: int) -> None:
@@ -160,22 +157,15 @@ class Progress:
 
   # --- the estimate ---
   def rate(self, kind: str) -> float | None:
-    """Seconds per forward-backward pass of `kind`'s attacks (batches beside a compilation only
-    when there is no other), or of all measured so far when `kind` has not run (None before any
-    result)."""
+    """Seconds per forward-backward pass of `kind`'s attacks, or of all measured so far when
+    `kind` has not run (None before any pass was measured)."""
     if self.work_done.get(kind):
-      busy, work = self.busy[kind], self.work_done[kind]
-    elif self.overlapped.get(kind, (0, 0))[1]:
-      busy, work = self.overlapped[kind]
-    elif any(self.work_done.values()):
-      busy, work = sum(self.busy.values()), sum(self.work_done.values())
-    else:
-      busy = sum(b for b, _ in self.overlapped.values())
-      work = sum(w for _, w in self.overlapped.values())
-    return busy / work if work > 0 and busy > 0 else None
+      return self.busy[kind] / self.work_done[kind]
+    work = sum(self.work_done.values())
+    return sum(self.busy.values()) / work if work else None
 
   def seconds_left(self) -> float | None:
-    """The time the remaining work takes at the rates so far (None before any result)."""
+    """The time the remaining work takes at the rates so far (None before any measure)."""
     if self.rate(self.kind) is None:
       return None
     return self.work_left_now * self.rate(self.kind) + sum(
@@ -185,9 +175,9 @@ class Progress:
     left = self.seconds_left()
     if left is None:
       return
-    measured = set(self.work_done) | set(self.overlapped)
-    guessed = [s.name for s, n in self.later if n and s.kind not in measured]
-    self.say(f"estimate: up to about {format_duration(left)} left if no more points are fooled "
+    guessed = [s.name for s, n in self.later if n and s.kind not in self.work_done]
+    self.say(f"estimate: about {format_duration(left)} left if no more points are fooled "
              f"(each one fooled shortens it), plus compiling "
              f"({format_duration(self.compile_seconds)} so far)"
-             + (f"; {', '.join(guessed)} not run yet, timed at the rate so far" if guessed else ""))
+             + (f"; {', '.join(guessed)} not run yet: timed at the rate so far, their own may "
+                "differ" if guessed else ""))

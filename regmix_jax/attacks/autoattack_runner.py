@@ -580,24 +580,24 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
     todo = np.nonzero(~fooled)[0]
     if len(todo) == 0:
       break
-    pending = []
+    pending, start = [], shown.group()
     for chunk, padded in batcher.chunks(todo, split_at):
       rows = index[padded]
       xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
       with shown.dispatch("pass", len(padded)):
-        out = pass_fn(xs, ys, ks, np.int32(p))  # runs asynchronously
-      pending.append((chunk, out, shown.clock()))
+        pending.append((chunk, pass_fn(xs, ys, ks, np.int32(p))))  # runs asynchronously
     later = spec.num_passes - p - 1
-    for chunk, (adv, hit, zg), dispatched in pending:
+    for chunk, (adv, hit, zg) in pending:
       hit = np.asarray(hit)[:len(chunk)]
       adv = np.asarray(adv)[:len(chunk)]
       zero[chunk] |= np.asarray(zg)[:len(chunk)]
       candidate[chunk[hit]] = adv[hit]
       fooled[chunk[hit]] = True
-      shown.result(dispatched, len(chunk) * cost)
+      shown.result(len(chunk) * cost)
       shown.advance(len(chunk))
       shown.skip(int(hit.sum()) * later, int(hit.sum()) * later * cost)
       shown.left(int((~fooled).sum()))
+    shown.measured(start, len(todo) * cost)
   return candidate, fooled, zero
 
 
@@ -638,7 +638,7 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
       shown.skip(0, (running - len(active)) * (queries - begin) * query_cost)  # fooled
       running = len(active)
       if len(active) and begin < cut:
-        pending = []
+        pending, start = [], shown.group()
         # Square runs 5000 forward passes on a set that rarely shrinks: the finer ladder pads
         # less (70 points: 72, not 96) for a few more compiles.
         for chunk, padded in batcher.chunks(active, fine=True):
@@ -646,13 +646,14 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
           xs, ys, ks, xb = batcher.put(x[rows], labels[rows], keys[rows], x_best[padded])
           m, l = batcher.put(margin[padded], loss[padded])
           with shown.dispatch("steps", len(padded)):
-            out = steps(xs, ys, ks, np.int32(r), (xb, m, l), np.int32(begin), np.int32(cut))
-          pending.append((chunk, out, shown.clock()))
-        for chunk, (xb, m, l), dispatched in pending:
+            pending.append((chunk, steps(xs, ys, ks, np.int32(r), (xb, m, l), np.int32(begin),
+                                         np.int32(cut))))
+        for chunk, (xb, m, l) in pending:
           x_best[chunk] = np.asarray(xb)[:len(chunk)]
           margin[chunk] = np.asarray(m)[:len(chunk)]
           loss[chunk] = np.asarray(l)[:len(chunk)]
-          shown.result(dispatched, len(chunk) * (cut - begin) * query_cost)
+          shown.result(len(chunk) * (cut - begin) * query_cost)
+        shown.measured(start, len(active) * (cut - begin) * query_cost)
       shown.advance(cut - begin)
       shown.left(int((margin > 0).sum()))
       begin = cut
