@@ -39,6 +39,11 @@ from regmix_jax import workdir as workdir_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
 
+# Training steps queued ahead of the one the bar waits for. With one, the quickstart's small
+# steps lost 5% (3327 against 3493 img/s without waiting); with two, 3468 against 3448: the same
+# (2026-12-07, 2-core AMD EPYC, 2 alternating rounds each, train images/s of epochs 2-6).
+STEPS_IN_FLIGHT = 2
+
 
 def _prefetch(batches: Iterator[dict], put, size: int = 2) -> Iterator[tuple[np.ndarray, Any]]:
   """Puts up to `size` batches on device ahead of the one being consumed; yields `(host index
@@ -532,7 +537,7 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
                   desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not outputs.is_main,
                   dynamic_ncols=True, mininterval=1.0)
   single_process = jax.process_count() == 1
-  in_flight = None
+  in_flight: collections.deque = collections.deque()  # the results of queued steps
   if trainer.samples is not None and start == 0:
     trainer.samples.maybe_reset(config.method, epoch, config.seed)
   for step_in_epoch, (index, batch) in enumerate(trainer.batches(epoch, start), start):
@@ -546,11 +551,12 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
     trainer.sample_sync.push(index, sample_values)
     metrics.push(global_step, step_metrics)
     done += 1
-    # The bar counts finished steps: the previous step's result is waited for once this one is
-    # queued (one step stays in flight, so the device never waits for the host).
-    jax.block_until_ready(in_flight)
-    in_flight = step_metrics
-    bar.update(1 if done > 1 else 0)
+    # The bar counts finished steps: the oldest queued step's result is waited for once
+    # STEPS_IN_FLIGHT are queued (the device never waits for the host).
+    in_flight.append(step_metrics)
+    if len(in_flight) > STEPS_IN_FLIGHT:
+      jax.block_until_ready(in_flight.popleft())
+      bar.update(1)
     every = config.checkpoint.every_steps
     want_checkpoint = every > 0 and global_step % every == 0 and step_in_epoch + 1 < steps_per_epoch
     sync = want_checkpoint or global_step % config.log_every_steps == 0
@@ -567,8 +573,9 @@ def _train_epoch(trainer: Trainer, outputs: RunOutputs, device_state, epoch: int
       bar.close()
       outputs.checkpointer.wait()
       return device_state, step_in_epoch + 1, 0.0
-  jax.block_until_ready(in_flight)
-  bar.update(1 if done else 0)
+  for pending in in_flight:
+    jax.block_until_ready(pending)
+    bar.update(1)
   bar.close()
   trainer.sample_sync.flush()
   metrics.flush(trainer.data_parallel)
