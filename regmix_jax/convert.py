@@ -64,7 +64,7 @@ def write_run(workdir: str, params, batch_stats, *, model: str, num_classes: int
 
 def check_free(workdir: str, overwrite: bool) -> list[str]:
   """What `workdir` holds (besides its lock); WorkdirError when that is a run and not
-  `overwrite`. Checked before the weights are read (seconds for a WRN-34-10) and again under the
+  `overwrite`. Checked before the weights are read (a large model takes a while) and again under the
   lock."""
   held = [n for n in sorted(os.listdir(workdir)) if n != workdir_lib.LOCK_FILE] if (
       os.path.isdir(workdir)) else []

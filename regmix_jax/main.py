@@ -71,7 +71,7 @@ def main(argv):
   except KeyboardInterrupt:
     # Ctrl-C where the loop does not turn it into a checkpoint and a stop: while the data loads
     # or downloads, while the step compiles, or a second Ctrl-C. tfds' download threads kept the
-    # process for minutes of retries after it (186 s measured); checkpoints are written
+    # process for minutes of retries after it (docs/faults.md); checkpoints are written
     # atomically, so leaving at once loses nothing a rerun does not redo.
     if FLAGS.verbosity >= 1:
       raise

@@ -1,7 +1,7 @@
 """Progress bars that keep time while the host waits for the device.
 
-A bar redraws only when it moves, so one long batch (PGD-20 on 100 points of a WRN-34-10 on a
-CPU: 4 minutes) showed a frozen line that looked hung. `tick(bar)` redraws the bar every second
+A bar redraws only when it moves, so one long batch (PGD-20 on a large model on a CPU) showed a
+frozen line that looked hung. `tick(bar)` redraws the bar every second
 from a daemon thread, so its elapsed time moves, until the returned `stop` is called; `ticking`
 is the same as a context manager. Host-side display only: nothing here touches the computation.
 """

@@ -39,9 +39,8 @@ from regmix_jax import workdir as workdir_lib
 from regmix_jax.attacks import parse_attacks
 from regmix_jax.train_step import bind_method, train_step
 
-# Training steps queued ahead of the one the bar waits for. With one, the quickstart's small
-# steps lost 5% (3327 against 3493 img/s without waiting); with two, 3468 against 3448: the same
-# (2026-12-07, 2-core AMD EPYC, 2 alternating rounds each, train images/s of epochs 2-6).
+# Training steps queued ahead of the one the bar waits for: with one, small steps lost speed to
+# the wait; with two, none (docs/performance.md, "The training bar").
 STEPS_IN_FLIGHT = 2
 
 

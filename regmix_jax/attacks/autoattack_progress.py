@@ -14,7 +14,7 @@ blank screen:
 
 A pass's time is the wall time from its first dispatch to its last result less the compiling
 within it: batches may compute concurrently (XLA:CPU runs them on its thread pool), so the time
-between two results says nothing alone (measured per result, the rate read near 0 s).
+between two results says nothing alone.
 Work is counted in forward-backward passes per point (`pass_cost`).
 """
 
