@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from regmix_jax import attacks, cpu, data, methods, models, parallel, train_state
+from regmix_jax import attacks, cpu, data, methods, models, parallel, robustbench, train_state
 from regmix_jax.cpu import host
 
 # Fields renamed since earlier releases: old dotted path -> new one. An old name on the command
@@ -91,14 +91,19 @@ def base_config() -> ml_collections.ConfigDict:
   # run; evaluation uses `eval.dtype`.
   c.model.dtype = "float32"
   # A fixed per-channel input normalisation as the models' first layer (models.NORMALIZATIONS:
-  # "cifar10", "cifar100"; "" = none), for the recipes whose released code normalises (FGSM-RS,
-  # N-FGSM, PGD-AT); applies to every model of the run. Attack radii stay in pixel units.
+  # "cifar10", "cifar100", and the values some RobustBench models use; "" = none), for the
+  # recipes whose released code normalises (FGSM-RS, N-FGSM, PGD-AT); applies to every model of
+  # the run. Attack radii stay in pixel units.
   c.model.normalize = ""
+  # The RobustBench leaderboard entry these weights are ("<dataset>/<threat model>/<name>", a key
+  # of `robustbench.ENTRIES`), written by `convert --robustbench`; "" = none. `evaluate` then
+  # defaults to the entry's threat model and radius and prints the leaderboard's figures.
+  c.model.robustbench = ""
   # BatchNorm statistics over the global batch (as one GPU of the references sees it), so results
   # do not depend on the device count.
   c.model.sync_batch_norm = True
   # Size fields, passed to the models that take them (0 = the model's default): small_cnn takes
-  # width (32); wrn takes depth and width (34, 10).
+  # width (32); wrn takes depth and width (34, 10); dm_wrn depth and width (28, 10).
   c.model.width = 0
   c.model.depth = 0
   # The second model of two-model methods (D2R's guide); dtype and sync_batch_norm as `model`.
@@ -354,6 +359,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))
   _choice("eval.dtype", config.eval.dtype, tuple(models.DTYPES))
   _choice("model.normalize", config.model.normalize, ("", *models.NORMALIZATIONS))
+  if config.model.robustbench and config.model.robustbench not in robustbench.ENTRIES:
+    raise ValueError(f"Config field `model.robustbench` = {config.model.robustbench!r} is no "
+                     "'<dataset>/<threat model>/<name>' key of regmix_jax.robustbench.ENTRIES "
+                     "(docs/robustbench.md); '' for a model that is none.")
   for group in ("model", "guide_model"):
     model_cfg = config[group]
     _choice(f"{group}.name", model_cfg.name, sorted(models.MODELS))

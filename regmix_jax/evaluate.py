@@ -24,8 +24,9 @@ and AutoAttack, prints a table and appends it to RUN/eval_records.jsonl:
   python -m regmix_jax.evaluate --workdir=RUN --attacks=clean,pgd20,aa --n_examples=500
 
 AutoAttack costs about 2,000 forward-backward passes per still-robust point: a few hundred
-points on a CPU, the full test set on a GPU. Killed, the same command resumes it. Flags,
-records and versions: docs/evaluation.md."""
+points on a CPU, the full test set on a GPU. Killed, the same command resumes it. A run that
+`convert --robustbench=NAME` wrote is evaluated in its entry's threat model, beside the
+leaderboard's figures. Flags, records and versions: docs/evaluation.md."""
 
 import dataclasses
 import fcntl
@@ -43,7 +44,7 @@ import tqdm
 from absl import app, flags
 
 from regmix_jax import attacks, checkpointing, config as config_lib, console, cpu, data, evaluation
-from regmix_jax import methods, models, parallel, rng, train_state
+from regmix_jax import methods, models, parallel, rng, robustbench, train_state
 from regmix_jax import progress as progress_lib  # `progress` is evaluate_checkpoint's argument
 from regmix_jax.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 
@@ -227,14 +228,27 @@ def restore_state(workdir: str, config, num_classes: int, image_shape, *,
   return nets, state, int(step)
 
 
+def threat_model(config, norm: str | None, epsilon: float | None
+                 ) -> tuple[str, float | None]:
+  """`(norm, epsilon)` with the defaults filled in: a run converted from a RobustBench entry
+  (config `model.robustbench`) takes the entry's threat model, and its radius when the norm is
+  the entry's; otherwise L-inf (epsilon None: the caller's default, the run's `eval.epsilon`)."""
+  entry = robustbench.ENTRIES[config.model.robustbench] if config.model.robustbench else None
+  if norm is None:
+    norm = entry.threat_model if entry is not None else "Linf"
+  if epsilon is None and entry is not None and norm == entry.threat_model:
+    epsilon = entry.radius
+  return norm, epsilon
+
+
 def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = None,
                         n_examples: int = 0, epsilon: float | None = None,
                         step_size: float | None = None, weights: str = "ema",
                         role: str = "target", split: str = "", data_dir: str = "",
-                        progress: bool = True, norm: str = "Linf",
+                        progress: bool = True, norm: str | None = None,
                         version: str = "standard", best: bool = False,
                         dtype: str = "", cpu_convolutions: str = "",
-                        write: bool = True) -> dict:
+                        aa_devices: str = "auto", write: bool = True) -> dict:
   """Evaluates a trained run's checkpoint; returns its `EvalRecord` as a dict, with "path" (the
   records file) and "aa_states" (AutoAttack's state files), after appending it to the records
   file (`write=False`: the caller does, with `save_record`, e.g. after showing it).
@@ -248,6 +262,10 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   kept (records in `best/<step>/eval.json`). `dtype` replaces the run's `eval.dtype` (the
   precision the models compute in; float32 unless the run said otherwise). `cpu_convolutions`
   replaces the run's `cpu_convolutions` (`cpu.choose`; what runs the convolutions on CPU).
+  A run converted from a RobustBench entry (config `model.robustbench`) defaults `norm` and
+  `epsilon` to the entry's threat model and radius; otherwise `norm` defaults to "Linf".
+  `aa_devices` ("auto", "all", "one"): what AutoAttack splits its batches over
+  (`autoattack_devices`).
   """
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
@@ -264,6 +282,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   if role not in method.roles:
     raise ValueError(f"--role={role!r}: method {config.method.name!r} trains the roles "
                      f"{', '.join(method.roles)}.")
+  norm, epsilon = threat_model(config, norm, epsilon)
   if norm not in attacks.AUTOATTACK_NORMS:
     raise ValueError(f"--norm={norm!r}: use one of {', '.join(attacks.AUTOATTACK_NORMS)}.")
   if version not in AUTOATTACK_VERSIONS:
@@ -328,7 +347,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
       result = attacks.run_autoattack(
           logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
           epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
-          state_path=state_path, progress=progress, model_id=f"{weights_id}:{model_dtype}")
+          state_path=state_path, progress=progress, model_id=f"{weights_id}:{model_dtype}",
+          devices=autoattack_devices(aa_devices))
       accuracy[name], seconds[name] = result.robust_accuracy, time.time() - t0
       # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log);
       # attacks skipped because no point was left robust show the accuracy they would keep.
@@ -376,12 +396,58 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   return result
 
 
+AA_DEVICES = ("auto", "all", "one")
+
+
+def autoattack_devices(setting: str, devices: Sequence[Any] | None = None) -> list | None:
+  """The devices AutoAttack splits each batch over (`run_autoattack(devices=)`), of `devices`
+  (default: this process's, `jax.local_devices()`): "all" of them, "one" (None: JAX's default
+  device runs each batch whole), or "auto": all on GPU and TPU, one on CPU (where the host's
+  cores already serve one device: docs/performance.md). The result does not depend on it
+  (per-point random keys)."""
+  if setting not in AA_DEVICES:
+    raise ValueError(f"--aa_devices={setting!r}: use one of {', '.join(AA_DEVICES)}.")
+  devices = list(jax.local_devices() if devices is None else devices)
+  if setting == "one" or len(devices) < 2:
+    return None
+  if setting == "auto" and devices[0].platform == "cpu":
+    return None
+  return devices
+
+
+def leaderboard_lines(entry: robustbench.Entry, record: Mapping[str, Any]) -> list[str]:
+  """The RobustBench leaderboard's clean and AutoAttack accuracy beside the record's, when the
+  record is of the entry's threat model and radius on the test split; else a line saying why
+  they are not compared. "+-": one binomial standard error of an accuracy on the record's
+  number of points (the leaderboard uses all 10,000)."""
+  same = (record["norm"] == entry.threat_model and record["split"] == "test"
+          and math.isclose(record["epsilon"], entry.radius, rel_tol=1e-6))
+  if not same:
+    return [f"{entry.describe()}; this evaluation ({record['split']}, {record['norm']} eps "
+            f"{record['epsilon']:.5g}) is not of that threat model: not compared."]
+  n = record["n_examples"]
+
+  def ours(name):
+    if name not in record["accuracy"]:
+      return "-  (not run)"
+    p = record["accuracy"][name]
+    return f"{100 * p:.2f} +- {100 * math.sqrt(p * (1 - p) / n):.2f}"
+
+  lines = [f"RobustBench {entry.key} ({entry.architecture}), {entry.threat_model} eps "
+           f"{entry.epsilon}:",
+           f"{'':<10}  {'leaderboard (10000 points)':>26}  ours ({n} points)"]
+  for label, ours_name, theirs in (("clean", "clean", entry.clean),
+                                   ("AutoAttack", "aa", entry.autoattack)):
+    lines.append(f"{label:<10}  {theirs:>26.2f}  {ours(ours_name)}")
+  return lines
+
+
 def save_record(result: Mapping[str, Any]) -> None:
   """Appends `evaluate_checkpoint`'s `result` to its records file ("path"), then removes the
   AutoAttack states it no longer needs ("aa_states"). OSError when the file cannot be written."""
   append_eval_record(result["path"], EvalRecord.from_json(result))
   for state_path in result["aa_states"]:  # the record now holds the result
-    for leftover in (state_path, state_path + ".x_adv.npz"):
+    for leftover in (state_path, state_path + ".x_adv.npz", state_path + ".partial.npz"):
       if os.path.exists(leftover):
         os.remove(leftover)
 
@@ -417,7 +483,7 @@ def main(argv) -> None:
         step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
         weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir, norm=f.norm,
         version=f.version, best=f.best, dtype=f.dtype, cpu_convolutions=f.cpu_convolutions,
-        write=False)
+        aa_devices=f.aa_devices, write=False)
   except (ValueError, TypeError, FileNotFoundError, checkpointing.CheckpointError) as e:
     if f.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
@@ -429,6 +495,8 @@ def main(argv) -> None:
         f"{', AutoAttack version ' + record['version'] if autoattack else ''}, computed in "
         f"{record['dtype']}")
   print(format_table(record), flush=True)
+  if config.model.robustbench and record["role"] == "target":
+    print("\n".join(leaderboard_lines(robustbench.ENTRIES[config.model.robustbench], record)))
   for warning in record["warnings"]:
     print(f"Warning: {warning}")
   try:
@@ -448,7 +516,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("n_examples", 0, "Evaluate the first N examples of the split (0: all).")
   flags.DEFINE_string("epsilon", None, "Radius in --norm, e.g. 8/255 (default: the run's "
                       "L-inf radius; required for L2 and L1).")
-  flags.DEFINE_enum("norm", "Linf", list(attacks.AUTOATTACK_NORMS), "AutoAttack's threat model.")
+  flags.DEFINE_enum("norm", None, list(attacks.AUTOATTACK_NORMS), "AutoAttack's threat model "
+                    "(default: Linf, or a RobustBench entry's own).")
+  flags.DEFINE_enum("aa_devices", "auto", list(AA_DEVICES), "What AutoAttack splits each batch "
+                    "over: all local devices, one, or auto (all on GPU/TPU, one on CPU).")
   flags.DEFINE_enum("version", "standard", list(AUTOATTACK_VERSIONS), "AutoAttack's version.")
   flags.DEFINE_string("step_size", None, "PGD/C&W step (default: the run's, scaled with eps).")
   flags.DEFINE_enum("weights", "ema", ["ema", "live"], "EMA weights (when kept) or live ones.")

@@ -34,7 +34,8 @@ jax.config.update("jax_disable_most_optimizations", True)
 # The modules whose tests run longest (`pytest --durations`): started first, so that the two
 # workers do not end with one of them still running a long test alone.
 LONGEST_FIRST = ("test_faults.py", "test_autoattack_official.py", "test_collective_timeout.py",
-                 "test_multiprocess.py", "test_attack_strength.py", "test_autoattack_norms.py")
+                 "test_multiprocess.py", "test_attack_strength.py", "test_autoattack_norms.py",
+                 "test_robustbench_twins.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -119,3 +119,64 @@ def _refuses_a_state_made_for_another_evaluation(s, state_path, whole):
     f.write("{damaged")
   with pytest.raises(attacks.StateMismatchError, match="cannot be read.*Delete it"):
     aa(s["logits_fn"], x, labels, key, state_path=state_path, **kwargs)
+
+
+class _Stop(Exception):
+  """Stands for a kill right after a save within an attack."""
+
+
+def _interrupted_at(monkeypatch, n):
+  """Makes the n-th save within an attack (a state naming a partial attack) stop the run."""
+  real, seen = attacks.autoattack_runner._save_state, []
+
+  def save_then_stop(path, state, x_adv, x):
+    real(path, state, x_adv, x)
+    if state.get("partial"):
+      seen.append(state["partial"])
+      if len(seen) == n:
+        raise _Stop
+
+  monkeypatch.setattr(attacks.autoattack_runner, "_save_state", save_then_stop)
+  return seen
+
+
+@pytest.mark.parametrize("version,n,attack", [
+    ("standard", 1, "apgd-t"), (["apgd-t"], 1, "apgd-t"), (["fab-t"], 1, "fab-t"),
+    (["square"], 2, "square")])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_run_stopped_within_an_attack_resumes_at_its_pass_or_segment(
+    tmp_path, monkeypatch, capsys, version, n, attack, damaged):
+  """Saves within an attack (after each pass of APGD-T's and FAB-T's 3 targets, each segment of
+  Square's 600 queries: 50, 200, 500), at a radius where each of them fools points in its early
+  passes or segments: a run stopped right after one resumes there and ends with the
+  uninterrupted flags and points. A partial file whose tag the state does not name (a kill
+  between the two writes) is ignored: the attack starts over, to the same result."""
+  s = _setup()
+  kwargs = dict(s["kwargs"], partial_every_s=0.0, epsilon=0.03, version=version)
+  kwargs["overrides"] = dict(kwargs["overrides"], square=dict(num_queries=600))
+  state_path = str(tmp_path / "aa_state.json")
+  seen = _interrupted_at(monkeypatch, n)
+  with pytest.raises(_Stop):
+    attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                           state_path=state_path, **kwargs)
+  monkeypatch.undo()
+  assert seen[-1]["attack"] == attack
+  with open(state_path) as f:
+    assert json.load(f)["partial"]["tag"] == seen[-1]["tag"]
+  if damaged:
+    with np.load(state_path + ".partial.npz") as saved:
+      arrays = {k: saved[k] for k in saved.files}
+    np.savez(state_path + ".partial.npz", **dict(arrays, tag=np.array("another:1:1:0")))
+  resumed = attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                                   state_path=state_path, **dict(kwargs, progress=True))
+  said = capsys.readouterr().out
+  step = seen[-1]["step"]
+  assert (f"{attack}: resuming at its saved" in said) != damaged, said[-2000:]
+  if not damaged:
+    assert f"{'segment' if attack == 'square' else 'pass'} {step}" in said
+  whole = attacks.run_autoattack(s["logits_fn"], s["x"], s["labels"], jax.random.key(5),
+                                 **{k: v for k, v in kwargs.items() if k != "partial_every_s"})
+  assert 0 < whole.robust.sum()
+  np.testing.assert_array_equal(resumed.robust, whole.robust)
+  np.testing.assert_array_equal(resumed.x_adv, whole.x_adv)
+  assert not os.path.exists(state_path + ".partial.npz")  # removed once its attack finished

@@ -17,7 +17,8 @@ from regmix_jax import cpu, models
 from regmix_jax.cpu import fast_conv, host, rewrite
 
 _CUSTOM = ("custom_jvp_call", "custom_vjp_call")
-_SIZES = {"small_cnn": dict(width=4), "wrn": dict(depth=10, width=1)}
+_SIZES = {"small_cnn": dict(width=4), "wrn": dict(depth=10, width=1),
+          "dm_wrn": dict(depth=10, width=1)}
 
 
 def _convs_under_custom_rules(jaxpr) -> tuple[int, int]:

@@ -333,3 +333,23 @@ def test_the_bar_moves_only_when_a_batch_result_exists(run, monkeypatch):
   # "(compiling)" until the first batch is compiled and queued, then the points and batches.
   assert all(events[i - 2:i] == ["desc clean (24 points in batches of 16)", "result"]
              for i in updates), events
+
+
+def test_autoattack_is_split_over_the_devices_aa_devices_names_with_the_same_result(
+    run, monkeypatch):
+  """`aa_devices="all"` hands every local device (4 forced CPU ones here) to run_autoattack and
+  gives the record of the default (one device on CPU)."""
+  workdir, _ = run
+  seen, real = [], attacks.run_autoattack
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("devices"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(evaluate.attacks, "run_autoattack", spy)
+  common = dict(attacks_spec="aa", epsilon=16 / 255, progress=False, write=False, n_examples=24)
+  default = evaluate.evaluate_checkpoint(workdir, **common)
+  split = evaluate.evaluate_checkpoint(workdir, aa_devices="all", **common)
+  assert seen[0] is None and [d.id for d in seen[1]] == [d.id for d in jax.local_devices()]
+  assert len(seen[1]) == 4
+  assert split["accuracy"] == default["accuracy"]

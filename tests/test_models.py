@@ -161,7 +161,10 @@ def test_unknown_kwargs_and_bad_depth():
     models.get_model("small_cnn", 10, depth=3)
   assert set(models.MODELS) == {"small_cnn", "resnet18", "preact_resnet18", "lbgat_resnet18",
                                 "preact_resnet18_rice", "preact_resnet18_fgsm_pgk", "wrn",
-                                "wrn34_10"}
+                                "wrn34_10", "preact_resnet18_robustbench", "dm_wrn",
+                                "dm_preact_resnet18"}
+  with pytest.raises(ValueError, match="depth=30"):
+    models.get_model("dm_wrn", 10, depth=30)
 
 
 @pytest.mark.parametrize("name,shape", [

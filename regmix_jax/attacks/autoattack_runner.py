@@ -44,7 +44,13 @@ overrides and `randomized`; a state whose record differs in any of them is refus
 fields (StateMismatchError). Unlike the official `state.py`, this state resumes
 (the official saves the attack set as a string and compares it to a set, so it always refuses,
 and leaves `y_adv` undefined on restore) and it keeps the adversarial points, so a resumed run
-returns all of them. The official writes the state after every batch; here after every attack.
+returns all of them. The official writes the state after every batch; here after every attack,
+and within an attack (`partial_every_s`, default every 60 s) after a pass of the gradient
+attacks (a restart or a target class) or a segment of Square's queries: their arrays go to
+`state_path + ".partial.npz"`, tagged, and the JSON names the tag, so a killed run resumes an
+attack at the pass or segment it reached (the points' results do not depend on how they are
+batched, so it gives the uninterrupted result); a partial file whose tag the JSON does not name
+(a kill between the two writes) is ignored and the attack starts over.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -314,13 +321,37 @@ def _load_state(path: str, expected: Mapping[str, Any], x: np.ndarray
   return state, x_adv
 
 
+def _save_partial(path: str, tag: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """An attack's arrays so far, tagged, to `path` (atomically)."""
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, tag=np.array(tag), **arrays)
+
+  _write_atomic(path, write)
+
+
+def _load_partial(path: str, meta: Mapping[str, Any] | None) -> dict | None:
+  """The arrays of `meta`'s partial attack (its `tag`) from `path`, or None when the file is
+  missing, unreadable or of another tag."""
+  if not meta or not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as saved:
+      if str(saved["tag"]) != meta["tag"]:
+        return None
+      return {k: saved[k] for k in saved.files if k != "tag"}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    return None
+
+
 def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: float,
                    norm: str = "Linf", version: str | Sequence[str] = "standard",
                    batch_size: int = 500, state_path: str | None = None, progress: bool = True,
                    randomized: bool = False,
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
                    devices: Sequence[jax.Device] | None = None,
-                   grad_batch_size: int | None = None, model_id: str = "") -> AutoAttackResult:
+                   grad_batch_size: int | None = None, model_id: str = "",
+                   partial_every_s: float = 60.0) -> AutoAttackResult:
   """AutoAttack's evaluation of `logits_fn` on `(x, labels)`, as the official
   `run_standard_evaluation` (see the module docstring).
 
@@ -339,6 +370,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     state_path: a JSON file to save the evaluation state to after each attack and to resume
       from (module docstring); a state made for another evaluation is refused
       (StateMismatchError).
+    partial_every_s: with `state_path`, the least seconds between two saves within an attack
+      (0: after every pass or segment).
     progress: the official log lines, and what `autoattack_progress` shows: a bar per attack
       that moves with results, compilations as they happen, the points each attack attacks and
       an estimate of the time left.
@@ -464,13 +497,44 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     run_attacks = []
     say(f"initial accuracy: {accuracy['clean']:.2%}")
 
-  def save():
+  partial_path = state_path + ".partial.npz" if state_path else None
+  partial_meta = restored[0].get("partial") if restored is not None else None
+
+  def save(partial=None):
     if state_path:
       _save_state(state_path, dict(
           expected, run_attacks=run_attacks, robust_flags=robust.tolist(),
           y_adv=y_adv.tolist(), clean_accuracy=accuracy["clean"], accuracy=accuracy,
           seconds=seconds, warnings=warnings_list, version=version_name(version),
-          attacks=list(names)), x_adv, x)
+          attacks=list(names), partial=partial), x_adv, x)
+
+  def checkpointer(spec, n_points):
+    """Saves `spec`'s progress on its `n_points` points at most every `partial_every_s`."""
+    if not state_path:
+      return None
+    last = [time.time()]
+
+    def checkpoint(step: int, arrays: Mapping[str, np.ndarray]) -> None:
+      if time.time() - last[0] < partial_every_s:
+        return
+      tag = f"{spec.name}:{step}:{n_points}:{time.time():.6f}"
+      _save_partial(partial_path, tag, arrays)
+      save(dict(attack=spec.name, step=step, n_points=n_points, tag=tag))
+      last[0] = time.time()
+
+    return checkpoint
+
+  def resumed(spec, n_points):
+    """The saved progress of `spec` on these `n_points` points, or None."""
+    meta = partial_meta
+    if not meta or meta.get("attack") != spec.name or meta.get("n_points") != n_points:
+      return None
+    arrays = _load_partial(partial_path, meta)
+    if arrays is None:
+      return None
+    say(f"{spec.name}: resuming at its saved {'segment' if spec.kind == 'square' else 'pass'} "
+        f"{meta['step']}")
+    return dict(arrays, step=int(meta["step"]))
 
   if restored is None:
     save()
@@ -493,12 +557,14 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     t_attack = time.time()
     keys_i = np.asarray(jax.random.key_data(rng.fold(jnp.asarray(key_data), i)))
     shown.begin(spec, len(index))
+    resume, checkpoint = resumed(spec, len(index)), checkpointer(spec, len(index))
     if spec.kind == "square":
-      candidate, fooled = _square_host(model, spec, x, labels, keys_i, index, batcher, shown)
+      candidate, fooled = _square_host(model, spec, x, labels, keys_i, index, batcher, shown,
+                                       resume, checkpoint)
       zero = np.zeros(len(index), bool)
     else:
       candidate, fooled, zero = _passes_host(model, spec, x, labels, keys_i, index, batcher,
-                                             shown, grad_split)
+                                             shown, grad_split, resume, checkpoint)
     shown.end()
     if zero.any():
       warn(checks.zero_gradients_message(int(zero.sum())))
@@ -515,6 +581,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     seconds[spec.name] = time.time() - t_attack
     run_attacks.append(spec.name)
     save()
+    if partial_path and os.path.exists(partial_path):  # the JSON no longer names it
+      os.remove(partial_path)
     say(f"robust accuracy after {spec.name.upper()}: {accuracy[spec.name]:.2%} "
         f"(total time {time.time() - start:.1f} s)")
 
@@ -567,16 +635,23 @@ _project = jax.jit(norms.project, static_argnames=("norm",))
 
 
 def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress,
-                 split_at):
+                 split_at, resume=None, checkpoint=None):
   """APGD / FAB passes over the points `index`, each on the points not yet fooled, gathered into
   padded batches (of at most `split_at` points, cut by `split_sizes`, when given). Returns
-  `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`."""
+  `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`. `resume`: the arrays
+  and next pass (`step`) a `checkpoint(step, arrays)` call saved after a pass."""
   pass_fn = jax.jit(spec.pass_fn(model))
   cost = pass_cost(spec)
   candidate = x[index].copy()
   fooled = np.zeros(len(index), bool)
   zero = np.zeros(len(index), bool)
-  for p in range(spec.num_passes):
+  first = 0
+  if resume is not None:
+    candidate, fooled, zero, first = (resume["candidate"], resume["fooled"], resume["zero"],
+                                      resume["step"])
+    done = first * len(index) + int(fooled.sum()) * (spec.num_passes - first)
+    shown.skip(done, done * cost)  # what the run before this one did or saved
+  for p in range(first, spec.num_passes):
     todo = np.nonzero(~fooled)[0]
     if len(todo) == 0:
       break
@@ -598,12 +673,17 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
       shown.skip(int(hit.sum()) * later, int(hit.sum()) * later * cost)
       shown.left(int((~fooled).sum()))
     shown.measured(start, len(todo) * cost)
+    if checkpoint is not None and p + 1 < spec.num_passes:
+      checkpoint(p + 1, dict(candidate=candidate, fooled=fooled, zero=zero))
   return candidate, fooled, zero
 
 
-def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress):
+def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress,
+                 resume=None, checkpoint=None):
   """Square's restarts over the points `index`, its query loop cut into segments between which
-  the unfooled points are re-gathered. Returns `(candidate, fooled)` aligned with `index`."""
+  the unfooled points are re-gathered. Returns `(candidate, fooled)` aligned with `index`.
+  `resume`: the arrays a `checkpoint(step, arrays)` call saved after a segment, `step` counting
+  segments over the restarts (restart r's segment i is `r * len(cuts) + i + 1`)."""
   s = dict(spec.settings)
   queries = s["num_queries"]
   init = jax.jit(lambda xs, ys, ks, r: square_init(model, xs, ys, ks, r, norm=s["norm"],
@@ -616,24 +696,37 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
   query_cost = pass_cost(spec) / queries
   candidate = x[index].copy()
   fooled = np.zeros(len(index), bool)
-  for r in range(spec.num_passes):
+  first_restart, first_segment = 0, 0
+  if resume is not None:
+    candidate, fooled = resume["candidate"], resume["fooled"]
+    first_restart, first_segment = divmod(int(resume["step"]), len(cuts))
+    done = first_restart * queries + (cuts[first_segment - 1] if first_segment else 0)
+    shown.skip(done, 0)  # queries the run before this one made
+  for r in range(first_restart, spec.num_passes):
     todo = np.nonzero(~fooled)[0]
     if len(todo) == 0:
       shown.skip((spec.num_passes - r) * queries, 0)
       break
-    x_best = x[index[todo]].copy()
-    margin = np.zeros(len(todo), np.float32)
-    loss = np.zeros(len(todo), np.float32)
-    for chunk, padded in batcher.chunks(np.arange(len(todo))):
-      rows = index[todo[padded]]
-      xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
-      with shown.dispatch("init", len(padded)):
-        xb, m, l = init(xs, ys, ks, np.int32(r))
-      x_best[chunk] = np.asarray(xb)[:len(chunk)]
-      margin[chunk] = np.asarray(m)[:len(chunk)]
-      loss[chunk] = np.asarray(l)[:len(chunk)]
-    begin, running = 0, len(todo)
-    for cut in cuts:
+    resuming = resume is not None and r == first_restart and first_segment > 0
+    if resuming:
+      todo, x_best, margin, loss = (resume["todo"], resume["x_best"], resume["margin"],
+                                    resume["loss"])
+    else:
+      x_best = x[index[todo]].copy()
+      margin = np.zeros(len(todo), np.float32)
+      loss = np.zeros(len(todo), np.float32)
+      for chunk, padded in batcher.chunks(np.arange(len(todo))):
+        rows = index[todo[padded]]
+        xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
+        with shown.dispatch("init", len(padded)):
+          xb, m, l = init(xs, ys, ks, np.int32(r))
+        x_best[chunk] = np.asarray(xb)[:len(chunk)]
+        margin[chunk] = np.asarray(m)[:len(chunk)]
+        loss[chunk] = np.asarray(l)[:len(chunk)]
+    segment = first_segment if resuming else 0
+    begin, running = (cuts[segment - 1] if segment else 0), int((margin > 0).sum()) if (
+        resuming) else len(todo)
+    for cut in cuts[segment:]:
       active = np.nonzero(margin > 0)[0]
       shown.skip(0, (running - len(active)) * (queries - begin) * query_cost)  # fooled
       running = len(active)
@@ -657,6 +750,10 @@ def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
       shown.advance(cut - begin)
       shown.left(int((margin > 0).sum()))
       begin = cut
+      segment += 1
+      if checkpoint is not None and cut < queries:
+        checkpoint(r * len(cuts) + segment, dict(candidate=candidate, fooled=fooled, todo=todo,
+                                                 x_best=x_best, margin=margin, loss=loss))
     hit = np.zeros(len(todo), bool)
     for chunk, padded in batcher.chunks(np.arange(len(todo))):
       rows = index[todo[padded]]

@@ -21,6 +21,7 @@ import ml_collections
 
 from regmix_jax.parallel import AXIS
 from regmix_jax.models.common import NORMALIZATIONS, PreActBlock, check_images
+from regmix_jax.models.deepmind import DMPreActResNet18, DMWideResNet
 from regmix_jax.models.resnet import BasicBlock, PreActResNet18, ResNet18
 from regmix_jax.models.small_cnn import SmallCNN
 from regmix_jax.models.wideresnet import WideResNet
@@ -50,6 +51,18 @@ def _preact_resnet18_fgsm_pgk(num_classes, **common):
   return PreActResNet18(num_classes, variant="fgsm_pgk", **common)
 
 
+def _preact_resnet18_robustbench(num_classes, **common):
+  return PreActResNet18(num_classes, variant="robustbench", **common)
+
+
+def _dm_wrn(num_classes, *, depth=28, width=10, **common):
+  return DMWideResNet(num_classes, depth=depth, width=width, **common)
+
+
+def _dm_preact_resnet18(num_classes, **common):
+  return DMPreActResNet18(num_classes, **common)
+
+
 def _wrn(num_classes, *, depth=34, width=10, **common):
   return WideResNet(num_classes, depth=depth, width=width, **common)
 
@@ -66,8 +79,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "preact_resnet18_rice": _preact_resnet18_rice,  # Rice et al.'s (PGD-AT)
     "preact_resnet18_fgsm_pgk": _preact_resnet18_fgsm_pgk,  # FGSM-PGK's Tiny ImageNet model
     "lbgat_resnet18": _lbgat_resnet18,  # D2R's guide (ResNet18_cifar)
-    "wrn": _wrn,
+    "wrn": _wrn,  # TRADES' WideResNet (= RobustBench's WideResNet)
     "wrn34_10": _wrn34_10,
+    # RobustBench's leaderboard architectures (`regmix_jax.robustbench`):
+    "preact_resnet18_robustbench": _preact_resnet18_robustbench,  # no final BN-ReLU
+    "dm_wrn": _dm_wrn,  # DeepMind's WideResNet, Swish (Gowal et al., Rebuffi et al.)
+    "dm_preact_resnet18": _dm_preact_resnet18,  # DeepMind's PreActResNet-18, Swish
 }
 
 
@@ -126,5 +143,6 @@ def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
   return built
 
 
-__all__ = ["DTYPES", "MODELS", "NORMALIZATIONS", "BasicBlock", "PreActBlock", "PreActResNet18", "ResNet18",
+__all__ = ["DTYPES", "MODELS", "NORMALIZATIONS", "BasicBlock", "DMPreActResNet18", "DMWideResNet",
+           "PreActBlock", "PreActResNet18", "ResNet18",
            "SmallCNN", "WideResNet", "build_models", "check_images", "get_model", "model_kwargs"]

@@ -31,14 +31,27 @@ TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
 # normal_(0, sqrt(2 / n)), n = kernel_h * kernel_w * out_channels (TRADES models/wideresnet.py:76-77).
 WRN_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# Per-channel mean and std of the training images, as the recipes that normalise use them:
+# Per-channel (mean, std) of the fixed first layer `(x - mean) / std` some models have.
 # CIFAR-10 from locuslab/fast_adversarial CIFAR10/utils.py:8-9 (= N-FGSM utils/data_utils.py:16-17,
-# robust_overfitting utils.py:17-18); CIFAR-100 from pdejorge/N-FGSM utils/data_utils.py:244-245
-# (robust_overfitting's train_cifar100.py:20-21 has the same values to 16 digits; they differ by
-# under 1e-4).
+# robust_overfitting utils.py:17-18, DeepMind's CIFAR10_MEAN / CIFAR10_STD in RobustBench's
+# dm_wide_resnet.py:25-26); CIFAR-100 from pdejorge/N-FGSM utils/data_utils.py:244-245 (= DeepMind's
+# CIFAR100_MEAN / CIFAR100_STD, dm_wide_resnet.py:27-28). The rest are the values RobustBench's
+# wrapper classes register (RobustBench/robustbench@78fcc9e robustbench/model_zoo/): "symmetric",
+# 2x - 1 (Hendrycks2019UsingNet, cifar10.py:59-68 and cifar100.py:86-96); "cifar100_exact"
+# (Wu2020AdversarialNet, Rice2020OverfittingNet, cifar100.py:40-84); "chen2020_cifar100"
+# (Chen2020EfficientNet, cifar100.py:21-38); "augustin2020" (Augustin2020AdversarialWideNet,
+# cifar10.py:193-213); "rony2019" (Rony2019DecouplingNet, cifar10.py:234-249). Values as written
+# there: "cifar100" and "cifar100_exact" differ by under 1e-4, enough to move logits by more.
 NORMALIZATIONS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "cifar100_exact": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+                       (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
+    "chen2020_cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "augustin2020": ((0.4913997551666284, 0.48215855929893703, 0.4465309133731618),
+                     (0.24703225141799082, 0.24348516474564, 0.26158783926049628)),
+    "rony2019": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
 }
 
 

@@ -83,6 +83,9 @@ class PreActResNet18(nn.Module):
     on the final map, flattened in PyTorch's (C, H, W) order, then `linear`: at 64x64 the 8x8 map
     pools to 2x2, so the head is Linear(2048, classes) (l.77); 11,575,816 parameters at 200
     classes. Needs inputs whose final map divides by 4 (64x64).
+  - `variant="robustbench"` (RobustBench's `PreActResNet(PreActBlock, [2, 2, 2, 2])`, its
+    defaults bn_before_fc=False, out_shortcut=False: RobustBench/robustbench@78fcc9e
+    robustbench/model_zoo/architectures/resnet.py:99-175): as "wong" without the final BN-ReLU.
   Input: [B, H, W, 3] in [0, 1]; `normalize` as ResNet18. Output: float32 logits.
   """
   num_classes: int
@@ -94,19 +97,21 @@ class PreActResNet18(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    if self.variant not in ("wong", "rice", "fgsm_pgk"):
-      raise ValueError(f"PreActResNet18 variant must be wong, rice or fgsm_pgk, got "
-                       f"{self.variant!r}.")
+    if self.variant not in ("wong", "rice", "fgsm_pgk", "robustbench"):
+      raise ValueError(f"PreActResNet18 variant must be wong, rice, fgsm_pgk or robustbench, "
+                       f"got {self.variant!r}.")
     check_images(x)
     x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
     x = conv(64, 3, 1, self.dtype, name="conv1", conv_general_dilated=self.conv_general_dilated)(x)
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, (1, 2, 2, 2)), 1):
       for i in range(2):
         x = PreActBlock(width, stride if i == 0 else 1,
-                        shortcut_from_activation=self.variant != "wong",
+                        shortcut_from_activation=self.variant in ("rice", "fgsm_pgk"),
                         axis_name=self.axis_name, dtype=self.dtype,
                         conv_general_dilated=self.conv_general_dilated,
                         name=f"layer{stage}_{i}")(x, train)
+    if self.variant == "robustbench":
+      return pooled_head(x, self.num_classes, self.dtype)
     if self.variant != "fgsm_pgk":
       x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn")(x))
       return pooled_head(x, self.num_classes, self.dtype)

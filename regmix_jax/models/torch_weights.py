@@ -3,7 +3,10 @@
 The Flax modules carry their PyTorch reference's attribute names (`models.common`), so a Flax
 variable's path gives its PyTorch key: a name ending in `_<index>` was a `Sequential` entry
 (`layer1_0` -> `layer1.0`, `shortcut_1` -> `shortcut.1`, WRN `block1/layer_0` ->
-`block1.layer.0`), and the leaf names map as
+`block1.layer.0`); in the DeepMind models (`models.deepmind`), whose attribute names end in
+digits of their own (`batchnorm_0`, `layer_0`), a `Sequential`'s children are modules named "0",
+"1", ... and the path is joined as it is (`layer/0/block/3/batchnorm_1` ->
+`layer.0.block.3.batchnorm_1`). The leaf names map as
 
   conv `kernel` [kh, kw, in, out]  <->  `weight` [out, in, kh, kw]
   dense `kernel` [in, out]         <->  `weight` [out, in]
@@ -44,7 +47,16 @@ _IGNORED = (("*", r"(^|\.)num_batches_tracked$"), ("wrn", r"^sub_block1\."),
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
 
 
-def _torch_prefix(path: tuple[str, ...]) -> str:
+def _verbatim(paths) -> bool:
+  """Whether the modules are named as PyTorch's attributes verbatim, with a `Sequential`'s
+  children named "0", "1", ... (`models.deepmind`): a path component of digits alone only
+  occurs there."""
+  return any(name.isdigit() for path in paths for name in path)
+
+
+def _torch_prefix(path: tuple[str, ...], verbatim: bool = False) -> str:
+  if verbatim:
+    return ".".join(path)
   parts = []
   for name in path:
     match = re.fullmatch(r"(.+)_(\d+)", name)
@@ -58,11 +70,13 @@ def _expected(model_name: str, num_classes: int, image_size: int, sizes) -> dict
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
   variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
   expected = {}
-  for collection in ("params", "batch_stats"):
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables.get(collection, {})))
+  flats = {c: flax.traverse_util.flatten_dict(flax.core.unfreeze(variables.get(c, {})))
+           for c in ("params", "batch_stats")}
+  verbatim = _verbatim(flats["params"])
+  for collection, flat in flats.items():
     for path, leaf in flat.items():
       *module, name = path
-      prefix = _torch_prefix(tuple(module))
+      prefix = _torch_prefix(tuple(module), verbatim)
       torch_name = {"kernel": "weight", "scale": "weight", "bias": "bias",
                     "mean": "running_mean", "var": "running_var"}[name]
       expected[f"{prefix}.{torch_name}"] = (collection, path, tuple(leaf.shape))
@@ -108,11 +122,11 @@ def unwrap_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
     if not hasattr(value, "shape"):
       continue  # e.g. an epoch counter stored beside the tensors
     name = name[len("module."):] if name.startswith("module.") else name
-    out[name] = _numpy(value)
+    out[name] = as_numpy(value)
   return out
 
 
-def _numpy(value) -> np.ndarray:
+def as_numpy(value) -> np.ndarray:
   if isinstance(value, np.ndarray):
     return value
   value = value.detach().cpu()  # a torch tensor
@@ -140,7 +154,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model_name: str, num_classe
     if tuple(array.shape) != shape:
       wrong.append(f"{key}: {tuple(given[key].shape)} does not fit {shape} (as Flax has it)")
       continue
-    out[collection][path] = array.astype(np.float32)
+    out[collection][path] = array.astype(np.float32)  # a copy: never the caller's memory
   if missing or unexpected or wrong:
     lines = [f"The state_dict does not fit model {model_name!r} with {num_classes} classes"
              f"{' ' + str(sizes) if sizes else ''}:"]
@@ -161,10 +175,11 @@ def to_torch(params: Mapping, batch_stats: Mapping) -> dict[str, np.ndarray]:
   loadable into the reference module (`strict=True`; for the WideResNet, whose reference also
   builds the unused `sub_block1`, `strict=False`)."""
   out = {}
+  verbatim = _verbatim(flax.traverse_util.flatten_dict(flax.core.unfreeze(params)))
   for collection, tree in (("params", params), ("batch_stats", batch_stats)):
     for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items():
       *module, name = path
-      prefix = _torch_prefix(tuple(module))
+      prefix = _torch_prefix(tuple(module), verbatim)
       if collection == "params":
         torch_name = "bias" if name == "bias" else "weight"
         out[f"{prefix}.{torch_name}"] = _to_torch(np.asarray(leaf, np.float32))
@@ -178,14 +193,23 @@ def to_torch(params: Mapping, batch_stats: Mapping) -> dict[str, np.ndarray]:
 def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
   """{name: numpy array} from a `.pt` / `.pth` (needs torch: read with
   `torch.load(weights_only=True)`, so a file holding anything but tensors and plain containers
-  is refused, never executed), a `.safetensors` or an `.npz` (no torch needed) file."""
+  is refused, never executed), a `.safetensors` or an `.npz` (no torch needed) file: the
+  checkpoint `read_checkpoint` reads, unwrapped by `unwrap_state_dict`."""
+  return unwrap_state_dict(read_checkpoint(path))
+
+
+def read_checkpoint(path: str) -> Any:
+  """What a checkpoint file holds, as saved: for a `.pt` / `.pth`, the (possibly nested) dicts
+  of tensors `torch.load(weights_only=True)` returns; for `.safetensors` and `.npz`, a flat
+  {name: numpy array}. Raises FileNotFoundError, ImportError (a `.pt` without torch) or
+  ValueError (unreadable, damaged, or pickling anything but tensors)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No checkpoint file {path!r}.")
   suffix = os.path.splitext(path)[1].lower()
   if suffix == ".npz":
-    return unwrap_state_dict(_read_npz(path))
+    return _read_npz(path)
   if suffix == ".safetensors":
-    return unwrap_state_dict(_read_safetensors(path))
+    return _read_safetensors(path)
   if suffix in (".pt", ".pth", ".bin", ".ckpt"):
     try:
       # torch is no dependency of the library: only this format needs it.
@@ -194,13 +218,12 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
       raise ImportError(f"Reading {path} needs PyTorch (`pip install torch`), or save its "
                         "state_dict as .safetensors or .npz, which need no torch.") from None
     try:
-      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+      return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's refusal of non-tensor pickles and unreadable files
       raise ValueError(f"{path} could not be read as tensors with torch.load(weights_only="
                        f"True): {type(e).__name__}: {str(e)[:500]}\nOnly files holding tensors "
                        "(a state_dict, possibly wrapped in plain dicts) are read; nothing else "
                        "in a checkpoint is ever unpickled.") from e
-    return unwrap_state_dict(checkpoint)
   raise ValueError(f"{path}: unknown checkpoint format {suffix!r}; use .pt / .pth (PyTorch), "
                    ".safetensors or .npz.")
 

@@ -11,11 +11,14 @@ from regmix_jax.models.common import (ConvFn, PreActBlock, batch_norm, check_ima
                                       normalize, pooled_head)
 
 
-def check_depth(depth: int) -> int:
-  """Blocks per stage, n = (depth - 4) / 6; ValueError unless that is a positive integer."""
+def check_depth(depth: int, width: int = 1) -> int:
+  """Blocks per stage, n = (depth - 4) / 6; ValueError unless that is a positive integer and
+  `width` one too."""
   if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
     raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (e.g. 16, 28, 34), got "
                      f"depth={depth!r}")
+  if not isinstance(width, int) or width < 1:
+    raise ValueError(f"WideResNet width must be a positive integer, got width={width!r}")
   return (depth - 4) // 6
 
 
@@ -56,9 +59,7 @@ class WideResNet(nn.Module):
   conv_general_dilated: ConvFn = lax.conv_general_dilated
 
   def __post_init__(self):
-    check_depth(self.depth)
-    if not isinstance(self.width, int) or self.width < 1:
-      raise ValueError(f"WideResNet width must be a positive integer, got width={self.width!r}")
+    check_depth(self.depth, self.width)
     super().__post_init__()
 
   @nn.compact
