@@ -242,3 +242,17 @@ def test_batches_hold_every_point_once_and_none_is_empty():
     np.testing.assert_array_equal(np.concatenate([c for c, _ in pairs]), np.arange(n))
     assert all(len(c) > 0 and len(p) % devices == 0 for c, p in pairs), pairs
     assert all(set(p) == set(c) for c, p in pairs)  # padding repeats a point of its own batch
+
+
+def test_kth_smallest_is_the_sorted_rows_entry():
+  """APGD-L1's sparsity threshold, `sort(|g|)[k]` (`autopgd_base.py:346-356`), found without a
+  sort: exactly the sorted entry, with ties, zeros, a zero row and the first and last ranks."""
+  rs = np.random.RandomState(0)
+  a = np.abs(rs.randn(64, 3072)).astype(np.float32)
+  a[:8] = np.round(a[:8] * 2) / 2  # ties and zeros
+  a[8] = 0.0
+  a[9, :5] = np.float32(1e-38)  # subnormal-adjacent values
+  k = rs.randint(0, 3072, 64)
+  k[:4] = [0, 3071, 1, 3070]
+  got = np.asarray(norms.kth_smallest(jnp.asarray(a), jnp.asarray(k)))
+  np.testing.assert_array_equal(got, np.sort(a, axis=1)[np.arange(64), k])

@@ -5,7 +5,7 @@ For each case (model x number of points) it runs, each in its own subprocess, on
 other: the official fra31/auto-attack (torch CPU, 2 threads, `bs=250`, `seed=0`, "standard",
 L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as devices, the model's
 convolutions `cpu.choose("auto")`'s as the library's commands run them, `batch_size=500`, the
-same version and radius), on the first N test images of ../shared/data/cifar10_subset.npz. It
+same version, norm and radius), on the first N test images of ../shared/data/cifar10_subset.npz. It
 records wall time (ours includes XLA compilation), the robust accuracy after each attack and
 each attack's seconds, the CPU (model, cores, avx512_bf16 / amx flags), load average and date.
 Results go to experiments/results/autoattack_benchmark.json (resumable: a finished
@@ -23,6 +23,7 @@ are checked to agree before timing.
 
   python experiments/benchmarks/autoattack_benchmark.py                    # every case
   python experiments/benchmarks/autoattack_benchmark.py --cases=small_cnn:500 --repeats=2
+  python experiments/benchmarks/autoattack_benchmark.py --cases=small_cnn:500:L2,small_cnn:500:L1
 
 Needs torch==2.13.0 (the `crosscheck` extra) and the official code at
 ../shared/reference/auto-attack.
@@ -54,7 +55,9 @@ REFERENCE = os.environ.get("AA_REFERENCE") or os.path.join(os.path.dirname(ROOT)
                                                             "reference", "auto-attack")
 DATA = os.environ.get("AA_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data",
                                                   "cifar10_subset.npz")
-EPS = 8 / 255
+# The radius of each threat model: RobustBench's CIFAR-10 L-inf and L2, and the L1 of APGD's
+# and AutoAttack's papers (eps 12).
+EPSILONS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
 CASES = ("small_cnn:500", "small_cnn:1000", "resnet18:500", "resnet18:1000")
 
 
@@ -79,6 +82,7 @@ def parse_args(argv=None):
   p.add_argument("--model", default="", help=argparse.SUPPRESS)
   p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
   p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument("--norm", default="Linf", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
@@ -216,8 +220,8 @@ def child_official(args) -> dict:
   yt = torch.from_numpy(y)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   log = os.path.join(os.path.dirname(os.path.abspath(args.results)), f".official_{os.getpid()}.log")
-  adversary = AutoAttack(net, norm="Linf", eps=EPS, version="standard", seed=0, device="cpu",
-                         log_path=log)
+  adversary = AutoAttack(net, norm=args.norm, eps=EPSILONS[args.norm], version="standard",
+                         seed=0, device="cpu", log_path=log)
   t0 = time.time()
   x_adv = adversary.run_standard_evaluation(xt, yt, bs=250)
   seconds = time.time() - t0
@@ -266,7 +270,8 @@ def child_ours(args) -> dict:
         lambda name, secs, event=event, **kw: compiles.append((time.time(), secs))
         if name == event else None)
   t0 = time.time()
-  result = attacks.run_autoattack(logits_fn, x, y, jax.random.key(0), epsilon=EPS,
+  result = attacks.run_autoattack(logits_fn, x, y, jax.random.key(0),
+                                  epsilon=EPSILONS[args.norm], norm=args.norm,
                                   batch_size=args.batch_size, progress=False)
   seconds = time.time() - t0
   compile_seconds, start = {}, t0
@@ -310,7 +315,8 @@ def write_markdown(results: dict, path: str) -> None:
   lines = ["# AutoAttack: official PyTorch code vs `run_autoattack` (same weights, same points)",
            "", "Written by `experiments/benchmarks/autoattack_benchmark.py` from "
            "`autoattack_benchmark.json`."
-           " L-inf eps 8/255, version standard; official: torch CPU, bs=250, seed=0; ours: "
+           " Version standard at L-inf eps 8/255 (a case `model:points:L2` or `:L1`: L2 eps 0.5,"
+           " L1 eps 12); official: torch CPU, bs=250, seed=0; ours: "
            "`run_autoattack` with its defaults (one device, batch_size 500), wall time including "
            "XLA compilation (in brackets after each attack's seconds: the part spent tracing, "
            "lowering and compiling, where recorded). ratio = official s / our s (> 1: ours "
@@ -374,7 +380,10 @@ def main(argv=None):
 
   workdirs = {"small_cnn": args.small_cnn_workdir, "resnet18": args.resnet18_workdir}
   for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
-    model, n = case.split(":")
+    model, n, *rest = case.split(":")  # model:points[:norm], the norm Linf by default
+    norm = rest[0] if rest else "Linf"
+    if norm not in EPSILONS:
+      raise SystemExit(f"case {case}: the norm must be one of {', '.join(EPSILONS)}")
     workdir = workdirs[model]
     if not os.path.exists(os.path.join(workdir, "config.json")):
       cmd = train_command(model, workdir, 6 if model == "small_cnn" else args.resnet18_epochs)
@@ -387,7 +396,8 @@ def main(argv=None):
           continue
         cmd = [sys.executable, os.path.abspath(__file__), f"--child={side}", f"--n={n}",
                f"--workdir={workdir}", f"--batch_size={args.batch_size}",
-               f"--torch_threads={args.torch_threads}", f"--results={args.results}"]
+               f"--torch_threads={args.torch_threads}", f"--results={args.results}",
+               f"--norm={norm}"]
         print(f"[{case} rep {rep}] {side} ...", flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

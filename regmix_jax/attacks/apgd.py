@@ -14,7 +14,8 @@ masks instead of index sets, so it compiles once per batch size. Per iteration a
   `a = 1` on the first step and 0.75 after; P is the clip (Linf) or the radial shrink followed by
   the box clip (L2);
 - L1 step, no momentum (`:346-356`): the gradient keeps its `topk` share of largest entries (ties
-  all kept), `z = x_k + eta sign(g_s) / ||sign(g_s)||_1`, then `x_{k+1} = z + L1_projection`;
+  all kept; the threshold, the official's `sort()[idx]`, found by `norms.kth_smallest` without a
+  sort), `z = x_k + eta sign(g_s) / ||sign(g_s)||_1`, then `x_{k+1} = z + L1_projection`;
 - the best-loss point and its gradient are kept (strict improvement, `:392-397`); the latest
   misclassified iterate is kept as the adversarial point (`:381-384`);
 - Linf/L2 checkpoints (`checkpoints(num_steps)`: 22, 41, 57, 70, 80, 87, 93, 99 for 100 steps,
@@ -216,9 +217,8 @@ def _single_run(model: Model, x, labels, target_class, keys, model_counter, *, n
       x_new = l2_project(x_adv + (z - x_adv) * a + (x_adv - s["x_old"]) * (1 - a))
     else:  # :346-356
       g = norms.flat(grad)
-      srt = jnp.sort(jnp.abs(g), axis=1)
       idx = jnp.clip((1.0 - s["topk"]) * dims, 0, dims - 1).astype(jnp.int32)
-      thr = jnp.take_along_axis(srt, idx[:, None], axis=1)
+      thr = norms.kth_smallest(jnp.abs(g), idx)[:, None]  # the official's sort()[idx]
       sparse = jnp.sign(g * (jnp.abs(g) >= thr)).reshape(x.shape)
       z = x_adv + step * sparse / expand(norms.lp_norm(sparse, "L1") + 1e-10)
       x_new = z + norms.l1_projection(x, z - x, epsilon)

@@ -43,7 +43,9 @@ Deviations from the official code, none of which changes the algorithm:
   `max(||u||, 1e-12)`.
 - Ties: the target ranking is a stable descending sort of the clean logits and predictions are
   `argmax` (first index among equal logits); torch's order among ties is unspecified. The
-  projections use stable sorts; ties among the sorted break points do not change a projection.
+  projections sort nothing; ties among break points change no L-inf or L2 projection, and in the
+  L1 one the first tied coordinate in index order moves partly (a stable sort's choice; the
+  official's `torch.sort` is not stable and may pick another: a step of the same L1 length).
 - The projections evaluate every closed-form case on every row and select per row with `where`;
   divisions are guarded against a zero denominator on rows where the case does not apply.
 - The best distance starts at `inf` rather than `1e10` ("nothing found yet").
@@ -52,7 +54,7 @@ Deviations from the official code, none of which changes the algorithm:
 
 Cost: per pass, `num_steps` forward-backward passes (untargeted: one forward and a K-cotangent
 backward) plus `num_steps + 1` forward passes, and per example and iteration two projections
-of `H * W * C` values (L-inf: 31 bisection passes over them; L2 / L1: one or two sorts).
+of `H * W * C` values (31 bisection passes over them each; no sort).
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   segment's set `T` of coordinates that move by `lam` (the break points above it). Here the same
   `T` is found without sorting: it is `{i : p_i >= tau}` for the smallest float `tau` with
   `g(tau) < c`, found by bisection over the bit patterns of non-negative floats (monotone in the
-  value; 31 halvings reach adjacent floats from any interval in [0, 1]). Each halving is one pass
-  over the row, where XLA:CPU's sort of the `2B x D` values was an order of magnitude slower
-  (docs/performance.md).
+  value; 31 halvings reach adjacent floats from any interval in [0, 1]; `_segment`). Each halving
+  is one pass over the row, where XLA:CPU's sort of the `2B x D` values was an order of magnitude
+  slower (docs/performance.md).
   The sums are taken in another order than the official's cumulative sums, so results agree up
   to float rounding. Rows whose target lies before the first break point move every coordinate
   by the same `lam`; rows whose hyperplane does not meet the box get the step to the box corner
@@ -124,22 +126,7 @@ def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   low = c - (total_wp - total_w * p_min) > 0
   mid = (c - b0 > 0) & ~low
 
-  def g(tau):  # [N]: the change at lam = tau
-    return b0 + jnp.sum(aw * jnp.maximum(p - tau[:, None], 0.0), axis=1)
-
-  as_bits = lambda v: jax.lax.bitcast_convert_type(v, jnp.int32)
-  as_float = lambda v: jax.lax.bitcast_convert_type(v, t.dtype)
-
-  def search(_, bounds):  # invariant: g(lo) >= c > g(hi)
-    lo, hi = bounds
-    m = lo + (hi - lo) // 2
-    overshoots = c - g(as_float(m)) > 0
-    return jnp.where(overshoots, lo, m), jnp.where(overshoots, m, hi)
-
-  _, hi = jax.lax.fori_loop(0, 31, search, (as_bits(p_min), as_bits(jnp.max(p, axis=1))))
-  moving = (p >= as_float(hi)[:, None]).astype(t.dtype)  # T: the coordinates that move by lam
-  s_t = jnp.sum(aw * moving, axis=1)
-  sb_t = b0 + jnp.sum(aw * p * moving, axis=1)
+  moving, s_t, sb_t = _segment(aw, p, b0, c, p_min, jnp.max(p, axis=1))
 
   lam_low = jnp.maximum(_safe_div(c - total_wp, -total_w), 0.0)[:, None]
   d_low = (2 * a - 1) * lam_low
@@ -147,6 +134,30 @@ def projection_linf(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   d_mid = jnp.minimum(lam_mid, d) * a + jnp.maximum(-lam_mid, d) * (1 - a)
   d = jnp.where(low[:, None], d_low, jnp.where(mid[:, None], d_mid, d))
   return d * moves
+
+
+def _segment(aw, p, b0, c, p_lo, p_hi):
+  """The segment of `g(lam) = b0 + sum_i aw_i max(p_i - lam, 0)` (`= -sum_i aw_i min(lam, p_i)`:
+  non-increasing, piecewise linear, break points `p_i >= 0`) on which `g` crosses `c`, without
+  sorting: `T = {i : p_i >= tau}` for the smallest float `tau` in `[p_lo, p_hi]` with
+  `g(tau) < c`, by bisection over the bit patterns of non-negative floats (monotone in the
+  value; 31 halvings reach adjacent floats). Returns `(T as 0 / 1 [N, D], sum_T aw [N],
+  b0 + sum_T aw p [N])`: on the segment, `g(lam) = b0 + sum_T aw p - lam sum_T aw`."""
+  as_bits = lambda v: jax.lax.bitcast_convert_type(v, jnp.int32)
+  as_float = lambda v: jax.lax.bitcast_convert_type(v, p.dtype)
+
+  def g(tau):  # [N]: the change at lam = tau
+    return b0 + jnp.sum(aw * jnp.maximum(p - tau[:, None], 0.0), axis=1)
+
+  def search(_, bounds):  # invariant: g(lo) >= c > g(hi)
+    lo, hi = bounds
+    m = lo + (hi - lo) // 2
+    overshoots = c - g(as_float(m)) > 0
+    return jnp.where(overshoots, lo, m), jnp.where(overshoots, m, hi)
+
+  _, hi = jax.lax.fori_loop(0, 31, search, (as_bits(p_lo), as_bits(p_hi)))
+  moving = (p >= as_float(hi)[:, None]).astype(p.dtype)
+  return moving, jnp.sum(aw * moving, axis=1), b0 + jnp.sum(aw * p * moving, axis=1)
 
 
 def _oriented(t: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -160,12 +171,18 @@ def _oriented(t: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.
 def projection_l2(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   """The L2 projection of each point onto `{z : <w, z> = b}` within `[0, 1]^D`, as a step.
 
-  A port of the official `projection_l2` (`fab_projections.py:62-114`) to fixed shapes: with the
-  row oriented so that `<w, t> >= b`, the step `d(lam) = clip(-lam w, -t, 1 - t)` lowers `<w, z>`
-  piecewise linearly in `lam`, with break points where coordinates saturate; a binary search over
-  the sorted break points finds the `lam` that reaches the hyperplane. Rows whose hyperplane does
-  not meet the box get the full saturation (the box corner); coordinates with `|w_i| < 1e-8`
-  never move.
+  The official `projection_l2` (`fab_projections.py:62-114`) with fixed shapes and without its
+  sort. With the row oriented so that `<w, t> >= b` (needed change `-c`, `c >= 0`), the step
+  `d(lam) = clip(-lam w, -t, 1 - t) = -w min(lam, r)` (`r_i` the `lam` at which coordinate i
+  reaches its face) changes `<w, z>` by `g(lam) = -sum_i w_i^2 min(lam, r_i)`: `projection_linf`'s
+  function with weights `w_i^2` and break points `r_i`. The official sorts the `r_i` and
+  binary-searches their cumulative sums for the segment where `g` reaches `-c`; here `_segment`
+  finds the same segment by bisection (no sort: XLA:CPU's sort of the `2B x D` values dominated
+  FAB's L2 step), then `lam = (c + sum_{saturated} w_i^2 r_i) / sum_{unsaturated} w_i^2` (before
+  the first break point nothing is saturated: the official's `lam = c / sum w^2`); a hyperplane
+  beyond the box gets every coordinate at its face. Coordinates with `|w_i| < 1e-8` never
+  move (the official gives them `r = 1e12`). Sums in another order than the official's cumulative
+  sums: results agree up to float rounding.
 
   Args:
     points: `[N, D]` points `t` in [0, 1]; w: `[N, D]` normals; b: `[N]` offsets.
@@ -174,82 +191,65 @@ def projection_l2(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     `d [N, D]`.
   """
   t = points
-  num_dims = t.shape[1]
   w, c = _oriented(t, w, b)  # :66-68
   small = jnp.abs(w) < 1e-8
   w_safe = jnp.where(small, 1.0, w)
   r = jnp.clip(jnp.maximum(t / w_safe, (t - 1) / w_safe), -1e12, 1e12)  # :70-72
-  r = jnp.where(small | (r == -1e12), 1e12, r)
-  order = jnp.argsort(r, axis=1, stable=True)
-  rs = jnp.take_along_axis(r, order, axis=1)
-  rs2 = jnp.concatenate([rs[:, 1:], jnp.zeros_like(rs[:, :1])], axis=1)
-  rs = jnp.where(rs == 1e12, 0.0, rs)
-  rs2 = jnp.where(rs2 == 1e12, 0.0, rs2)
-  w3s = jnp.take_along_axis(w * w, order, axis=1)
-  w5 = jnp.sum(w3s, axis=1, keepdims=True)
-  ws = w5 - jnp.cumsum(w3s, axis=1)
-  d = -(r * w) * (~small)  # :85
-  s = jnp.concatenate([-w5 * rs[:, :1], jnp.cumsum((rs - rs2) * ws, axis=1) - w5 * rs[:, :1]],
-                      axis=1)  # :88-89
-  c4 = s[:, 0] + c < 0
-  c3 = jnp.sum(d * w, axis=1) + c > 0
-  c2 = ~(c4 | c3)
-
-  def search(_, bounds):  # :95-103
-    lb, ub = bounds
-    m = (lb + ub) // 2
-    above = jnp.take_along_axis(s, m[:, None], axis=1)[:, 0] + c > 0
-    return jnp.where(above, m, lb), jnp.where(above, ub, m)
-
-  lb, _ = jax.lax.fori_loop(0, math.ceil(math.log2(num_dims)), search,
-                            (jnp.zeros_like(c, jnp.int32), jnp.full_like(c, num_dims - 1,
-                                                                          jnp.int32)))
-  take = lambda a: jnp.take_along_axis(a, lb[:, None], axis=1)[:, 0]
-  d_c4 = -_safe_div(c, w5[:, 0])[:, None] * w  # :93
-  ws_lb = take(ws)
-  alpha = jnp.where(ws_lb == 0, 0.0, _safe_div(take(s) + c, ws_lb) + take(rs))  # :105-107
-  c5 = alpha[:, None] > r
-  d_c2 = jnp.where(c5, d, -alpha[:, None] * w)
-  d = jnp.where(c4[:, None], d_c4, jnp.where(c2[:, None], d_c2, d))
+  r = jnp.maximum(jnp.where(small, 0.0, r), 0.0)  # small: never moves (weight 0 below)
+  w2 = jnp.where(small, 0.0, w * w)
+  d = -(r * w) * (~small)  # :85, every coordinate to its face
+  b0 = -jnp.sum(w2 * r, axis=1)  # the change at full saturation, = <w, d>
+  r_min = jnp.min(jnp.where(small, jnp.inf, r), axis=1)
+  r_min = jnp.where(jnp.isfinite(r_min), r_min, 0.0)
+  beyond = b0 + c > 0  # :93 c3: not reached at full saturation
+  # The official's case c4 (reached before the first break point: lam = c / sum w^2, :98-100)
+  # is the segment where nothing saturates, which `_segment` finds like the others.
+  _, s_t, sb_t = _segment(w2, r, b0, -c, r_min, jnp.max(r, axis=1))
+  lam = jnp.where(s_t == 0, 0.0, _safe_div(sb_t + c, s_t))  # :105-107
+  d = jnp.where(beyond[:, None], d, -jnp.minimum(lam[:, None], r) * w)
   return d * (~small)
 
 
 def projection_l1(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   """The L1 projection of each point onto `{z : <w, z> = b}` within `[0, 1]^D`, as a step.
 
-  A port of the official `projection_l1` (`fab_projections.py:117-162`) to fixed shapes: with the
-  row oriented so that `<w, t> >= b`, the coordinates move to the box face that lowers `<w, z>`
-  greedily in order of decreasing `|w_i|`, the last one partially; rows whose hyperplane does not
-  meet the box get the box corner. Arguments and result as `projection_l2`.
+  The official `projection_l1` (`fab_projections.py:117-162`) with fixed shapes and without its
+  sort: with the row oriented so that `<w, t> >= b`, the coordinates move to the box face that
+  lowers `<w, z>` greedily in order of decreasing `|w_i|` (increasing `r_i = 1 / |w_i|`, ties in
+  index order, as the official's stable sort), the last one partially; rows whose hyperplane the
+  box does not reach get the box corner. The official sorts and binary-searches the cumulative
+  changes; here the `r` at which the running change reaches the target is found by bisection
+  over the bit patterns of the `r_i` (`F(rho) = c + sum_{r_i <= rho} ds_i` is non-increasing),
+  and only the coordinates tied at that `r` are summed in index order (a cumulative sum, no
+  sort). Sums in another order than the official's: results agree up to float rounding.
+  Arguments and result as `projection_l2`.
   """
   t = points
-  num_dims = t.shape[1]
   w, c = _oriented(t, w, b)  # :121-123
   r = jnp.minimum(jnp.abs(_safe_div(1.0, w)) + jnp.where(w == 0, 1e12, 0.0), 1e12)  # :125
-  order = jnp.argsort(r, axis=1, stable=True)
-  rank = jnp.argsort(order, axis=1, stable=True)
-  d = ((w < 0).astype(t.dtype) - t) * (w != 0)  # :129-130
-  ds = jnp.take_along_axis(jnp.minimum(-w * t, w * (1 - t)), order, axis=1)
-  s = jnp.cumsum(jnp.concatenate([c[:, None], ds], axis=1), axis=1)  # [N, D + 1]
-  c2 = s[:, -1] < 0
+  d = ((w < 0).astype(t.dtype) - t) * (w != 0)  # :129-130, every coordinate to its face
+  ds = jnp.minimum(-w * t, w * (1 - t))  # its change of <w, z>, <= 0
+  reachable = c + jnp.sum(ds, axis=1) < 0  # :134 c2
+  as_bits = lambda v: jax.lax.bitcast_convert_type(v, jnp.int32)
+  as_float = lambda v: jax.lax.bitcast_convert_type(v, r.dtype)
 
-  def search(_, bounds):  # :141-151
-    lb, ub = bounds
-    m = (lb + ub) // 2
-    above = jnp.take_along_axis(s, m[:, None], axis=1)[:, 0] > 0
-    return jnp.where(above, m, lb), jnp.where(above, ub, m)
+  def search(_, bounds):  # invariant: F(lo) > 0 >= F(hi)
+    lo, hi = bounds
+    m = lo + (hi - lo) // 2
+    reached = c + jnp.sum(jnp.where(r <= as_float(m)[:, None], ds, 0.0), axis=1) <= 0
+    return jnp.where(reached, lo, m), jnp.where(reached, m, hi)
 
-  lb, _ = jax.lax.fori_loop(0, math.ceil(math.log2(num_dims)), search,
-                            (jnp.zeros_like(c, jnp.int32), jnp.full_like(c, num_dims,
-                                                                          jnp.int32)))
-  lb_c = jnp.minimum(lb, num_dims - 1)
-  j = jnp.take_along_axis(order, lb_c[:, None], axis=1)[:, 0]
-  w_j = jnp.take_along_axis(w, j[:, None], axis=1)[:, 0]
-  s_lb = jnp.take_along_axis(s, lb[:, None], axis=1)[:, 0]
-  alpha = -_safe_div(s_lb, w_j)  # :153-156
-  d_c2 = jnp.where(rank < lb[:, None], d, 0.0)
-  d_c2 = jnp.where(jnp.arange(num_dims)[None, :] == j[:, None], alpha[:, None], d_c2)
-  d = jnp.where(c2[:, None], d_c2, d)
+  _, hi = jax.lax.fori_loop(0, 31, search, (as_bits(jnp.min(r, axis=1)) - 1,
+                                             as_bits(jnp.max(r, axis=1))))
+  rho = as_float(hi)[:, None]
+  tie = r == rho
+  base = c + jnp.sum(jnp.where(r < rho, ds, 0.0), axis=1)  # > 0: before the tie group
+  running = base[:, None] + jnp.cumsum(jnp.where(tie, ds, 0.0), axis=1)  # through coordinate i
+  full = (r < rho) | (tie & (running > 0))
+  partial = tie & (running <= 0) & (running - ds > 0)  # :153-156, the one that reaches it
+  alpha = -_safe_div(running - ds, w)
+  d_reached = jnp.where(full, d, jnp.where(partial, alpha, 0.0))
+  d = jnp.where(reachable[:, None], d_reached, d)
   return d * (jnp.abs(w) > 1e-8)
 
 

@@ -153,16 +153,17 @@ def test_square_alone_matches_the_official_code(trained, norm):
   assert abs(ours.robust_accuracy - official) <= 0.03, (ours.robust_accuracy, official)
 
 
-def test_fab_linf_projection_matches_the_official_on_image_sized_rows():
-  """The sort-free `projection_linf` against the official sort-based one on CIFAR-sized rows
-  (3072 coordinates): points on the box faces, zero normals, and hyperplanes that the box meets
-  before the first break point, between break points, and not at all."""
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_fab_projection_matches_the_official_on_image_sized_rows(norm):
+  """The sort-free projections against the official sort-based ones on
+  CIFAR-sized rows (3072 coordinates): points on the box faces, zero normals, and hyperplanes
+  that the box meets before the first break point, between break points, and not at all."""
   sys.path.insert(0, REFERENCE)
   try:
     from autoattack import fab_projections  # pylint: disable=g-import-not-at-top  (test-only)
   finally:
     sys.path.remove(REFERENCE)
-  from regmix_jax.attacks.fab import projection_linf  # pylint: disable=g-import-not-at-top
+  from regmix_jax.attacks.fab import PROJECTIONS  # pylint: disable=g-import-not-at-top
   rs = np.random.RandomState(0)
   n, dims = 96, 3072
   t = rs.rand(n, dims).astype(np.float32)
@@ -170,9 +171,29 @@ def test_fab_linf_projection_matches_the_official_on_image_sized_rows():
   t[16:32, :1000] = 0.0
   w = rs.randn(n, dims).astype(np.float32)
   w[rs.rand(n, dims) < 0.2] = 0.0
-  b = ((w * rs.rand(n, dims)).sum(1) * rs.choice([0.01, 0.3, 1.0, 3.0], n)).astype(np.float32)
-  ours = np.asarray(projection_linf(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
-  official = fab_projections.projection_linf(torch.from_numpy(t), torch.from_numpy(w),
-                                             torch.from_numpy(b)).numpy()
-  np.testing.assert_allclose(ours, official, atol=2e-6)
+  scale = [0.01, 0.3, 1.0, 3.0] if norm == "Linf" else [1e-4, 0.01, 0.3, 3.0]
+  if norm == "L1":  # ties in |w|: the official's stable order decides which one moves partly
+    w[48:64] = np.round(w[48:64] * 4) / 4
+  b = ((w * rs.rand(n, dims)).sum(1) * rs.choice(scale, n)).astype(np.float32)
+  if norm != "Linf":  # the official's other cases: reached before the first break point (points
+    # inside the box, target just off <w, t>), and not reached even at the box's corner
+    t[32:40] = 0.25 + 0.5 * t[32:40]
+    b[32:40] = (w[32:40] * t[32:40]).sum(1) + 1e-3 * rs.choice([-1, 1], 8)
+    b[40:48] = (w[40:48] * t[40:48]).sum(1) + 2 * np.abs(w[40:48]).sum(1) * rs.choice([-1, 1], 8)
+  ours = np.asarray(PROJECTIONS[norm](jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+  reference = {"Linf": fab_projections.projection_linf, "L2": fab_projections.projection_l2,
+               "L1": fab_projections.projection_l1}
+  official = reference[norm](torch.from_numpy(t), torch.from_numpy(w),
+                             torch.from_numpy(b)).numpy()
+  if norm == "L1":  # the official's torch.sort is not stable: which of the tied coordinates
+    # moves partly is its sort's choice; ours takes the first (a stable sort's). Both steps are
+    # minimal: the same L1 length, onto the same hyperplane.
+    ties = slice(48, 64)
+    np.testing.assert_allclose(np.abs(ours[ties]).sum(1), np.abs(official[ties]).sum(1),
+                               rtol=1e-5)
+    np.testing.assert_allclose((w[ties] * (t[ties] + ours[ties])).sum(1), b[ties], atol=1e-3,
+                               rtol=1e-5)
+    ours, official = np.delete(ours, ties, 0), np.delete(official, ties, 0)
+  # L1's partial step divides a sum of up to 3072 terms, added in another order: 1e-5.
+  np.testing.assert_allclose(ours, official, atol=2e-6 if norm != "L1" else 1e-5)
   assert np.abs(official).max() > 0.05  # not a trivial set of steps
