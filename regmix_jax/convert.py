@@ -117,9 +117,11 @@ def main(argv) -> None:
         f"{', normalize=' + normalize if normalize else ''}).")
   if entry is not None:
     print(entry.describe())
+  # PGD is L-inf only: an L2 entry's quick look is APGD-CE, AutoAttack's first attack.
+  quick = "clean,pgd20" if entry is None or entry.threat_model == "Linf" else "clean,apgd-ce"
   print("Evaluate it with (100 points: minutes on a CPU; --n_examples=0 for the whole test set "
         f"on a GPU, and add aa for AutoAttack):\n  python -m regmix_jax.evaluate "
-        f"--workdir={f.workdir} --attacks=clean,pgd20 --n_examples=100")
+        f"--workdir={f.workdir} --attacks={quick} --n_examples=100")
 
 
 def _entry(f) -> robustbench.Entry | None:

@@ -241,10 +241,11 @@ def threat_model(config, norm: str | None, epsilon: float | None
   return norm, epsilon
 
 
-def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = None,
+def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | None = None,
                         n_examples: int = 0, epsilon: float | None = None,
                         step_size: float | None = None, weights: str = "ema",
                         role: str = "target", split: str = "", data_dir: str = "",
+                        data_source: str = "",
                         progress: bool = True, norm: str | None = None,
                         version: str = "standard", best: bool = False,
                         dtype: str = "", cpu_convolutions: str = "",
@@ -256,7 +257,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   `epsilon` defaults to the run's `eval.epsilon`; `step_size` to the run's `eval.step_size`
   scaled by `epsilon / eval.epsilon` (2/255 at 8/255). `weights`: "ema" (the run's EMA weights
   when it kept them, else the live ones) or "live". `data_dir` replaces the run's `data.dir`
-  (for a run trained elsewhere). Attacks run one at a time, each compiled once. `norm` and
+  (for a run trained elsewhere); `data_source` its `data.source`. `attacks_spec` None:
+  `DEFAULT_ATTACKS` of the norm. Attacks run one at a time, each compiled once. `norm` and
   `version` are AutoAttack's (`aa` and its attacks named alone); with a norm other than Linf,
   `epsilon` has no run default and must be given. `best`: the checkpoint `checkpoint.keep_best`
   kept (records in `best/<step>/eval.json`). `dtype` replaces the run's `eval.dtype` (the
@@ -270,6 +272,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   if data_dir:
     config.data.dir = data_dir
+  if data_source:
+    config.data.source = data_source
   if dtype:
     config.eval.dtype = dtype
   if split:
@@ -300,6 +304,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
                        f"{value / 255:.6f}?")
   if step_size is None:
     step_size = config.eval.step_size * epsilon / config.eval.epsilon
+  if attacks_spec is None:
+    attacks_spec = DEFAULT_ATTACKS[norm]
   attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,
                                       norm=norm, version=version)
   config_lib.validate(config)
@@ -309,9 +315,11 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
     dataset = data.load_dataset(config.data)
   except FileNotFoundError as e:
     raise FileNotFoundError(
-        f"{e} (The run's data, as its config.json records it: data.dir={config.data.dir!r}, "
-        "read from the current directory. Pass --data_dir=<path> to read it from elsewhere.)"
-    ) from None
+        f"{e}\n(The run's data, as its config.json records it: data.source="
+        f"{config.data.source!r}, data.dir={config.data.dir!r}, read from the current directory. "
+        "Here, pass --data_dir=<path> to read it from elsewhere, and --data_source=files "
+        "--data_dir=<directory with the CIFAR batches, or an .npz> for local files instead of "
+        "TFDS.)") from None
   nets, state, step = restore_state(workdir, config, dataset.num_classes, dataset.image_shape,
                                     step=step, best=best, conv=convolutions.conv)
   if weights == "live":
@@ -397,6 +405,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str, step: int | None = N
 
 
 AA_DEVICES = ("auto", "all", "one")
+# The command's attacks when --attacks is not given, by norm (PGD and C&W are L-inf only).
+DEFAULT_ATTACKS = {"Linf": "clean,pgd20,pgd50,cw20,aa", "L2": "clean,aa", "L1": "clean,aa"}
 
 
 def autoattack_devices(setting: str, devices: Sequence[Any] | None = None) -> list | None:
@@ -435,7 +445,8 @@ def leaderboard_lines(entry: robustbench.Entry, record: Mapping[str, Any]) -> li
 
   lines = [f"RobustBench {entry.key} ({entry.architecture}), {entry.threat_model} eps "
            f"{entry.epsilon}:",
-           f"{'':<10}  {'leaderboard (10000 points)':>26}  ours ({n} points)"]
+           f"{'':<10}  {'leaderboard (10000 points)':>26}  ours ({n} points, +- one standard "
+           "error)"]
   for label, ours_name, theirs in (("clean", "clean", entry.clean),
                                    ("AutoAttack", "aa", entry.autoattack)):
     lines.append(f"{label:<10}  {theirs:>26.2f}  {ours(ours_name)}")
@@ -481,13 +492,25 @@ def main(argv) -> None:
         f.workdir, attacks_spec=f.attacks, step=f.step, n_examples=f.n_examples,
         epsilon=None if f.epsilon is None else _fraction(f.epsilon, "epsilon"),
         step_size=None if f.step_size is None else _fraction(f.step_size, "step_size"),
-        weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir, norm=f.norm,
+        weights=f.weights, role=f.role, split=f.split, data_dir=f.data_dir,
+        data_source=f.data_source, norm=f.norm,
         version=f.version, best=f.best, dtype=f.dtype, cpu_convolutions=f.cpu_convolutions,
         aa_devices=f.aa_devices, write=False)
   except (ValueError, TypeError, FileNotFoundError, checkpointing.CheckpointError) as e:
     if f.verbosity >= 1:  # --verbosity=1 shows the traceback
       raise
     sys.exit(f"regmix_jax.evaluate: {type(e).__name__}: {e}")
+  except KeyboardInterrupt:
+    if f.verbosity >= 1:
+      raise
+    # As the training command: one line, and out at once (tfds' download threads would keep the
+    # process; the states are written atomically).
+    print("regmix_jax.evaluate: interrupted. AutoAttack's progress is saved under "
+          f"{os.path.join(f.workdir, STATE_DIR)} after each attack and within one at most a "
+          "minute apart: the same command resumes it. Nothing else is recorded.",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)  # pylint: disable=protected-access
   autoattack = any(k == "aa" or k in attacks.AUTOATTACK_PARTS for k in record["accuracy"])
   print(f"{f.workdir}: step {record['step']}, {record['role']} ({record['weights']} weights), "
         f"{record['n_examples']} {record['split']} examples, {record['norm']} eps "
@@ -512,7 +535,9 @@ def define_flags() -> None:
   """The command's flags (defined only when it runs as a program, not on import)."""
   flags.DEFINE_string("workdir", None, "A training run's workdir (holds config.json, checkpoints).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-  flags.DEFINE_string("attacks", "clean,pgd20,pgd50,cw20,aa", "Comma-separated attack names.")
+  flags.DEFINE_string("attacks", None, "Comma-separated attack names (default: "
+                      f"{DEFAULT_ATTACKS['Linf']} for L-inf, {DEFAULT_ATTACKS['L2']} for L2 and "
+                      "L1).")
   flags.DEFINE_integer("n_examples", 0, "Evaluate the first N examples of the split (0: all).")
   flags.DEFINE_string("epsilon", None, "Radius in --norm, e.g. 8/255 (default: the run's "
                       "L-inf radius; required for L2 and L1).")
@@ -526,6 +551,8 @@ def define_flags() -> None:
   flags.DEFINE_string("role", "target", "Which model to evaluate (D2R: target or guide).")
   flags.DEFINE_string("split", "", "test or val (default: the run's eval.split).")
   flags.DEFINE_string("data_dir", "", "Replaces the run's data.dir.")
+  flags.DEFINE_enum("data_source", "", ["", *data.SOURCES], "Replaces the run's data.source "
+                    "(files: the CIFAR batches or an .npz in --data_dir, no download).")
   flags.DEFINE_bool("best", False, "Evaluate the best-on-validation checkpoint the run kept "
                     "(config checkpoint.keep_best) instead of its latest.")
   flags.DEFINE_enum("dtype", "", ["", *models.DTYPES], "The precision the model computes in "

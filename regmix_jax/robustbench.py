@@ -147,6 +147,33 @@ def _check_normalization(entry: Entry, state: dict[str, np.ndarray]) -> None:
 
 def load(entry: Entry, path: str) -> tuple[dict, dict]:
   """`(params, batch_stats)` of the entry's model from the checkpoint file `path` (the file
-  RobustBench's `load_model` downloads: `<name>.pt`; `.safetensors` / `.npz` also read)."""
-  state = state_dict(entry, torch_weights.read_checkpoint(path))
-  return torch_weights.from_torch(state, entry.model, entry.num_classes, **dict(entry.sizes))
+  RobustBench's `load_model` downloads: `<name>.pt`; `.safetensors` / `.npz` also read).
+  ValueError when it does not fit, naming the entries of the same name (other datasets or
+  threat models: RobustBench reuses names) whose model it does fit."""
+  checkpoint = torch_weights.read_checkpoint(path)
+  try:
+    state = state_dict(entry, checkpoint)
+    return torch_weights.from_torch(state, entry.model, entry.num_classes, **dict(entry.sizes))
+  except ValueError as e:
+    mismatch = str(e).split("\nPick the --model", 1)[0]  # that hint is for --model's users
+    fits = [other for other in ENTRIES.values()
+            if other.name == entry.name and other.key != entry.key and _fits(other, checkpoint)]
+    if fits:
+      flags = " or ".join(f"--dataset={o.dataset} --threat_model={o.threat_model}" for o in fits)
+      raise ValueError(
+          f"{path} is not {entry.key}'s checkpoint ({entry.architecture}): it fits "
+          f"{' and '.join(f'{o.key} ({o.architecture})' for o in fits)}, the same name in "
+          f"another {'dataset' if fits[0].dataset != entry.dataset else 'threat model'}: pass "
+          f"{flags}, as RobustBench's load_model takes them.") from None
+    raise ValueError(f"{path} is not RobustBench's checkpoint for {entry.key} "
+                     f"({entry.architecture}): {mismatch}") from None
+
+
+def _fits(entry: Entry, checkpoint: Any) -> bool:
+  """Whether `checkpoint` holds exactly the variables of `entry`'s model."""
+  try:
+    torch_weights.from_torch(state_dict(entry, checkpoint), entry.model, entry.num_classes,
+                             **dict(entry.sizes))
+  except ValueError:
+    return False
+  return True

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -353,3 +354,36 @@ def test_autoattack_is_split_over_the_devices_aa_devices_names_with_the_same_res
   assert seen[0] is None and [d.id for d in seen[1]] == [d.id for d in jax.local_devices()]
   assert len(seen[1]) == 4
   assert split["accuracy"] == default["accuracy"]
+
+
+def test_without_attacks_an_l2_evaluation_runs_autoattack_and_local_data_is_named(run):
+  """PGD and C&W are L-inf only: with no attacks given, an L2 evaluation runs clean and
+  AutoAttack (the command's default for L-inf stays clean,pgd20,pgd50,cw20,aa); and a run's
+  data that cannot be read names the evaluate flags that read local files."""
+  workdir, _ = run
+  record = evaluate.evaluate_checkpoint(workdir, attacks_spec=None, norm="L2", epsilon=0.5,
+                                        n_examples=8, progress=False, write=False)
+  assert [k for k in record["accuracy"] if not k.startswith("aa:")] == ["clean", "aa"]
+  with pytest.raises(FileNotFoundError, match=r"--data_source=files --data_dir=<directory"):
+    evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", data_source="files",
+                                 data_dir="/nonexistent/cifar.npz", progress=False, write=False)
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_and_exit_130(run):
+  workdir, _ = run
+  code = textwrap.dedent(f"""
+      import sys
+      from absl import app
+      from regmix_jax import evaluate
+      def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+      evaluate.evaluate_checkpoint = interrupted
+      evaluate.define_flags()
+      sys.argv = ["evaluate", "--workdir={workdir}", "--attacks=clean"]
+      app.run(evaluate.main)
+  """)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 130, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert "interrupted" in result.stderr and "the same command resumes it" in result.stderr

@@ -147,3 +147,22 @@ def test_evaluate_defaults_to_the_entrys_threat_model(key, norm, epsilon, want):
   config = config_lib.base_config()
   config.model.robustbench = key
   assert evaluate.threat_model(config, norm, epsilon) == want
+
+
+def test_a_checkpoint_of_the_same_name_in_another_threat_model_is_named(tmp_path):
+  """RobustBench reuses names (Rice2020Overfitting: a CIFAR-10 L-inf WRN-34-20, a CIFAR-10 L2
+  PreActResNet-18, a CIFAR-100 one): the L2 checkpoint given for the default L-inf entry is
+  refused naming the entry it is and the flags that pick it, not with --model advice."""
+  l2 = robustbench.find("Rice2020Overfitting", "cifar10", "L2")
+  path = tmp_path / "Rice2020Overfitting.npz"
+  np.savez(path, **_state(l2))
+  with pytest.raises(ValueError, match=r"fits cifar10/L2/Rice2020Overfitting \(PreActResNet-18\)"
+                     r".*pass --dataset=cifar10 --threat_model=L2") as error:
+    robustbench.load(robustbench.find("Rice2020Overfitting"), str(path))
+  assert "--model" not in str(error.value)
+  params, _ = robustbench.load(l2, str(path))
+  assert params["linear"]["kernel"].shape == (512, 10)
+  with pytest.raises(ValueError, match=r"(?s)is not RobustBench's checkpoint for "
+                     r"cifar10/Linf/Carmon2019Unlabeled .*missing") as error:
+    robustbench.load(robustbench.find("Carmon2019Unlabeled"), str(path))
+  assert "--model" not in str(error.value)
