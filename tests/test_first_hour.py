@@ -197,7 +197,7 @@ def test_config_json_records_the_data_dir_absolute_so_evaluate_runs_from_anywher
                                         write=False)
   assert record["n_examples"] == 10
   os.rename(home / "data.npz", home / "moved.npz")
-  with pytest.raises(FileNotFoundError, match=r"data.dir=.*data.npz.*Pass --data_dir=<path>"):
+  with pytest.raises(FileNotFoundError, match=r"data.dir=.*data.npz.*pass --data_dir=<path>"):
     evaluate.evaluate_checkpoint(workdir, attacks_spec="clean", progress=False, write=False)
 
 

@@ -74,7 +74,8 @@ import result_tables
 from common import DEFAULT_DATA, require_data
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-SUITES = ("train", "pipeline", "torch", "torch-bf16", "eval", "micro", "dtype")
+SUITES = ("train", "pipeline", "torch", "torch-bf16", "torch-cl", "torch-bf16-cl", "eval", "micro",
+          "dtype")
 DEFAULT_VARIANTS = {"train": ("2dev",), "pipeline": ("2dev",), "eval": ("2dev",)}
 
 
@@ -116,9 +117,11 @@ def cases(args) -> list[str]:
       out += [f"train:{me}:{mo}:{v}" for mo in models for me in methods for v in variants]
     elif suite == "pipeline":
       out += [f"pipeline:fgsm_pgk:{mo}:{v}" for mo in models for v in variants]
-    elif suite in ("torch", "torch-bf16"):  # torch-bf16: the same steps under autocast(bf16)
+    elif suite in ("torch", "torch-bf16", "torch-cl", "torch-bf16-cl"):
+      # torch-bf16: the same steps under autocast(bf16); -cl: model and inputs channels_last
       steps = [st for st, me in harness.TORCH_STEPS.items() if me in methods]
-      out += [harness.torch_case(st, mo, t, "bfloat16" if suite == "torch-bf16" else None)
+      out += [harness.torch_case(st, mo, t, "bfloat16" if "bf16" in suite else None,
+                                 suite.endswith("-cl"))
               for mo in models for st in steps for t in args.torch_threads.split(",")]
     elif suite == "dtype":
       out += [f"dtype:{v}" for v in (variants or ("2dev",))]
@@ -161,10 +164,12 @@ def child(case: str, args) -> dict:
   elif kind == "torchdtype":
     out = suites_micro.run_torch_dtype_micro(int(rest[0]))
   elif harness.is_torch_step(case):
-    model, threads, *dtype = rest
+    model, threads, *options = rest
     blocks, block_steps = harness.block_plan(case, args)
-    out = suites_train.run_torch(model, int(threads), args.data, blocks, block_steps, *dtype,
-                                 method=harness.torch_step_of(case))
+    out = suites_train.run_torch(model, int(threads), args.data, blocks, block_steps,
+                                 "bfloat16" if "bfloat16" in options else "float32",
+                                 method=harness.torch_step_of(case),
+                                 channels_last="channels_last" in options)
   else:
     raise ValueError(f"unknown case {case!r}")
   out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -207,11 +207,14 @@ TORCH_STEPS = {"fgsm_pgk": "fgsm_pgk", "pgd_at": "pgd_at", "pgd_at_same_work": "
                "trades": "trades", "trades_same_work": "trades"}
 
 
-def torch_case(method: str, model: str, threads: str, dtype: str | None = None) -> str:
-  """The case name of a PyTorch step: `torch:<model>:<threads>[:bfloat16]` for FGSM-PGK (the
-  name its earlier records carry), `torch-<step>:<model>:<threads>[:bfloat16]` for the others."""
+def torch_case(method: str, model: str, threads: str, dtype: str | None = None,
+               channels_last: bool = False) -> str:
+  """The case name of a PyTorch step: `torch:<model>:<threads>[:bfloat16][:channels_last]` for
+  FGSM-PGK (the name its earlier records carry), `torch-<step>:<model>:<threads>[...]` for the
+  others."""
   kind = "torch" if method == "fgsm_pgk" else f"torch-{method}"
-  return ":".join([kind, model, threads] + ([dtype] if dtype else []))
+  return ":".join([kind, model, threads] + ([dtype] if dtype else [])
+                  + (["channels_last"] if channels_last else []))
 
 
 def is_torch_step(case: str) -> bool:

@@ -35,7 +35,8 @@ def _table(title: str, header, rows) -> list[str]:
 def torch_references(ok: dict) -> dict:
   """(PyTorch step, model, dtype) -> its case with the most threads (the machine's whole CPU);
   bfloat16 is PyTorch's autocast."""
-  return {(torch_step_of(k), k.split(":")[1], v.get("dtype", "float32")): v
+  return {(torch_step_of(k), k.split(":")[1], v.get("dtype", "float32"),
+           v.get("layout", "NCHW")): v
           for k, v in sorted(ok.items(), key=lambda kv: kv[1].get("threads", 0))
           if is_torch_step(k)}
 
@@ -54,13 +55,14 @@ def ratios(results: dict) -> list[str]:
       continue
     dtype = VARIANTS.get(parts[3], {}).get("dtype", "float32")
     for step in (st for st, me in TORCH_STEPS.items() if me == parts[1]):
-      ref = torch.get((step, parts[2], dtype))
-      if ref:
-        out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}, {convolutions_ran(parts[3], r)} "
-                   f"convolutions): {r['images_per_s']:.1f} img/s, "
-                   f"PyTorch {step} {'autocast ' if dtype == 'bfloat16' else ''}{dtype} "
-                   f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x"
-                   + _round_ratios(r, ref))
+      for layout in ("NCHW", "channels_last"):
+        ref = torch.get((step, parts[2], dtype, layout))
+        if ref:
+          out.append(f"{parts[1]} {parts[2]} {parts[3]} ({dtype}, {convolutions_ran(parts[3], r)} "
+                     f"convolutions): {r['images_per_s']:.1f} img/s, "
+                     f"PyTorch {step} {'autocast ' if dtype == 'bfloat16' else ''}{dtype} {layout} "
+                     f"{ref['images_per_s']:.1f} -> {r['images_per_s'] / ref['images_per_s']:.2f}x"
+                     + _round_ratios(r, ref))
   return out
 
 
@@ -116,9 +118,10 @@ def write_markdown(results: dict, path: str) -> None:
                   [(m, v, _f(r["images_per_s"]), _f(r["pipeline_images_per_s"]),
                     _f(r["pipeline_ratio"], 3)) for m, v, r in pipeline])
   lines += _table("PyTorch eager steps (`experiments/benchmarks/torch_reference.py`)",
-                  ("step", "model", "threads", "dtype", "img/s", "step s", "first step s",
-                   "peak RSS GiB"),
+                  ("step", "model", "threads", "dtype", "layout", "img/s", "step s",
+                   "first step s", "peak RSS GiB"),
                   [(torch_step_of(k), k.split(":")[1], r["threads"], r.get("dtype", "float32"),
+                    r.get("layout", "NCHW"),
                     _f(r["images_per_s"]), _f(r["step_s"], 3),
                     _f(r["first_step_s"]), _f(r["peak_rss_gib"], 2))
                    for k, r in ok.items() if is_torch_step(k)])

@@ -82,10 +82,12 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline,
 
 
 def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
-              method="fgsm_pgk") -> dict:
+              method="fgsm_pgk", channels_last=False) -> dict:
   """The eager PyTorch step of `method` (a `harness.TORCH_STEPS` key); `dtype="bfloat16"` runs it
   under `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a
-  CPU; FGSM-PGK: its forward passes)."""
+  CPU; FGSM-PGK: its forward passes); `channels_last`: the model and the images in
+  `torch.channels_last` memory format (what a PyTorch user tuning for CPU picks: oneDNN's
+  preferred layout)."""
   # torch is no dependency of the library: imported only by the cases that run it.
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top  (it imports torch)
@@ -99,10 +101,14 @@ def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
   x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))).float() / 255
   y = torch.from_numpy(batch["label"].astype(np.int64))
   net = torch_reference.MODELS[model](dataset.num_classes)
+  if channels_last:
+    net = net.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
   autocast = torch.bfloat16 if dtype == "bfloat16" else None
   if method == "fgsm_pgk":
     fgsm_pgk = torch_reference.FGSMPGKStep(net, autocast_dtype=autocast)
-    state = {"prior": (torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255),
+    state = {"prior": ((torch.randint(0, 2, x.shape).float() * 2 - 1) * (8 / 255)).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format),
              "momentum": torch.zeros_like(x)}
 
     def step():
@@ -125,4 +131,5 @@ def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
           "best_images_per_s": block_steps * harness.BATCH / min(times[1:]),
           "block_s": times[1:], "first_step_s": times[0], "timed_steps": blocks * block_steps,
           "loss": None if loss is None else float(loss), "method": method,
-          "threads": threads, "torch": torch.__version__, "dtype": dtype}
+          "threads": threads, "torch": torch.__version__, "dtype": dtype,
+          "layout": "channels_last" if channels_last else "NCHW"}
