@@ -315,7 +315,11 @@ def test_benchmark_rounds_keep_every_rate_and_report_medians():
   assert failed["rounds_images_per_s"] == [20.0, 16.0, 18.5] and failed["images_per_s"] == 18.5
   assert failed["rounds_errors"] == ["round 4: Killed"]
   torch = {"images_per_s": 18.0, "rounds_images_per_s": [18.0, 20.0, 17.0]}
-  results = {"train:fgsm_pgk:resnet18:2dev": record, "torch:resnet18:2": dict(torch, threads=2)}
-  (line,) = result_tables.ratios(results)
-  assert line.endswith("18.5 img/s, PyTorch fgsm_pgk float32 18.0 -> 1.03x "
-                       "(rounds: 1.11x, 0.80x, 1.09x)"), line
+  results = {"train:fgsm_pgk:resnet18:2dev": record, "torch:resnet18:2": dict(torch, threads=2),
+             "torch:resnet18:2:channels_last": dict(torch, threads=2, layout="channels_last",
+                                                    images_per_s=20.0)}
+  nchw, channels_last = result_tables.ratios(results)  # against each layout of the peer
+  assert nchw.endswith("18.5 img/s, PyTorch fgsm_pgk float32 NCHW 18.0 -> 1.03x "
+                       "(rounds: 1.11x, 0.80x, 1.09x)"), nchw
+  assert channels_last.endswith("PyTorch fgsm_pgk float32 channels_last 20.0 -> 0.93x "
+                                "(rounds: 1.11x, 0.80x, 1.09x)"), channels_last
