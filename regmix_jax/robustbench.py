@@ -105,7 +105,7 @@ def find(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> Ent
 def state_dict(entry: Entry, checkpoint: Any) -> dict[str, np.ndarray]:
   """The model's state_dict, {name: numpy array}, from a checkpoint as
   `torch_weights.read_checkpoint` returns it, unwrapped as `robustbench.utils.load_model`
-  does (RobustBench@78fcc9e robustbench/utils.py:200-232): `checkpoint['last']` for the entries
+  does (RobustBench@78fcc9e robustbench/utils.py:156-209): `checkpoint['last']` for the entries
   that need it, then `checkpoint['state_dict']` when present, then the "module." (DataParallel)
   and "model." prefixes removed. Normalisation buffers (`mu` / `sigma`) the checkpoint carries
   must equal the entry's `normalize` (the model applies that; a checkpoint with other values

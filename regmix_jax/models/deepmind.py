@@ -54,8 +54,8 @@ class _Common(nn.Module):
 
 
 class DMBlock(_Common):
-  """dm_wide_resnet.py `_Block`: BN-Swish of the input (the shortcut's input too when the width
-  changes: a 1x1 conv, stride `stride`), SAME-padded 3x3 conv (stride), BN-Swish, 3x3 conv."""
+  """dm_wide_resnet.py:54-109 `_Block`: BN-Swish of the input (the shortcut's input too when the
+  width changes: a 1x1 conv, stride `stride`), SAME-padded 3x3 conv (stride), BN-Swish, 3x3 conv."""
   in_planes: int = 16
   out_planes: int = 16
   stride: int = 1
@@ -93,16 +93,12 @@ class _Sequential(_Common):
     return x
 
 
-class _BlockGroup(_Common):
-  """dm_wide_resnet.py `_BlockGroup`: its `DMBlock`s in `block`."""
-  num_blocks: int = 1
-  in_planes: int = 16
-  out_planes: int = 16
-  stride: int = 1
+class _BlockGroup(_Sequential):
+  """dm_wide_resnet.py:112-132 `_BlockGroup`: its `DMBlock`s, a `_Sequential`, in `block`."""
 
   @nn.compact
   def __call__(self, x, train: bool):
-    return _Sequential(self.axis_name, self.dtype, self.conv_general_dilated, DMBlock,
+    return _Sequential(self.axis_name, self.dtype, self.conv_general_dilated, self.block,
                        self.num_blocks, self.in_planes, self.out_planes, self.stride,
                        name="block")(x, train)
 
@@ -116,17 +112,17 @@ class _Groups(_Common):
   def __call__(self, x, train: bool):
     planes = (16, 16 * self.width, 32 * self.width, 64 * self.width)
     for g, stride in enumerate((1, 2, 2)):
-      x = _BlockGroup(self.axis_name, self.dtype, self.conv_general_dilated, self.num_blocks,
-                      planes[g], planes[g + 1], stride, name=str(g))(x, train)
+      x = _BlockGroup(self.axis_name, self.dtype, self.conv_general_dilated, DMBlock,
+                      self.num_blocks, planes[g], planes[g + 1], stride, name=str(g))(x, train)
     return x
 
 
 class DMWideResNet(nn.Module):
-  """dm_wide_resnet.py `DMWideResNet`, Swish: normalisation, `init_conv` 3x3 16, three groups
-  (`layer`) of (depth - 4) / 6 `DMBlock`s of widths 16k, 32k, 64k (k = width), strides 1, 2, 2,
-  final BN-Swish (`batchnorm`), global average pooling (= avg_pool 8 at 32x32), `logits`.
-  Input: [B, 32, 32, 3] in [0, 1]; `normalize` as the other models (RobustBench: "cifar10" or
-  "cifar100", its CIFAR10_MEAN / CIFAR100_MEAN). Output: float32 logits."""
+  """dm_wide_resnet.py:135-194 `DMWideResNet`, Swish: normalisation, `init_conv` 3x3 16, three
+  groups (`layer`) of (depth - 4) / 6 `DMBlock`s of widths 16k, 32k, 64k (k = width), strides 1, 2,
+  2, final BN-Swish (`batchnorm`), global average pooling (= avg_pool 8 at 32x32), `logits`. Input:
+  [B, 32, 32, 3] in [0, 1]; `normalize` as the other models (RobustBench: "cifar10" or "cifar100",
+  its CIFAR10_MEAN / CIFAR100_MEAN). Output: float32 logits."""
   num_classes: int
   depth: int = 28
   width: int = 10
@@ -151,8 +147,8 @@ class DMWideResNet(nn.Module):
 
 
 class DMPreActBlock(_Common):
-  """dm_wide_resnet.py `_PreActBlock`: BN-Swish, SAME-padded 3x3 conv (stride), BN-Swish, 3x3
-  conv, plus the shortcut: the raw input, or (stride or width changing) a SAME-padded 3x3 conv
+  """dm_wide_resnet.py:197-232 `_PreActBlock`: BN-Swish, SAME-padded 3x3 conv (stride), BN-Swish,
+  3x3 conv, plus the shortcut: the raw input, or (stride or width changing) a SAME-padded 3x3 conv
   of the raw input, not of its activation."""
   in_planes: int = 64
   out_planes: int = 64
@@ -175,7 +171,7 @@ class DMPreActBlock(_Common):
 
 
 class DMPreActResNet18(nn.Module):
-  """dm_wide_resnet.py `DMPreActResNet` (depth 18), Swish: normalisation, `conv_2d` 3x3 64,
+  """dm_wide_resnet.py:235-299 `DMPreActResNet` (depth 18), Swish: normalisation, `conv_2d` 3x3 64,
   `layer_0`..`layer_3` of two `DMPreActBlock`s (widths 64..512, strides 1, 2, 2, 2), final
   BN-Swish (`batchnorm`), avg_pool 4 (= global pooling at 32x32), `logits`. Input and output as
   DMWideResNet."""

@@ -85,7 +85,8 @@ class PreActResNet18(nn.Module):
     classes. Needs inputs whose final map divides by 4 (64x64).
   - `variant="robustbench"` (RobustBench's `PreActResNet(PreActBlock, [2, 2, 2, 2])`, its
     defaults bn_before_fc=False, out_shortcut=False: RobustBench/robustbench@78fcc9e
-    robustbench/model_zoo/architectures/resnet.py:99-175): as "wong" without the final BN-ReLU.
+    robustbench/model_zoo/architectures/resnet.py:121-257, `PreActBlock` and `PreActResNet`): as
+    "wong" without the final BN-ReLU.
   Input: [B, H, W, 3] in [0, 1]; `normalize` as ResNet18. Output: float32 logits.
   """
   num_classes: int
