@@ -346,7 +346,9 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
     t0 = time.time()
     if name == "aa":  # the official evaluation: each attack on the points still robust
       variables = state.eval_variables(role)
-      logits_fn = functools.partial(_logits, nets[role], variables)
+      aa_on = autoattack_devices(aa_devices)
+      logits_fn = functools.partial(_logits, autoattack_net(nets[role], convolutions, aa_on),
+                                    variables)
       key = jax.random.fold_in(rng.stream(state.rng, rng.EVAL), position)
       state_path = os.path.join(
           workdir, STATE_DIR, f"{'best' if best else 'checkpoints'}_{step}",
@@ -356,7 +358,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
           logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
           epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
           state_path=state_path, progress=progress, model_id=f"{weights_id}:{model_dtype}",
-          devices=autoattack_devices(aa_devices))
+          devices=aa_on)
       accuracy[name], seconds[name] = result.robust_accuracy, time.time() - t0
       # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log);
       # attacks skipped because no point was left robust show the accuracy they would keep.
@@ -461,6 +463,15 @@ def save_record(result: Mapping[str, Any]) -> None:
     for leftover in (state_path, state_path + ".x_adv.npz", state_path + ".partial.npz"):
       if os.path.exists(leftover):
         os.remove(leftover)
+
+
+def autoattack_net(net, convolutions: cpu.Convolutions, devices: Sequence[Any] | None):
+  """`net` as AutoAttack runs it: on one device of several (`devices` None, the CPU default),
+  its oneDNN convolutions use every core (`Convolutions.on_one_device`), not the per-device
+  share the mapped evaluation steps use."""
+  if devices is not None or convolutions.conv is None:
+    return net
+  return net.clone(conv_general_dilated=convolutions.on_one_device().conv)
 
 
 def _logits(model, variables, x):

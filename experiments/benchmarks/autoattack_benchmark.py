@@ -3,9 +3,10 @@ points, same machine, one command.
 
 For each case (model x number of points) it runs, each in its own subprocess, one after the
 other: the official fra31/auto-attack (torch CPU, 2 threads, `bs=250`, `seed=0`, "standard",
-L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as devices, the model's
-convolutions `cpu.choose("auto")`'s as the library's commands run them, `batch_size=500`, the
-same version, norm and radius), on the first N test images of ../shared/data/cifar10_subset.npz. It
+L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as host devices and one of them
+running each batch, the model's convolutions `cpu.choose("auto").on_one_device()`'s, as the
+evaluate command runs AutoAttack on CPU, `batch_size=500`, the same version, norm and radius),
+on the first N test images of ../shared/data/cifar10_subset.npz. It
 records wall time (ours includes XLA compilation), the robust accuracy after each attack and
 each attack's seconds, the CPU (model, cores, avx512_bf16 / amx flags), load average and date.
 Results go to experiments/results/autoattack_benchmark.json (resumable: a finished
@@ -247,8 +248,11 @@ def child_ours(args) -> dict:
   host.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
   model_cfg, variables = load_variables(args.workdir)
   kwargs = {"width": model_cfg["width"]} if model_cfg["name"] == "small_cnn" else {}
-  # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
-  net = models.get_model(model_cfg["name"], 10, conv=cpu.choose("auto").conv, **kwargs)
+  # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself,
+  # as the evaluate command gives them to AutoAttack (one device of the host's runs each batch:
+  # every core for each oneDNN call, `Convolutions.on_one_device`).
+  conv = cpu.choose("auto").on_one_device().conv
+  net = models.get_model(model_cfg["name"], 10, conv=conv, **kwargs)
   logits_fn = lambda z: net.apply(variables, z, train=False)
   x, y = load_points(args.n)
   # The twin agrees (checked here, where both frameworks are at hand, before timing).
@@ -311,13 +315,15 @@ def machine() -> dict:
   return info
 
 
-def write_markdown(results: dict, path: str) -> None:
+def write_markdown(results: dict, path: str, source: str) -> None:
   lines = ["# AutoAttack: official PyTorch code vs `run_autoattack` (same weights, same points)",
            "", "Written by `experiments/benchmarks/autoattack_benchmark.py` from "
-           "`autoattack_benchmark.json`."
+           f"`{os.path.basename(source)}`."
            " Version standard at L-inf eps 8/255 (a case `model:points:L2` or `:L1`: L2 eps 0.5,"
            " L1 eps 12); official: torch CPU, bs=250, seed=0; ours: "
-           "`run_autoattack` with its defaults (one device, batch_size 500), wall time including "
+           "`run_autoattack` with its defaults (one device, batch_size 500; the model's oneDNN "
+           "convolutions on every core since 2026-12-07, as the evaluate command runs them), "
+           "wall time including "
            "XLA compilation (in brackets after each attack's seconds: the part spent tracing, "
            "lowering and compiling, where recorded). ratio = official s / our s (> 1: ours "
            "faster). Load average: the 1-minute figure when the side finished.", "",
@@ -376,7 +382,7 @@ def main(argv=None):
     with open(tmp, "w") as f:
       json.dump(results, f, indent=1)
     os.replace(tmp, args.results)
-    write_markdown(results, os.path.splitext(args.results)[0] + ".md")
+    write_markdown(results, os.path.splitext(args.results)[0] + ".md", args.results)
 
   workdirs = {"small_cnn": args.small_cnn_workdir, "resnet18": args.resnet18_workdir}
   for case in [c.strip() for c in args.cases.split(",") if c.strip()]:

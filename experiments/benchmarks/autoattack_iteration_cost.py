@@ -13,7 +13,7 @@ on both sides (the official attacks skip misclassified points). The small CNN's 
 from a small_cnn run (as experiments/benchmarks/autoattack_benchmark.py loads them); ResNet-18
 is randomly initialised (the cost does not depend on the weights) and copied into the benchmark's
 PyTorch twin. Ours computes its convolutions as the library's commands do on this CPU
-(`cpu.choose("auto")`, given to the model). Official: fra31/auto-attack at
+(`cpu.choose("auto").on_one_device()`, given to the model). Official: fra31/auto-attack at
 ../shared/reference/auto-attack, torch CPU with --torch_threads threads (2). Results:
 experiments/results/autoattack_speed.md.
 """
@@ -56,7 +56,7 @@ def main():
   from autoattack import autopgd_base, fab_pt  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.torch_threads)
   # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
-  conv = cpu.choose("auto").conv
+  conv = cpu.choose("auto").on_one_device().conv  # one device runs it: every core
   if args.model == "small_cnn":
     model_cfg, variables = benchmark.load_variables(args.workdir)
     net = models.get_model("small_cnn", 10, width=model_cfg["width"], conv=conv)

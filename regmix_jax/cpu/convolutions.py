@@ -22,11 +22,14 @@ _NAMES = {"plain": "lax's, unchanged", "xla": "XLA's", "onednn": "oneDNN's"}
 @dataclasses.dataclass(frozen=True)
 class Convolutions:
   """What runs convolutions: `name` "plain", "xla" or "onednn" (what `choose` resolved), and the
-  `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN."""
+  `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN.
+  `onednn_threads`: OpenMP threads per oneDNN call, 0 for the cores shared among the host devices
+  (right for a step mapped over all of them; `on_one_device` for work on one of several)."""
 
   name: str
   reason: str = ""
   onednn_min_size: int = onednn.MIN_SIZE
+  onednn_threads: int = 0
 
   def __post_init__(self):
     if self.name not in _NAMES:
@@ -40,7 +43,15 @@ class Convolutions:
     if self.name == "plain":
       return None
     return fast_conv.FastConv(onednn=self.name == "onednn",
-                              onednn_min_size=self.onednn_min_size)
+                              onednn_min_size=self.onednn_min_size,
+                              onednn_threads=self.onednn_threads)
+
+  def on_one_device(self) -> "Convolutions":
+    """These convolutions for a computation that runs on one host device of several while the
+    others wait (AutoAttack's batches on CPU, `run_autoattack(devices=None)`): each oneDNN call
+    may use every core. With the per-device count, a 2-core machine's 2 host devices left one
+    core idle: AutoAttack ran 1.5-1.9x slower (docs/performance.md)."""
+    return dataclasses.replace(self, onednn_threads=onednn.host_cores())
 
   def accelerate(self, fn: Callable) -> Callable:
     """`fn` (e.g. a `logits_fn` of a model the library did not build) with its convolutions

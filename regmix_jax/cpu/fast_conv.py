@@ -256,12 +256,17 @@ class FastConv:
   `rewrite.replace_convolutions` uses for a function the library did not build. The CPU paths run
   on CPU only (`lax.platform_dependent`); elsewhere the rules compute lax's layouts. Grouped
   convolutions keep lax's rule. `jax.jvp` through a convolution routed to oneDNN raises (its rule
-  is reverse-mode, custom_vjp)."""
+  is reverse-mode, custom_vjp). `onednn_threads`: OpenMP threads per oneDNN call (0: the cores
+  shared among the host devices, `onednn.threads_per_device`)."""
 
   onednn: bool = False
   onednn_min_size: int = onednn_lib.MIN_SIZE
+  onednn_threads: int = 0
 
   def __post_init__(self):
+    if self.onednn_threads < 0:
+      raise ValueError(f"onednn_threads must be >= 0 (0: per host device), got "
+                       f"{self.onednn_threads}.")
     if self.onednn:
       onednn_lib.load()  # registers the FFI target; raises OnednnUnavailable naming the fix
 
@@ -273,7 +278,7 @@ class FastConv:
     if self.onednn and onednn_lib.supports(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, params,
                                            min_size=self.onednn_min_size):
       return lax.platform_dependent(
-          lhs, rhs, cpu=lambda l, r: onednn_lib.conv_for(l, r, params),
+          lhs, rhs, cpu=lambda l, r: onednn_lib.conv_for(l, r, params, self.onednn_threads),
           default=lambda l, r: _conv(l, r, key))
     return _conv(lhs, rhs, key)
 

@@ -215,11 +215,18 @@ def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any,
           and min(lhs_shape[1], lhs_shape[2]) >= min_size)
 
 
-def threads_per_device() -> int:
-  """OpenMP threads for each call: the cores shared among the host devices, at least one (each
-  host device runs its own step at once)."""
+def host_cores() -> int:
+  """The cores this process may run on (its CPU affinity), at least one."""
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(1, (cores or 1) // max(1, jax.local_device_count("cpu")))
+  return max(1, cores or 1)
+
+
+def threads_per_device() -> int:
+  """OpenMP threads for each call of a step mapped over every host device: the cores shared
+  among them, at least one (each host device runs its own step at once). A computation on one
+  device of several (AutoAttack's batches on CPU) asks for `host_cores()` instead
+  (`Convolutions.on_one_device`): with this count its calls would leave cores idle."""
+  return max(1, host_cores() // max(1, jax.local_device_count("cpu")))
 
 
 def _call(kind: int, a, b, out_shape, strides, padding, threads: int):
@@ -296,9 +303,11 @@ _input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
 _kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
-def conv_for(lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
-  """`conv` for a `conv_general_dilated_p` equation's `params` that `supports` accepts."""
+def conv_for(lhs: jax.Array, rhs: jax.Array, params: dict[str, Any],
+             threads: int = 0) -> jax.Array:
+  """`conv` for a `conv_general_dilated_p` equation's `params` that `supports` accepts, on
+  `threads` OpenMP threads (0: `threads_per_device()`, decided when traced)."""
   return conv(lhs, rhs, tuple(params["window_strides"]),
-              tuple(tuple(p) for p in params["padding"]), threads_per_device())
+              tuple(tuple(p) for p in params["padding"]), threads or threads_per_device())
 
 
