@@ -90,6 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
   # input gradients stay float32 (docs/methods.md, "Precision"). Applies to every model of the
   # run; evaluation uses `eval.dtype`.
   c.model.dtype = "float32"
+  # With model.dtype "bfloat16" (or eval.dtype), the first convolution computes in float32 on
+  # float32 pixels and hands bfloat16 on (`models.common.model_input`): bfloat16 moves a pixel
+  # of 0.5 in steps of 2^-8, coarser than the 0.001 start of TRADES' attack. Ours (the released
+  # recipes are float32); no effect in float32. Applies to every model of the run.
+  c.model.first_conv_float32 = False
   # A fixed per-channel input normalisation as the models' first layer (models.NORMALIZATIONS:
   # "cifar10", "cifar100", and the values some RobustBench models use; "" = none), for the
   # recipes whose released code normalises (FGSM-RS, N-FGSM, PGD-AT); applies to every model of

@@ -201,22 +201,26 @@ def test_run_autoattack_gives_the_flags_of_autoattack(norm, version, split, batc
 
 def test_bucket_sizes_bound_the_padding_and_the_compiles():
   sizes = {attacks.autoattack_runner.bucket_size(n, 500) for n in range(1, 501)}
-  assert sizes == {16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 500}
-  for n in range(1, 501):
-    assert attacks.autoattack_runner.bucket_size(n, 500) < max(1.5 * n + 1, 17)
-  assert attacks.autoattack_runner.bucket_size(5, 12) == 12
+  assert sizes == {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 500}
+  for n in range(1, 501):  # padding: under half the points below 16, a third from there
+    assert attacks.autoattack_runner.bucket_size(n, 500) < (2 * n if n < 16 else 1.5 * n + 1)
+  assert attacks.autoattack_runner.bucket_size(5, 12) == 8
+  assert attacks.autoattack_runner.bucket_size(9, 12) == 12
   assert all(attacks.autoattack_runner.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
   # Square's finer ladder: at most 7 padded points up to 128, a quarter above.
   for n in range(1, 501):
     size = attacks.autoattack_runner.bucket_size(n, 500, fine=True)
-    assert (size == 16 or size - n < 8) if n <= 128 else size < 1.25 * n + 1, (n, size)
+    assert (size < 2 * n if n < 16 else size - n < 8) if n <= 128 else size < 1.25 * n + 1, (
+        n, size)
 
 
 def test_gradient_batches_cover_the_points_with_the_least_padding():
-  """`split_sizes`: ladder sizes whose sum is the smallest one that holds the points, in as few
-  batches as that sum allows (both found here by brute force over the ladder)."""
-  for cap, multiple in ((64, 1), (64, 2), (24, 1)):
-    ladder = attacks.autoattack_runner._ladder(cap, multiple)  # pylint: disable=protected-access
+  """`split_sizes`: under 16 points one batch of `bucket_size`; from 16, ladder sizes of 16 and
+  up whose sum is the smallest one that holds the points, in as few batches as that sum allows
+  (both found here by brute force over the ladder)."""
+  for cap, multiple in ((64, 1), (64, 2), (24, 1), (8, 1)):
+    full = attacks.autoattack_runner._ladder(cap, multiple)  # pylint: disable=protected-access
+    ladder = [s for s in full if s >= min(16, full[-1])]
     fewest = {0: 0}  # exact sum -> fewest batches
     for total in range(1, 700):
       options = [fewest[total - s] + 1 for s in ladder if total - s in fewest]
@@ -224,11 +228,16 @@ def test_gradient_batches_cover_the_points_with_the_least_padding():
         fewest[total] = min(options)
     for n in range(1, 600):
       sizes = attacks.autoattack_runner.split_sizes(n, cap, multiple)
+      if n < 16 and n <= full[-1]:
+        assert sizes == [attacks.autoattack_runner.bucket_size(n, cap, multiple)], (n, sizes)
+        continue
       assert set(sizes) <= set(ladder), (n, sizes)
       least = min(t for t in fewest if t >= n)
       assert sum(sizes) == least, (n, sizes, least)
       assert len(sizes) == fewest[least], (n, sizes)
   assert attacks.autoattack_runner.split_sizes(70, 64) == [48, 24]
+  assert attacks.autoattack_runner.split_sizes(5, 64) == [8]
+  assert attacks.autoattack_runner.split_sizes(1, 64) == [1]
   assert attacks.autoattack_runner.split_sizes(0, 64) == []
 
 

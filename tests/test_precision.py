@@ -124,3 +124,35 @@ def test_float32_policy_has_no_bf16_and_evaluation_defaults_to_float32():
   convolutions = _convolutions(jaxpr)
   assert convolutions and all(v.aval.dtype == jnp.float32  # ... and evaluates in float32
                               for eqn in convolutions for v in eqn.invars)
+
+
+@pytest.mark.parametrize("name,sizes", [("small_cnn", {"width": 4}), ("resnet18", {}),
+                                        ("preact_resnet18", {}),
+                                        ("wrn", {"depth": 10, "width": 1}),
+                                        ("dm_wrn", {"depth": 10, "width": 1}),
+                                        ("dm_preact_resnet18", {})])
+def test_first_conv_float32_keeps_the_pixels_float32_through_the_first_layer_only(name, sizes):
+  """`model.first_conv_float32`: under a bf16 policy the first convolution alone computes in
+  float32 on float32 pixels, so a change of pixels below bf16's resolution (0.0019 at 0.5, where
+  bf16 steps by 2^-8) reaches the logits; without it the bf16 model cannot see it. The parameters
+  are the same tree (checkpoints interchangeable), and a float32 model is unchanged bit for bit."""
+  x = jnp.full((2, 32, 32, 3), 0.5, jnp.float32)
+  nudged = x.at[:, 4:28, 4:28, :].add(0.0019)
+  build = lambda dtype, first: models.get_model(name, 10, dtype=dtype, first_conv_float32=first,
+                                                **sizes)
+  variables = build("float32", False).init(jax.random.key(0), x, train=False)
+  assert (jax.tree.structure(build("bfloat16", True).init(jax.random.key(0), x, train=False))
+          == jax.tree.structure(variables))
+  logits = lambda net, z: np.asarray(jax.jit(lambda z: net.apply(variables, z, train=False))(z))
+  plain, first = build("bfloat16", False), build("bfloat16", True)
+  np.testing.assert_array_equal(logits(plain, nudged), logits(plain, x))
+  assert np.any(logits(first, nudged) != logits(first, x))
+  conv_dtypes = [tuple(v.aval.dtype for v in eqn.invars) for eqn in _convolutions(
+      jax.make_jaxpr(lambda z: first.apply(variables, z, train=False))(x))]
+  assert conv_dtypes[0] == (jnp.float32, jnp.float32)
+  assert all(d == (jnp.bfloat16, jnp.bfloat16) for d in conv_dtypes[1:])
+  np.testing.assert_array_equal(logits(build("float32", True), nudged),
+                                logits(build("float32", False), nudged))
+  config = _config("fgsm_pgk")
+  config.model.first_conv_float32 = True
+  assert models.build_models(config, ("target",), 10)["target"].first_conv_float32

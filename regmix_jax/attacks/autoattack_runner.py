@@ -134,12 +134,12 @@ class AutoAttackResult:
 
 
 def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]:
-  """The batch sizes points are padded to: 16, 24, 32, 48, 64, ... (powers of two and 1.5 times
-  powers of two from 16; `fine`: every multiple of 8 up to 128, then also 1.25 and 1.75 times
-  powers of two) below `batch_size`, and `batch_size`, each rounded up to a multiple of
-  `multiple`."""
+  """The batch sizes points are padded to: 1, 2, 4, 8, then 16, 24, 32, 48, 64, ... (powers of
+  two and 1.5 times powers of two from 16; `fine`: every multiple of 8 up to 128, then also 1.25
+  and 1.75 times powers of two) below `batch_size`, and `batch_size`, each rounded up to a
+  multiple of `multiple`."""
   cap = -(-batch_size // multiple) * multiple
-  ladder, k = {cap}, 16
+  ladder, k = {cap, 1, 2, 4, 8}, 16
   if fine:
     ladder.update(range(16, 129, 8))
   while k < cap:
@@ -150,8 +150,10 @@ def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]
 
 def bucket_size(n: int, batch_size: int, multiple: int = 1, fine: bool = False) -> int:
   """The batch size a set of `n <= batch_size` points is padded to: the smallest size of the
-  ladder (`_ladder`) that holds them. Sets under 16 points share one size: their padding costs
-  little, and every size is a compile."""
+  ladder (`_ladder`) that holds them. Every size is a compile, and every padded point costs as
+  much as a real one: sets under 16 points take powers of two (until 2026-12-07 they shared 16,
+  and on ResNet-18, where a gradient costs ~11 ms a point here, APGD-T's last 4 points and
+  FAB-T's last one ran 4x and 16x the work: `experiments/results/real_models_cpu.md`)."""
   return next(s for s in _ladder(batch_size, multiple, fine) if s >= n)
 
 
@@ -159,10 +161,14 @@ def split_sizes(n: int, batch_size: int, multiple: int = 1) -> list[int]:
   """Padded sizes, each on the ladder (`_ladder(batch_size)`), of the batches `n` points are cut
   into for the gradient attacks: the fewest padded points in all, then the fewest batches and
   sizes, the largest first (e.g. 70 points under a cap of 64: [48, 24], not [64, 16]). All but the last
-  `batch_size + n % batch_size` points go in full batches."""
+  `batch_size + n % batch_size` points go in full batches. Under 16 points: one batch of
+  `bucket_size(n)`; from 16, sizes from 16 up (a few padded points cost less than a compile)."""
   if n <= 0:
     return []
   ladder = _ladder(batch_size, multiple)
+  if n < 16 and n <= ladder[-1]:
+    return [bucket_size(n, batch_size, multiple)]
+  ladder = [s for s in ladder if s >= min(16, ladder[-1])]
   full = max(n // ladder[-1] - 1, 0)
   rest = n - full * ladder[-1]
 

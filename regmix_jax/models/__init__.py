@@ -100,9 +100,10 @@ def model_kwargs(name: str) -> tuple[str, ...]:
 
 def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
               dtype: Any = jnp.float32, normalize: str = "", conv: Callable | None = None,
-              **kwargs) -> nn.Module:
+              first_conv_float32: bool = False, **kwargs) -> nn.Module:
   """Builds model `name` with `num_classes` outputs, its convolutions computed by `conv` (None:
-  `lax.conv_general_dilated`). ValueError for an unknown name or for keyword arguments the model
+  `lax.conv_general_dilated`), its first convolution in float32 with `first_conv_float32`
+  (`common.model_input`). ValueError for an unknown name or for keyword arguments the model
   does not take."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r} (config field model.name); available: "
@@ -120,7 +121,7 @@ def get_model(name: str, num_classes: int, *, axis_name: str | None = None,
   if conv is not None:
     kwargs["conv_general_dilated"] = conv
   return MODELS[name](num_classes, axis_name=axis_name, dtype=dtype, normalize=normalize,
-                      **kwargs)
+                      first_conv_float32=first_conv_float32, **kwargs)
 
 
 def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
@@ -130,8 +131,8 @@ def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
   e.g. D2R's `guide_model`). BatchNorm is synchronised over the data-parallel axis
   (`parallel.AXIS`) when `model.sync_batch_norm` (the statistics of the global batch, as on one
   GPU); every model computes in `dtype` (default `model.dtype`, the training precision; the
-  evaluation passes `eval.dtype`) and normalises its inputs by `model.normalize`; `conv` as
-  `get_model`."""
+  evaluation passes `eval.dtype`) and normalises its inputs by `model.normalize`, its first
+  convolution in float32 with `model.first_conv_float32`; `conv` as `get_model`."""
   axis_name = AXIS if config.model.sync_batch_norm else None
   dtype = DTYPES[config.model.dtype if dtype is None else dtype]
   built = {}
@@ -139,7 +140,8 @@ def build_models(config: ml_collections.ConfigDict, roles: Iterable[str],
     model_cfg = config.model if role == "target" else config[f"{role}_model"]
     sizes = {k: model_cfg[k] for k in ("width", "depth") if model_cfg[k]}
     built[role] = get_model(model_cfg.name, num_classes, axis_name=axis_name, dtype=dtype,
-                            normalize=config.model.normalize, conv=conv, **sizes)
+                            normalize=config.model.normalize, conv=conv,
+                            first_conv_float32=config.model.first_conv_float32, **sizes)
   return built
 
 

@@ -135,6 +135,17 @@ def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None 
   return BatchNorm(use_running_average=not train, axis_name=axis_name, dtype=dtype, name=name)
 
 
+def model_input(x, normalization: str, dtype: Any, first_conv_float32: bool):
+  """`(x, stem_dtype)`: the images `x` normalised (`normalize`, in float32) and cast to the dtype
+  the model's first convolution computes in, `stem_dtype`: the model's `dtype`, or float32 with
+  `first_conv_float32` (an option of the bfloat16 policy, config `model.first_conv_float32`: the
+  pixels and an attack's small perturbations of them keep float32 resolution through the first
+  layer, whose output the model then casts to `dtype`; bfloat16 moves a pixel of 0.5 in steps of
+  2^-8 = 0.004)."""
+  stem = jnp.float32 if first_conv_float32 else dtype
+  return normalize(jnp.asarray(x, jnp.float32), normalization).astype(stem), stem
+
+
 def normalize(x, name: str):
   """`(x - mean) / std` per channel for `name` in NORMALIZATIONS ("" = x unchanged): the fixed
   first layer of the recipes that normalise their inputs. Attacks keep working in [0, 1] pixel

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from regmix_jax.models.common import (TORCH_DEFAULT_INIT, ConvFn, batch_norm, check_images,
-                                      normalize, pooled_head)
+                                      model_input, pooled_head)
 from regmix_jax.models.wideresnet import check_depth
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, conv_fn: ConvFn,
@@ -130,6 +130,7 @@ class DMWideResNet(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   def __post_init__(self):
     check_depth(self.depth, self.width)
@@ -138,8 +139,9 @@ class DMWideResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x, sizes=(32,))
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = _conv(16, 3, 1, self.dtype, "init_conv", self.conv_general_dilated, same=False)(x)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
+    x = _conv(16, 3, 1, stem, "init_conv", self.conv_general_dilated, same=False)(x).astype(
+        self.dtype)
     x = _Groups(self.axis_name, self.dtype, self.conv_general_dilated, (self.depth - 4) // 6,
                 self.width, name="layer")(x, train)
     x = nn.swish(batch_norm(train, self.axis_name, self.dtype, name="batchnorm")(x))
@@ -180,12 +182,14 @@ class DMPreActResNet18(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x, sizes=(32,))
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = _conv(64, 3, 1, self.dtype, "conv_2d", self.conv_general_dilated, same=False)(x)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
+    x = _conv(64, 3, 1, stem, "conv_2d", self.conv_general_dilated, same=False)(x).astype(
+        self.dtype)
     planes = (64, 64, 128, 256, 512)
     for i, stride in enumerate((1, 2, 2, 2)):
       x = _Sequential(self.axis_name, self.dtype, self.conv_general_dilated, DMPreActBlock, 2,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from regmix_jax.models.common import (ConvFn, PreActBlock, batch_norm, check_images, conv, linear,
-                                      normalize, pooled_head)
+                                      model_input, pooled_head)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -55,12 +55,14 @@ class ResNet18(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x)
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(64, 3, 1, self.dtype, name="conv1", conv_general_dilated=self.conv_general_dilated)(x)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
+    x = conv(64, 3, 1, stem, name="conv1",
+             conv_general_dilated=self.conv_general_dilated)(x).astype(self.dtype)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(x))
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, self.stage_strides), 1):
       for i in range(2):
@@ -95,6 +97,7 @@ class PreActResNet18(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -102,8 +105,9 @@ class PreActResNet18(nn.Module):
       raise ValueError(f"PreActResNet18 variant must be wong, rice, fgsm_pgk or robustbench, "
                        f"got {self.variant!r}.")
     check_images(x)
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(64, 3, 1, self.dtype, name="conv1", conv_general_dilated=self.conv_general_dilated)(x)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
+    x = conv(64, 3, 1, stem, name="conv1",
+             conv_general_dilated=self.conv_general_dilated)(x).astype(self.dtype)
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, (1, 2, 2, 2)), 1):
       for i in range(2):
         x = PreActBlock(width, stride if i == 0 else 1,

@@ -6,8 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from regmix_jax.models.common import (ConvFn, batch_norm, check_images, conv, normalize,
-                                      pooled_head)
+from regmix_jax.models.common import ConvFn, batch_norm, check_images, conv, model_input, pooled_head
 
 
 class SmallCNN(nn.Module):
@@ -21,6 +20,7 @@ class SmallCNN(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   def __post_init__(self):
     if not isinstance(self.width, int) or self.width < 1:
@@ -30,9 +30,9 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     check_images(x, sizes=None, min_size=8)
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
     for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2)), 1):
-      x = conv(self.width * mult, 3, stride, self.dtype, name=f"conv{i}",
-               conv_general_dilated=self.conv_general_dilated)(x)
+      x = conv(self.width * mult, 3, stride, stem if i == 1 else self.dtype, name=f"conv{i}",
+               conv_general_dilated=self.conv_general_dilated)(x).astype(self.dtype)
       x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name=f"bn{i}")(x))
     return pooled_head(x, self.num_classes, self.dtype)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from regmix_jax.models.common import (ConvFn, PreActBlock, batch_norm, check_images, conv,
-                                      normalize, pooled_head)
+                                      model_input, pooled_head)
 
 
 def check_depth(depth: int, width: int = 1) -> int:
@@ -57,6 +57,7 @@ class WideResNet(nn.Module):
   dtype: Any = jnp.float32
   normalize: str = ""
   conv_general_dilated: ConvFn = lax.conv_general_dilated
+  first_conv_float32: bool = False  # `common.model_input`
 
   def __post_init__(self):
     check_depth(self.depth, self.width)
@@ -66,9 +67,9 @@ class WideResNet(nn.Module):
   def __call__(self, x, train: bool):
     check_images(x)
     n = check_depth(self.depth)
-    x = normalize(jnp.asarray(x, jnp.float32), self.normalize).astype(self.dtype)
-    x = conv(16, 3, 1, self.dtype, name="conv1", init="wrn",
-             conv_general_dilated=self.conv_general_dilated)(x)
+    x, stem = model_input(x, self.normalize, self.dtype, self.first_conv_float32)
+    x = conv(16, 3, 1, stem, name="conv1", init="wrn",
+             conv_general_dilated=self.conv_general_dilated)(x).astype(self.dtype)
     for stage, (base, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
       x = NetworkBlock(n, base * self.width, stride, self.axis_name, self.dtype,
                        self.conv_general_dilated, name=f"block{stage}")(x, train)
