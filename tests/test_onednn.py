@@ -334,7 +334,7 @@ def test_a_computation_on_one_device_of_several_gets_every_core():
   computation one device runs alone (AutoAttack on CPU: the evaluate command, `run_autoattack`
   without `devices`) asks `on_one_device` for every core, forward and gradient alike, and
   `evaluate.autoattack_net` gives it that model. (With the per-device share, a 2-core machine's 2
-  host devices left a core idle: AutoAttack 1.5-1.9x slower.)"""
+  host devices left a core idle: its passes 1.5-1.7x slower.)"""
   x, w = jnp.ones((2, 16, 16, 4)), jnp.ones((3, 3, 4, 5))
   conv = lambda c: (lambda x, w: jnp.sum(c(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2))
   chosen = cpu.Convolutions("onednn")

@@ -50,7 +50,7 @@ class Convolutions:
     """These convolutions for a computation that runs on one host device of several while the
     others wait (AutoAttack's batches on CPU, `run_autoattack(devices=None)`): each oneDNN call
     may use every core. With the per-device count, a 2-core machine's 2 host devices left one
-    core idle: AutoAttack ran 1.5-1.9x slower (docs/performance.md)."""
+    core idle: its convolution passes ran 1.5-1.7x slower (docs/performance.md)."""
     return dataclasses.replace(self, onednn_threads=onednn.host_cores())
 
   def accelerate(self, fn: Callable) -> Callable:
