@@ -49,11 +49,11 @@ sys.path.insert(0, HERE)
 import autoattack_benchmark as aa_bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RESULTS = os.path.join(ROOT, "experiments", "results", "real_models_cpu.json")
-# model name -> (our convert flags, the PyTorch constructor in robustbench_twins)
+# model name -> (our convert flags, its PyTorch class built from the robustbench_twins module)
 MODELS = {
-    "resnet18": (["--model=resnet18"], "ResNet18()"),
+    "resnet18": (["--model=resnet18"], lambda twins: twins.ResNet18()),
     "wrn-28-10": (["--model=wrn", "--depth=28", "--width=10"],
-                  "WideResNet(depth=28, widen_factor=10)"),
+                  lambda twins: twins.WideResNet(depth=28, widen_factor=10)),
 }
 EPS, ALPHA, PGD_STEPS, PGD_BATCH = 8 / 255, 2 / 255, 20, 128
 
@@ -82,7 +82,7 @@ def torch_model(name: str):
   sys.path.insert(0, os.path.join(ROOT, "tests", "crosscheck"))
   import robustbench_twins  # pylint: disable=g-import-not-at-top  (found just above)
   torch.manual_seed(0)
-  return eval(MODELS[name][1], vars(robustbench_twins)).eval()  # pylint: disable=eval-used
+  return MODELS[name][1](robustbench_twins).eval()
 
 
 def points(n: int):
