@@ -293,6 +293,16 @@ def child_ours(args) -> dict:
 # ---------------------------------------------------------------------------------- the driver
 
 
+def run_child(cmd: list[str], what: str) -> dict:
+  """Runs `cmd` (a child side of a benchmark) from the repository root and returns the JSON of
+  its last `RESULT ` line; exits naming `what` with the child's error output otherwise."""
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode != 0 or not lines:
+    raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
 def machine() -> dict:
   info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "cores": os.cpu_count(), "python": platform.python_version()}
@@ -405,11 +415,7 @@ def main(argv=None):
                f"--torch_threads={args.torch_threads}", f"--results={args.results}",
                f"--norm={norm}"]
         print(f"[{case} rep {rep}] {side} ...", flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-          raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
-        entry[side] = json.loads(lines[-1][len("RESULT "):])
+        entry[side] = run_child(cmd, side)
         if args.note:
           entry[side]["note"] = args.note
         e = entry[side]

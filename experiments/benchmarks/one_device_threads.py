@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -36,15 +34,8 @@ def child(devices: int) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from regmix_jax import cpu, models  # pylint: disable=g-import-not-at-top
-
-  def best_ms(fn, *args, n=5):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(n):
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - t)
-    return 1000 * min(times)
+  import harness  # pylint: disable=g-import-not-at-top  (beside this file; imports JAX)
+  best_ms = lambda fn, *args: 1000 * harness.best_seconds(fn, args, 5)
 
   rows = []
   for name, kwargs, batch in CASES:
@@ -75,13 +66,11 @@ def main():
   if args.child:
     print("RESULT " + json.dumps(child(args.child)), flush=True)
     return
-  sys.path.insert(0, HERE)
-  import autoattack_benchmark  # pylint: disable=g-import-not-at-top  (its `machine()`)
+  import autoattack_benchmark  # pylint: disable=g-import-not-at-top  (`machine`, `run_child`)
   rows = []
   for devices in (args.devices, 1):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={devices}"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    rows += json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:])
+    rows += autoattack_benchmark.run_child(
+        [sys.executable, os.path.abspath(__file__), f"--child={devices}"], f"{devices} devices")
   machine = autoattack_benchmark.machine()
   with open(RESULTS, "w") as f:
     json.dump(dict(rows=rows, machine=machine, command="python " + os.path.relpath(

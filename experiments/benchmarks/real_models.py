@@ -186,11 +186,7 @@ def run_child(args, child: str, model: str, layout: str = "nchw") -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), f"--child={child}", f"--model={model}",
          f"--points={args.points}", f"--root={args.root}", f"--layout={layout}",
          f"--torch_threads={args.torch_threads}"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode != 0 or not lines:
-    raise SystemExit(f"{child} ({model}) failed:\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1][len("RESULT "):])
+  return aa_bench.run_child(cmd, f"{child} ({model})")
 
 
 def run_ours(workdir: str, attacks: str, n: int) -> dict:

@@ -151,9 +151,9 @@ def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]
 def bucket_size(n: int, batch_size: int, multiple: int = 1, fine: bool = False) -> int:
   """The batch size a set of `n <= batch_size` points is padded to: the smallest size of the
   ladder (`_ladder`) that holds them. Every size is a compile, and every padded point costs as
-  much as a real one: sets under 16 points take powers of two (until 2026-12-07 they shared 16,
-  and on ResNet-18, where a gradient costs ~11 ms a point here, APGD-T's last 4 points and
-  FAB-T's last one ran 4x and 16x the work: `experiments/results/real_models_cpu.md`)."""
+  much as a real one: sets under 16 points take powers of two, so a large model's last few
+  points are not padded to 16 (`experiments/results/autoattack_speed.md`, "ResNet-18 and
+  WRN-28-10")."""
   return next(s for s in _ladder(batch_size, multiple, fine) if s >= n)
 
 

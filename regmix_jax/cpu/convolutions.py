@@ -49,8 +49,8 @@ class Convolutions:
   def on_one_device(self) -> "Convolutions":
     """These convolutions for a computation that runs on one host device of several while the
     others wait (AutoAttack's batches on CPU, `run_autoattack(devices=None)`): each oneDNN call
-    may use every core. With the per-device count, a 2-core machine's 2 host devices left one
-    core idle: its convolution passes ran 1.5-1.7x slower (docs/performance.md)."""
+    may use every core; with the per-device count the waiting devices' cores stay idle
+    (docs/performance.md, "One device, every core")."""
     return dataclasses.replace(self, onednn_threads=onednn.host_cores())
 
   def accelerate(self, fn: Callable) -> Callable:
