@@ -46,14 +46,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.cpu_ynn_fusion_type = "reduce"
   # CPU only: what runs the convolutions (`cpu.choose`, one of cpu.CHOICES): "xla", XLA:CPU's own
   # kernels with the library's gradient rules (regmix_jax/cpu/fast_conv.py); "onednn", oneDNN's
-  # for the NHWC convolutions whose input maps are at least 16 wide (`onednn.supports`: not
-  # strided 1x1 ones with under 16 input channels, nor bf16 without AVX512-BF16 or AMX;
+  # for the NHWC convolutions whose input maps are at least `cpu_onednn_min_size` wide
+  # (`onednn.supports`: not strided 1x1 ones with under 16 input channels, nor bf16 without
+  # AVX512-BF16 or AMX;
   # `pip install "regmix_jax[onednn]"` on x86_64 Linux, and g++; falls back to "xla" with a
   # warning where unavailable); "auto", oneDNN's on x86-64 Linux CPUs with AVX-512 where it is
   # installed and builds, "xla" elsewhere (measured faster there: docs/performance.md); "plain",
   # lax's convolution unchanged. The run's first line says which. Values change by float
   # rounding only. Convolutions on oneDNN are reverse-mode only (`jax.jvp` through them raises).
   c.cpu_convolutions = "auto"
+  # CPU only, with oneDNN's convolutions: the narrowest input map (pixels) sent to oneDNN; the
+  # narrower ones run on XLA's. 0: the default measured for this CPU's vendor
+  # (`cpu.onednn.default_min_size`: every map on AMD CPUs, maps at least 16 wide elsewhere;
+  # docs/performance.md, "Narrow maps"). Values change by float rounding only.
+  c.cpu_onednn_min_size = 0
   # CPU only: how long a host device may wait for the others at a collective (seconds) before
   # XLA:CPU ends the process; XLA's own default, 40 s, can be reached by a slow device on a busy
   # machine (cpu.host.COLLECTIVE_TIMEOUT_FLAG). XLA_FLAGS, when it sets the flag, wins.
@@ -359,6 +365,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("parallel", config.parallel, parallel.KINDS)
   host.check_ynn_fusion_type(config.cpu_ynn_fusion_type)
   _choice("cpu_convolutions", config.cpu_convolutions, cpu.CHOICES)
+  cpu.check_min_size(config.cpu_onednn_min_size)
   _choice("data.source", config.data.source, data.SOURCES)
   _choice("data.pad_mode", config.data.pad_mode, data.PAD_MODES)
   _choice("model.dtype", config.model.dtype, tuple(models.DTYPES))

@@ -309,7 +309,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
   attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,
                                       norm=norm, version=version)
   config_lib.validate(config)
-  convolutions = cpu.choose(config.cpu_convolutions)
+  convolutions = cpu.convolutions_for(config)
 
   try:
     dataset = data.load_dataset(config.data)

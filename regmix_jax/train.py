@@ -172,7 +172,7 @@ class Trainer:
     values)`.
   eval_steps: role -> the mapped `evaluation.eval_step(state, batch) -> per-device counts` over
     `config.eval.attacks`, for every role in `config.eval.roles`.
-  convolutions: what runs the models' convolutions (`cpu.choose(config.cpu_convolutions)`).
+  convolutions: what runs the models' convolutions (`cpu.convolutions_for(config)`).
   """
 
   config: ml_collections.ConfigDict
@@ -214,13 +214,13 @@ class Trainer:
 def build_trainer(config: ml_collections.ConfigDict,
                   convolutions: cpu.Convolutions | None = None) -> Trainer:
   """Validates `config` and builds its `Trainer` (no workdir is touched). The models compute their
-  convolutions as `convolutions` says (default: `cpu.choose(config.cpu_convolutions)`). The
+  convolutions as `convolutions` says (default: `cpu.convolutions_for(config)`). The
   CLI's `train_and_evaluate` runs it; the benchmarks time its `train_step`."""
   config_lib.validate(config)
   data_parallel = parallel.DataParallel(config.parallel)
   config_lib.validate(config, data_parallel.num_devices)
   if convolutions is None:
-    convolutions = cpu.choose(config.cpu_convolutions)
+    convolutions = cpu.convolutions_for(config)
   dataset = data.load_dataset(config.data)
   method = methods.get_method(config.method.name)
   nets = models.build_models(config, method.roles, dataset.num_classes, conv=convolutions.conv)

@@ -253,6 +253,36 @@ def test_batches_hold_every_point_once_and_none_is_empty():
     assert all(set(p) == set(c) for c, p in pairs)  # padding repeats a point of its own batch
 
 
+def test_shrinking_passes_pad_and_compile_no_more_than_the_ladder():
+  """A gradient attack's passes (`_passes_host`) run on ever fewer points. With the sizes already
+  compiled remembered, a set of one batch runs at its own size when no compiled size within its
+  ladder size holds it: never more padded points per pass, never more distinct sizes (compiles)
+  than the ladder alone, and e.g. 28 points at 28, not 32."""
+  rs = np.random.RandomState(0)
+  for devices, cap in ((1, 64), (2, 64), (1, 500)):
+    batcher = attacks.autoattack_runner._Batcher(500, jax.devices()[:devices])  # pylint: disable=protected-access
+    split_at = cap if cap < 500 else None
+    for _ in range(200):
+      n = int(rs.randint(1, 300))
+      counts = sorted({n, *rs.randint(1, n + 1, size=rs.randint(1, 10))}, reverse=True)
+      compiled, ladder_sizes = set(), set()
+      for m in counts:
+        ours = list(batcher.chunks(np.arange(m), split_at, compiled=compiled))
+        plain = list(batcher.chunks(np.arange(m), split_at))
+        ladder_sizes |= {len(p) for _, p in plain}
+        np.testing.assert_array_equal(np.concatenate([c for c, _ in ours]), np.arange(m))
+        assert all(len(p) % devices == 0 and set(p) == set(c) for c, p in ours)
+        assert sum(len(p) for _, p in ours) <= sum(len(p) for _, p in plain), (counts, m)
+        assert {len(p) for _, p in ours} <= compiled
+      assert len(compiled) <= len(ladder_sizes), (counts, compiled, ladder_sizes)
+  batcher = attacks.autoattack_runner._Batcher(500, None)  # pylint: disable=protected-access
+  compiled = set()
+  assert [len(p) for _, p in batcher.chunks(np.arange(28), 64, compiled=compiled)] == [28]
+  assert [len(p) for _, p in batcher.chunks(np.arange(25), 64, compiled=compiled)] == [28]
+  assert [len(p) for _, p in batcher.chunks(np.arange(20), 64, compiled=compiled)] == [20]
+  assert compiled == {28, 20}
+
+
 def test_kth_smallest_is_the_sorted_rows_entry():
   """APGD-L1's sparsity threshold, `sort(|g|)[k]` (`autopgd_base.py:346-356`), found without a
   sort: exactly the sorted entry, with ties, zeros, a zero row and the first and last ranks."""

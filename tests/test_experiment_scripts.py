@@ -246,7 +246,7 @@ def test_benchmark_variant_narrows_onednn_inputs_through_the_convolutions():
   from regmix_jax import cpu  # pylint: disable=g-import-not-at-top  (JAX only for this test)
   harness = _benchmarks("harness")
   assert harness.VARIANTS["2dev-dnnl8"]["onednn_min_size"] == 8
-  config = types.SimpleNamespace(cpu_convolutions="xla")
+  config = types.SimpleNamespace(cpu_convolutions="xla", cpu_onednn_min_size=0)
   narrowed = harness.convolutions(config, {"devices": 2, "onednn_min_size": 8})
   assert narrowed == dataclasses.replace(cpu.choose("xla"), onednn_min_size=8)
   assert harness.convolutions(config, {"devices": 2}) == cpu.choose("xla")

@@ -4,6 +4,7 @@
 Needs the `onednn` extra and g++ (`.ci/run` installs it); the tests of oneDNN's values skip
 without them, the error-message tests do not."""
 
+import functools
 import re
 import subprocess
 
@@ -110,10 +111,10 @@ def _hlo(fn, *args) -> str:
 def test_routed_only_where_asked_and_supported():
   def conv(fast, **kw):
     return lambda x, w: fast(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kw)
-  dnnl = fast_conv.FastConv(onednn=True)
+  dnnl = fast_conv.FastConv(onednn=True, onednn_min_size=16)
   w = jnp.ones((3, 3, 4, 4))
   assert onednn.TARGET in _hlo(conv(dnnl), jnp.ones((2, 16, 16, 4)), w)
-  assert onednn.TARGET not in _hlo(conv(dnnl), jnp.ones((2, 8, 8, 4)), w)  # below MIN_SIZE
+  assert onednn.TARGET not in _hlo(conv(dnnl), jnp.ones((2, 8, 8, 4)), w)  # below the minimum
   assert onednn.TARGET in _hlo(conv(fast_conv.FastConv(onednn=True, onednn_min_size=8)),
                                jnp.ones((2, 8, 8, 4)), w)
   assert onednn.TARGET not in _hlo(conv(dnnl, feature_group_count=2), jnp.ones((2, 16, 16, 4)),
@@ -171,6 +172,51 @@ def test_an_unknown_setting_names_the_field():
     cpu.choose("mkl")
 
 
+def _vendor(monkeypatch, vendor: str) -> None:
+  """This CPU's vendor as `vendor` for the test (and `default_min_size` recomputed)."""
+  monkeypatch.setattr(onednn.host, "cpu_vendor", lambda: vendor)
+  onednn.default_min_size.cache_clear()
+  monkeypatch.setattr(onednn, "default_min_size", functools.cache(onednn.default_min_size.__wrapped__))
+
+
+@pytest.mark.parametrize("vendor, size", [("GenuineIntel", 16), ("AuthenticAMD", 1), ("", 16)])
+def test_narrow_maps_go_to_onednn_on_the_cpus_where_that_was_measured_faster(monkeypatch, vendor,
+                                                                            size):
+  """`cpu_onednn_min_size` 0 (the default) is the threshold measured for the CPU's vendor: every
+  map on AMD, maps at least 16 wide on Intel and unknown CPUs; a run's value wins; a bad value
+  fails at start naming the field; the run's first line says which maps go to oneDNN."""
+  _vendor(monkeypatch, vendor)
+  assert onednn.default_min_size() == size
+  assert fast_conv.FastConv().min_size == size
+  assert fast_conv.FastConv(onednn_min_size=8).min_size == 8
+  config = config_lib.base_config()
+  assert config.cpu_onednn_min_size == 0
+  assert cpu.convolutions_for(config).conv.min_size in (size, 16)  # 16: XLA's (min unused)
+  picked = cpu.Convolutions("onednn", 'cpu_convolutions="onednn"')
+  assert picked.describe() == (
+      "Convolutions on CPU: oneDNN's " + ("for every map" if size == 1 else
+                                         "for input maps at least 16 wide, XLA's for the rest")
+      + ' (cpu_convolutions="onednn").')
+  config.cpu_onednn_min_size = 8
+  assert cpu.convolutions_for(config).onednn_min_size == 8
+  for bad in (-1, -16):
+    config.cpu_onednn_min_size = bad
+    with pytest.raises(ValueError, match="`cpu_onednn_min_size` must be an integer >= 0"):
+      config_lib.validate(config)
+  with pytest.raises(ValueError, match="onednn_min_size must be >= 0"):
+    fast_conv.FastConv(onednn_min_size=-1)
+
+
+@needs_onednn
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_the_default_routes_8x8_maps_to_onednn_on_amd_only(monkeypatch, vendor):
+  _vendor(monkeypatch, vendor)
+  conv = lambda x, w: fast_conv.FastConv(onednn=True)(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                      dimension_numbers=NHWC)
+  hlo = _hlo(conv, jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
+  assert (onednn.TARGET in hlo) == (vendor == "AuthenticAMD")
+
+
 @pytest.mark.parametrize("machine", ["x86_avx512", "no_avx512", "aarch64", "not_installed",
                                      "does_not_build"])
 def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypatch, caplog,
@@ -180,6 +226,7 @@ def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypa
   that is installed but cannot be built warns, naming the cause."""
   flags = {"sse4_2", "avx2"} | (set() if machine == "no_avx512" else {"avx512f"})
   monkeypatch.setattr(onednn.host, "cpu_flags", lambda: frozenset(flags))
+  _vendor(monkeypatch, "GenuineIntel")
   monkeypatch.setattr(onednn.platform, "machine",
                       lambda: "aarch64" if machine == "aarch64" else "x86_64")
   monkeypatch.setattr(onednn.platform, "system", lambda: "Linux")
@@ -200,8 +247,9 @@ def test_auto_takes_onednn_only_where_it_was_measured_faster_and_builds(monkeypa
           "not_installed": "not installed", "does_not_build": "installed but unusable",
           "x86_avx512": "AVX-512, and oneDNN installed"}[machine] in reason
   assert ("No C++ compiler found" in caplog.text) == (machine == "does_not_build")
+  where = " for input maps at least 16 wide, XLA's for the rest" if picked.name == "onednn" else ""
   assert picked.describe() == (  # a run's first line of output
-      f"Convolutions on CPU: {'oneDNN' if picked.name == 'onednn' else 'XLA'}'s "
+      f"Convolutions on CPU: {'oneDNN' if picked.name == 'onednn' else 'XLA'}'s{where} "
       f'(cpu_convolutions="auto": {reason}).')
 
 
@@ -297,8 +345,10 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
   config = tiny_runs.tiny_config("fgsm_pgk", num_epochs=1, cpu_convolutions="onednn",
                                  **{"eval.attacks": "clean"})
   train.train_and_evaluate(config, workdir)
+  where = ("for every map" if onednn.default_min_size() == 1 else
+           f"for input maps at least {onednn.default_min_size()} wide, XLA's for the rest")
   assert capsys.readouterr().out.startswith(
-      'Convolutions on CPU: oneDNN\'s (cpu_convolutions="onednn").\n')
+      f'Convolutions on CPU: oneDNN\'s {where} (cpu_convolutions="onednn").\n')
   on_onednn = evaluate.evaluate_checkpoint(workdir, attacks_spec="clean,pgd3", progress=False)
 
   # AutoAttack runs each batch on one device of the 4 here: its model asks for every core.

@@ -82,6 +82,8 @@ VARIANTS = {
     # oneDNN for input maps >= 8 wide (`cpu.Convolutions.onednn_min_size`, 16 by default):
     # ResNet's third stage too.
     "2dev-dnnl8": dict(devices=2, convolutions="onednn", onednn_min_size=8),
+    # Every convolution on oneDNN, the 8 x 8 and 4 x 4 maps too (2026-12-07, AMD EPYC).
+    "2dev-dnnl1": dict(devices=2, convolutions="onednn", onednn_min_size=1),
     "1dev-xla": dict(devices=1, convolutions="xla"),
     "2dev-bf16-xla": dict(devices=2, dtype="bfloat16", convolutions="xla"),
 }
@@ -150,7 +152,7 @@ def convolutions(config, variant: dict) -> cpu.Convolutions:
   """What runs a case's convolutions, for `train.build_trainer`: `cpu.choose` of the config's
   `cpu_convolutions` (the variant's, else the default), with the variant's `onednn_min_size`
   where it has one. Call it after `configure_devices`."""
-  chosen = cpu.choose(config.cpu_convolutions)
+  chosen = cpu.convolutions_for(config)
   if "onednn_min_size" in variant:
     chosen = dataclasses.replace(chosen, onednn_min_size=variant["onednn_min_size"])
   return chosen

@@ -7,9 +7,10 @@ convolutions `harness.convolutions`),
 runs two steps, then traces a third with `jax.profiler` (XLA_FLAGS gains
 `--xla_cpu_enable_xprof_traceme=true`). Each compiled thunk is put in one kind, read from the
 optimised HLO: kernel-gradient convolution (output shaped like a kernel), other convolution,
-collective (all-reduce, waiting for the other devices included), transpose/copy, other fusion.
+oneDNN's forward / input-gradient / kernel-gradient convolution (its FFI calls), collective
+(all-reduce, waiting for the other devices included), transpose/copy, other fusion.
 Prints, for every thread that ran thunks for over 0.1 s, its seconds per kind, then the
-convolutions' and transposes' milliseconds per output shape (per device). Thunks nested in others
+milliseconds per kind and output shape (per device, 20 ms and more). Thunks nested in others
 are counted once. XLA's own (Eigen) convolutions mostly run outside traced thunks: with them
 (the library's default, `config.cpu_ynn_fusion_type="reduce"`) the time "not in a traced thunk"
 is mostly convolutions. The trace adds a few percent to the step; use `benchmark.py` for rates.
@@ -57,6 +58,13 @@ def kinds_from_hlo(hlo: str) -> dict[str, tuple[str, str]]:
     else:
       kind = "other fusion"
     out[name] = (kind, shape)
+  # oneDNN's convolutions (`regmix_jax.cpu.onednn`): FFI custom calls whose `kind` attribute says
+  # forward (0), input gradient (1) or kernel gradient (2).
+  for m in re.finditer(r"%([\w.\-]+) = (\S+) custom-call\([^\n]*?custom_call_target="
+                       r"\"regmix_onednn_conv\"[^\n]*?backend_config=\{kind = (\d)", hlo):
+    shape = m.group(2).split("{")[0]
+    out[m.group(1)] = (("oneDNN conv forward", "oneDNN conv input-grad",
+                        "oneDNN conv kernel-grad")[int(m.group(3))], shape)
   return out
 
 
@@ -113,7 +121,7 @@ def main(argv=None):
         end = event.start_ns + event.duration_ns
         kind = kind_of(event.name, fusions)
         totals[kind] += event.duration_ns / 1e9
-        if event.name in fusions and kind != "other fusion":
+        if event.name in fusions:
           entry = per_shape[(kind, fusions[event.name][1])]
           entry[0] += event.duration_ns / 1e6
           entry[1] += 1

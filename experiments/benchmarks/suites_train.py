@@ -83,13 +83,33 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline,
 
 def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
               method="fgsm_pgk", channels_last=False) -> dict:
-  """The eager PyTorch step of `method` (a `harness.TORCH_STEPS` key); `dtype="bfloat16"` runs it
-  under `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a
-  CPU; FGSM-PGK: its forward passes); `channels_last`: the model and the images in
-  `torch.channels_last` memory format (what a PyTorch user tuning for CPU picks: oneDNN's
-  preferred layout)."""
+  """Times the eager PyTorch step of `method` (`torch_step`)."""
   # torch is no dependency of the library: imported only by the cases that run it.
   import torch  # pylint: disable=g-import-not-at-top
+  step = torch_step(model, threads, data, dtype, method, channels_last)
+  times = []
+  for i in range(blocks + 1):
+    start = time.perf_counter()
+    for _ in range(1 if i == 0 else block_steps):  # block 0: the first step alone
+      loss = step()
+    times.append(time.perf_counter() - start)
+  rate = block_steps * harness.BATCH / float(np.median(times[1:]))
+  return {"images_per_s": rate, "step_s": harness.BATCH / rate,
+          "best_images_per_s": block_steps * harness.BATCH / min(times[1:]),
+          "block_s": times[1:], "first_step_s": times[0], "timed_steps": blocks * block_steps,
+          "loss": None if loss is None else float(loss), "method": method,
+          "threads": threads, "torch": torch.__version__, "dtype": dtype,
+          "layout": "channels_last" if channels_last else "NCHW"}
+
+
+def torch_step(model, threads, data, dtype="float32", method="fgsm_pgk", channels_last=False):
+  """The eager PyTorch step of `method` (a `harness.TORCH_STEPS` key) on the JAX cases' batch, as
+  a function of no arguments returning the loss; `dtype="bfloat16"` runs it under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user does for bf16 on a CPU;
+  FGSM-PGK: its forward passes); `channels_last`: the model and the images in
+  `torch.channels_last` memory format (what a PyTorch user tuning for CPU picks: oneDNN's
+  preferred layout)."""
+  import torch  # pylint: disable=g-import-not-at-top  (no library dependency)
   import torch_reference  # pylint: disable=g-import-not-at-top  (it imports torch)
   torch.set_num_threads(threads)
   torch.manual_seed(0)
@@ -120,16 +140,4 @@ def run_torch(model, threads, data, blocks, block_steps, dtype="float32",
              "trades": torch_reference.TRADESStep,
              "trades_same_work": functools.partial(torch_reference.TRADESStep, same_work=True)}
     step = functools.partial(other[method](net, autocast_dtype=autocast), x, y)
-  times = []
-  for i in range(blocks + 1):
-    start = time.perf_counter()
-    for _ in range(1 if i == 0 else block_steps):  # block 0: the first step alone
-      loss = step()
-    times.append(time.perf_counter() - start)
-  rate = block_steps * harness.BATCH / float(np.median(times[1:]))
-  return {"images_per_s": rate, "step_s": harness.BATCH / rate,
-          "best_images_per_s": block_steps * harness.BATCH / min(times[1:]),
-          "block_s": times[1:], "first_step_s": times[0], "timed_steps": blocks * block_steps,
-          "loss": None if loss is None else float(loss), "method": method,
-          "threads": threads, "torch": torch.__version__, "dtype": dtype,
-          "layout": "channels_last" if channels_last else "NCHW"}
+  return step

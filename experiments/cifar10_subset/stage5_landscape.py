@@ -36,7 +36,7 @@ def surface(workdir: str, data_path: str) -> np.ndarray:
   dataset = data.load_dataset(config.data)
   nets, state, _ = evaluate.restore_state(  # convolutions as the run's evaluation computes them
       workdir, config, dataset.num_classes, dataset.image_shape,
-      conv=cpu.choose(config.cpu_convolutions).conv)
+      conv=cpu.convolutions_for(config).conv)
   variables = state.eval_variables("target")
   logits_fn = lambda x: nets["target"].apply(variables, x, train=False)
   x = jnp.asarray(dataset.val.x[:N_IMAGES], jnp.float32) / 255.0

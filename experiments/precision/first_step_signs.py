@@ -44,7 +44,7 @@ def main():
     x = jnp.asarray(d["x_test"][:args.points], jnp.float32) / 255.0
   cfg = methods.get_method("trades").defaults
   logits, grads = {}, {}
-  conv = cpu.choose(config.cpu_convolutions).conv  # the run's, as its evaluation computes
+  conv = cpu.convolutions_for(config).conv  # the run's, as its evaluation computes
   for dtype in ("float32", "bfloat16"):
     net = models.build_models(config, roles, 10, dtype=dtype, conv=conv)["target"]
     f = jax.jit(lambda z, net=net: net.apply(variables, z, train=False))

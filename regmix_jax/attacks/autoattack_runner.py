@@ -17,9 +17,11 @@ Where the time goes, and how it is kept down. Every attack is a sequence of pass
 APGD-T / FAB-T: target classes x restarts; Square: restarts, each cut into segments of queries),
 and each pass runs only on the points not yet fooled, as the official `perturb` loops do. Between
 passes the still-unfooled points are gathered on the host into batches of at most `batch_size`,
-padded up to the next size of a fixed ladder (16, then powers of two and 1.5 times powers of two),
-so an attack compiles once per ladder size it meets (the pass index is a traced argument) and
-padding wastes less than a third of a batch (or of 16 points). On CPU the gradient attacks'
+padded up to the next size of a fixed ladder (1, 2, 4, 8, 16, then powers of two and 1.5 times
+powers of two), so an attack compiles once per ladder size it meets (the pass index is a traced
+argument) and padding wastes less than a third of a batch. A gradient attack's set that fits one
+batch and meets no size already compiled within its ladder size runs at its own size (the compile
+happens either way; e.g. 28 points, not 32). On CPU the gradient attacks'
 points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`: the fewest padded
 points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
 point in it is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10,
@@ -202,10 +204,15 @@ class _Batcher:
       mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
       self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
-  def chunks(self, index: np.ndarray, split_at: int | None = None, fine: bool = False):
+  def chunks(self, index: np.ndarray, split_at: int | None = None, fine: bool = False,
+             compiled: set[int] | None = None):
     """`(chunk of index, padded index)` pairs covering `index`: batches of `batch_size`, each
     padded to `bucket_size` (`fine`: on the finer ladder); or, with `split_at`, batches of at
-    most `split_at` points cut by `split_sizes`."""
+    most `split_at` points cut by `split_sizes`. `compiled`: the sizes one jitted function has
+    run at (updated here); a set that fits one batch then takes the smallest of them that holds
+    it and is no larger than its ladder size, else its own size (rounded up to the devices): a
+    pass's points are not padded for a compile the ladder would make anyway, and as sets only
+    shrink from pass to pass, no size is compiled that the ladder would not."""
     multiple = len(self.devices) if self.sharding is not None else 1
     if split_at is None:
       counts = [min(self.batch_size, len(index) - start)
@@ -214,6 +221,11 @@ class _Batcher:
     else:  # each batch filled in turn; the least padding leaves none of them empty
       sizes = split_sizes(len(index), split_at, multiple)
       counts = np.diff(np.minimum(np.cumsum([0] + sizes), len(index))).tolist()
+    if compiled is not None:
+      if len(sizes) == 1:
+        fits = [c for c in compiled if counts[0] <= c <= sizes[0]]
+        sizes = [min(fits) if fits else -(-counts[0] // multiple) * multiple]
+      compiled.update(sizes)
     start = 0
     for count, size in zip(counts, sizes):
       chunk = index[start:start + count]
@@ -647,6 +659,7 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
   `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`. `resume`: the arrays
   and next pass (`step`) a `checkpoint(step, arrays)` call saved after a pass."""
   pass_fn = jax.jit(spec.pass_fn(model))
+  compiled: set[int] = set()  # the batch sizes pass_fn has run at (`_Batcher.chunks`)
   cost = pass_cost(spec)
   candidate = x[index].copy()
   fooled = np.zeros(len(index), bool)
@@ -662,7 +675,7 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
     if len(todo) == 0:
       break
     pending, start = [], shown.group()
-    for chunk, padded in batcher.chunks(todo, split_at):
+    for chunk, padded in batcher.chunks(todo, split_at, compiled=compiled):
       rows = index[padded]
       xs, ys, ks = batcher.put(x[rows], labels[rows], keys[rows])
       with shown.dispatch("pass", len(padded)):

@@ -22,13 +22,14 @@ _NAMES = {"plain": "lax's, unchanged", "xla": "XLA's", "onednn": "oneDNN's"}
 @dataclasses.dataclass(frozen=True)
 class Convolutions:
   """What runs convolutions: `name` "plain", "xla" or "onednn" (what `choose` resolved), and the
-  `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN.
+  `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN (0:
+  this CPU's measured default, `onednn.default_min_size`).
   `onednn_threads`: OpenMP threads per oneDNN call, 0 for the cores shared among the host devices
   (right for a step mapped over all of them; `on_one_device` for work on one of several)."""
 
   name: str
   reason: str = ""
-  onednn_min_size: int = onednn.MIN_SIZE
+  onednn_min_size: int = 0
   onednn_threads: int = 0
 
   def __post_init__(self):
@@ -61,11 +62,18 @@ class Convolutions:
 
   def describe(self) -> str:
     """A line for a run's output: what runs the CPU convolutions, and why."""
-    return f"Convolutions on CPU: {_NAMES[self.name]} ({self.reason})."
+    where = ""
+    if self.name == "onednn":
+      size = self.onednn_min_size or onednn.default_min_size()
+      where = (" for every map" if size <= 1 else f" for input maps at least {size} wide"
+               ", XLA's for the rest")
+    return f"Convolutions on CPU: {_NAMES[self.name]}{where} ({self.reason})."
 
 
-def choose(setting: str = "auto", backend: str | None = None) -> Convolutions:
-  """`config.cpu_convolutions` -> the `Convolutions` to use on `backend` (default: JAX's default
+def choose(setting: str = "auto", backend: str | None = None,
+           onednn_min_size: int = 0) -> Convolutions:
+  """`config.cpu_convolutions` (and `config.cpu_onednn_min_size`, 0: this CPU's default) -> the
+  `Convolutions` to use on `backend` (default: JAX's default
   backend, so call it after the host devices are configured). Off CPU always "plain": on GPU and
   TPU nothing of this package is traced. "auto" resolves by `onednn.auto_choice`; "onednn"
   where oneDNN cannot be built or loaded warns with the cause and runs "xla" (a run trained
@@ -73,13 +81,14 @@ def choose(setting: str = "auto", backend: str | None = None) -> Convolutions:
   if setting not in CHOICES:
     raise ValueError(f"Config field `cpu_convolutions`: {setting!r} is not one of "
                      f"{', '.join(CHOICES)}.")
+  check_min_size(onednn_min_size)
   backend = backend or jax.default_backend()
   why = f'cpu_convolutions="{setting}"'
   if backend != "cpu":
     return Convolutions("plain", f"the backend is {backend}; the CPU rules apply on CPU only")
   if setting == "auto":
     name, reason = onednn.auto_choice()
-    return Convolutions(name, f"{why}: {reason}")
+    return Convolutions(name, f"{why}: {reason}", onednn_min_size)
   if setting == "onednn":
     try:
       onednn.load()
@@ -87,7 +96,20 @@ def choose(setting: str = "auto", backend: str | None = None) -> Convolutions:
       logging.warning('cpu_convolutions="onednn", but oneDNN is unavailable here, so XLA\'s '
                       'convolutions run (the same values up to float rounding): %s', e)
       return Convolutions("xla", f"{why}, but oneDNN is unavailable here")
-  return Convolutions(setting, why)
+  return Convolutions(setting, why, onednn_min_size)
+
+
+def convolutions_for(config) -> Convolutions:
+  """`choose` for a run's config: its `cpu_convolutions` and `cpu_onednn_min_size`."""
+  return choose(config.cpu_convolutions, onednn_min_size=config.cpu_onednn_min_size)
+
+
+def check_min_size(value) -> None:
+  """ValueError unless `value` is a valid `config.cpu_onednn_min_size` (an integer >= 0)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f"Config field `cpu_onednn_min_size` must be an integer >= 0 (the narrowest "
+                     f"input map, in pixels, sent to oneDNN; 0 for this CPU's measured default, "
+                     f"{onednn.default_min_size()}), got {value!r}.")
 
 
 def accelerate(fn: Callable, convolutions: str | Convolutions = "auto") -> Callable:

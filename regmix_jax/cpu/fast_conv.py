@@ -251,7 +251,8 @@ _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 class FastConv:
   """`lax.conv_general_dilated` (same arguments, same values up to float rounding) with the CPU
   gradient rules of this module, and, with `onednn=True`, the convolutions `onednn.supports` on
-  oneDNN (inputs at least `onednn_min_size` wide). A value: pass it to a model as its
+  oneDNN (inputs at least `onednn_min_size` wide; 0: `onednn.default_min_size()`, this CPU's
+  measured threshold). A value: pass it to a model as its
   `conv_general_dilated` (`models.build_models(..., conv=...)`); `bind` is what
   `rewrite.replace_convolutions` uses for a function the library did not build. The CPU paths run
   on CPU only (`lax.platform_dependent`); elsewhere the rules compute lax's layouts. Grouped
@@ -260,15 +261,23 @@ class FastConv:
   shared among the host devices, `onednn.threads_per_device`)."""
 
   onednn: bool = False
-  onednn_min_size: int = onednn_lib.MIN_SIZE
+  onednn_min_size: int = 0
   onednn_threads: int = 0
 
   def __post_init__(self):
+    if self.onednn_min_size < 0:
+      raise ValueError(f"onednn_min_size must be >= 0 (0: this CPU's default), got "
+                       f"{self.onednn_min_size}.")
     if self.onednn_threads < 0:
       raise ValueError(f"onednn_threads must be >= 0 (0: per host device), got "
                        f"{self.onednn_threads}.")
     if self.onednn:
       onednn_lib.load()  # registers the FFI target; raises OnednnUnavailable naming the fix
+
+  @property
+  def min_size(self) -> int:
+    """The narrowest input map routed to oneDNN (`onednn_min_size`, or this CPU's default)."""
+    return self.onednn_min_size or onednn_lib.default_min_size()
 
   def bind(self, lhs: jax.Array, rhs: jax.Array, **params) -> jax.Array:
     """The `conv_general_dilated` primitive (its full parameters) through this module's rules."""
@@ -276,7 +285,7 @@ class FastConv:
       return _CONV.bind(lhs, rhs, **params)
     key = _params_key(params)
     if self.onednn and onednn_lib.supports(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, params,
-                                           min_size=self.onednn_min_size):
+                                           min_size=self.min_size):
       return lax.platform_dependent(
           lhs, rhs, cpu=lambda l, r: onednn_lib.conv_for(l, r, params, self.onednn_threads),
           default=lambda l, r: _conv(l, r, key))

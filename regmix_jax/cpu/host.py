@@ -20,15 +20,25 @@ import jaxlib
 from absl import logging
 
 
-def cpu_flags() -> frozenset[str]:
-  """The CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that cannot be read
-  (not Linux: nothing is assumed)."""
+def _cpuinfo(field: str) -> str:
+  """The value of the first `field` line of /proc/cpuinfo; "" where there is none or the file
+  cannot be read (not Linux: nothing is assumed)."""
   try:
     with open("/proc/cpuinfo") as f:
-      return frozenset(next((line.split(":", 1)[1].split() for line in f
-                             if line.startswith("flags")), []))
+      return next((line.split(":", 1)[1].strip() for line in f
+                   if ":" in line and line.split(":", 1)[0].strip() == field), "")
   except OSError:
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+  """The CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that cannot be read."""
+  return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+  """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"), or ""."""
+  return _cpuinfo("vendor_id")
 
 
 def cpu_device_count(config) -> int:

@@ -3,8 +3,9 @@
 
 Why: on x86-64 CPUs with AVX-512, oneDNN (what PyTorch uses on CPUs) runs the large-map layers of
 a CIFAR ResNet faster than XLA:CPU's Eigen kernels, most of all their kernel gradients; on small
-maps it is slower, so only convolutions whose input maps are at least `MIN_SIZE` wide are routed
-here (figures and the threshold's measurement: docs/performance.md).
+maps it was slower on an Intel Xeon and faster on an AMD EPYC, so only convolutions whose input
+maps are at least `default_min_size()` wide are routed here (figures and the threshold's
+measurements: docs/performance.md).
 
 What. `conv(x, w, strides, padding, threads)` is `lax.conv_general_dilated` for NHWC inputs and
 HWIO kernels, without dilation or groups, float32 or bfloat16 (routed in bfloat16 only on CPUs
@@ -48,9 +49,13 @@ SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 # The oneDNN build the handler links (CPU only, GNU OpenMP threads; `pip install
 # "regmix_jax[onednn]"`): its library and its headers.
 LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
-# Convolutions whose input maps are narrower than this stay on XLA: on smaller maps oneDNN was
-# slower, and the ResNet-18 step slower with 8 than with 16 (docs/performance.md).
+# Convolutions whose input maps are narrower than the minimum size stay on XLA. The default
+# (`default_min_size`) is what was measured on each vendor's CPUs (docs/performance.md, "Narrow
+# maps"): on an Intel Xeon with AVX-512 oneDNN was slower on 4 x 4 maps and the ResNet-18 step
+# slower with 8 than with 16 (2026-11-28), hence MIN_SIZE; on an AMD EPYC with AVX-512 it was
+# faster on every map from batch 4 to 128, the step fastest with every map (2026-12-07).
 MIN_SIZE = 16
+MIN_SIZE_BY_VENDOR = {"AuthenticAMD": 1}
 NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
 INSTALL_HINT = ('install oneDNN with `pip install "regmix_jax[onednn]"` (and a C++ compiler, '
                 'g++), or set config.cpu_convolutions="xla"')
@@ -213,6 +218,13 @@ def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any,
           and np.dtype(lhs_dtype) in dtypes
           and params.get("preferred_element_type") in (None, np.dtype(lhs_dtype))
           and min(lhs_shape[1], lhs_shape[2]) >= min_size)
+
+
+@functools.cache
+def default_min_size() -> int:
+  """The narrowest input map routed to oneDNN on this CPU unless a run says otherwise
+  (`config.cpu_onednn_min_size` 0): MIN_SIZE_BY_VENDOR's entry for its vendor, else MIN_SIZE."""
+  return MIN_SIZE_BY_VENDOR.get(host.cpu_vendor(), MIN_SIZE)
 
 
 def host_cores() -> int:
