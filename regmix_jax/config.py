@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.cpu_convolutions = "auto"
   # CPU only, with oneDNN's convolutions: the narrowest input map (pixels) sent to oneDNN; the
   # narrower ones run on XLA's. 0: the default measured for this CPU's vendor
-  # (`cpu.onednn.default_min_size`: every map on AMD CPUs, maps at least 16 wide elsewhere;
+  # (`cpu.onednn.default_min_size`: every map on AMD CPUs with AVX-512, 16 wide elsewhere;
   # docs/performance.md, "Narrow maps"). Values change by float rounding only.
   c.cpu_onednn_min_size = 0
   # CPU only: how long a host device may wait for the others at a collective (seconds) before

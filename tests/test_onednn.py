@@ -142,7 +142,8 @@ def test_bf16_routed_only_on_a_cpu_with_bf16_units(monkeypatch, native_bf16):
 
 @needs_onednn
 def test_a_models_training_gradients_are_the_same():
-  """The small CNN on 16x16 inputs (its first convolutions on oneDNN, the strided rest on XLA):
+  """The small CNN on 16x16 inputs (its first convolutions on oneDNN, the strided rest on XLA
+  where the CPU's threshold is 16, on oneDNN where it is 1):
   the gradient of a loss around an input-gradient step, oneDNN's against XLA's."""
   x = jax.random.uniform(jax.random.key(2), (4, 16, 16, 3))
   labels = jnp.arange(4)
@@ -172,26 +173,33 @@ def test_an_unknown_setting_names_the_field():
     cpu.choose("mkl")
 
 
-def _vendor(monkeypatch, vendor: str) -> None:
-  """This CPU's vendor as `vendor` for the test (and `default_min_size` recomputed)."""
+def _vendor(monkeypatch, vendor: str, avx512: bool | None = None) -> None:
+  """This CPU's vendor as `vendor` for the test, with or without AVX-512 when `avx512` says (its
+  other flags this CPU's), and `default_min_size` recomputed."""
   monkeypatch.setattr(onednn.host, "cpu_vendor", lambda: vendor)
+  if avx512 is not None:
+    flags = host.cpu_flags() - {"avx512f"} | ({"avx512f"} if avx512 else set())
+    monkeypatch.setattr(onednn.host, "cpu_flags", lambda: flags)
   onednn.default_min_size.cache_clear()
   monkeypatch.setattr(onednn, "default_min_size", functools.cache(onednn.default_min_size.__wrapped__))
 
 
-@pytest.mark.parametrize("vendor, size", [("GenuineIntel", 16), ("AuthenticAMD", 1), ("", 16)])
+@pytest.mark.parametrize("vendor, avx512, size", [("GenuineIntel", True, 16),
+                                                  ("AuthenticAMD", True, 1),
+                                                  ("AuthenticAMD", False, 16), ("", True, 16)])
 def test_narrow_maps_go_to_onednn_on_the_cpus_where_that_was_measured_faster(monkeypatch, vendor,
-                                                                            size):
-  """`cpu_onednn_min_size` 0 (the default) is the threshold measured for the CPU's vendor: every
-  map on AMD, maps at least 16 wide on Intel and unknown CPUs; a run's value wins; a bad value
-  fails at start naming the field; the run's first line says which maps go to oneDNN."""
-  _vendor(monkeypatch, vendor)
+                                                                            avx512, size):
+  """`cpu_onednn_min_size` 0 (the default) is the threshold measured for the CPU: every map on
+  AMD CPUs with AVX-512, maps at least 16 wide on Intel, unknown and AVX2-only CPUs; a run's
+  value wins; a bad value fails at start naming the field; the run's first line says which maps
+  go to oneDNN."""
+  _vendor(monkeypatch, vendor, avx512)
   assert onednn.default_min_size() == size
   assert fast_conv.FastConv().min_size == size
   assert fast_conv.FastConv(onednn_min_size=8).min_size == 8
   config = config_lib.base_config()
   assert config.cpu_onednn_min_size == 0
-  assert cpu.convolutions_for(config).conv.min_size in (size, 16)  # 16: XLA's (min unused)
+  assert cpu.convolutions_for(config).conv.min_size == size
   picked = cpu.Convolutions("onednn", 'cpu_convolutions="onednn"')
   assert picked.describe() == (
       "Convolutions on CPU: oneDNN's " + ("for every map" if size == 1 else
@@ -210,7 +218,7 @@ def test_narrow_maps_go_to_onednn_on_the_cpus_where_that_was_measured_faster(mon
 @needs_onednn
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
 def test_the_default_routes_8x8_maps_to_onednn_on_amd_only(monkeypatch, vendor):
-  _vendor(monkeypatch, vendor)
+  _vendor(monkeypatch, vendor, avx512=True)
   conv = lambda x, w: fast_conv.FastConv(onednn=True)(x, w, (1, 1), ((1, 1), (1, 1)),
                                                       dimension_numbers=NHWC)
   hlo = _hlo(conv, jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))

@@ -8,8 +8,8 @@ PyTorch's, forward, input gradient and kernel gradient, all in one process, each
 
 The threads: XLA's and oneDNN's run on this process's one CPU device (so XLA's Eigen pool and
 oneDNN's OpenMP threads use every core); PyTorch's `--threads`. `regmix_jax.cpu.onednn.MIN_SIZE`
-(the default `cpu.Convolutions.onednn_min_size`: which layers the library sends to oneDNN)
-comes from these tables. The weighted total counts
+and `MIN_SIZE_BY_VENDOR` (`onednn.default_min_size`: which layers the library sends to oneDNN
+by default) come from these tables. The weighted total counts
 each shape by its layers in ResNet-18 and its passes in an FGSM-PGK step (forward and input
 gradient twice, kernel gradient once).
 """

@@ -69,8 +69,10 @@ VARIANTS = {
     # Eigen's, under the default `reduce`, run slower than in fp32 (`--suites=dtype`).
     "2dev-ynndot": dict(devices=2, ynn="reduce,individual_dot"),
     "2dev-bf16-ynndot": dict(devices=2, dtype="bfloat16", ynn="reduce,individual_dot"),
-    # Convolutions with input maps >= 16 wide on oneDNN through an FFI call
-    # (`config.cpu_convolutions="onednn"`, 2026-11-28; needs `pip install ".[onednn]"`).
+    # Convolutions on oneDNN through an FFI call (`config.cpu_convolutions="onednn"`,
+    # 2026-11-28; needs `pip install ".[onednn]"`): input maps at least the CPU's default wide
+    # (`onednn.default_min_size`: 16 until 2026-12-07 everywhere, since then 1 on AMD CPUs with
+    # AVX-512; records name it as `onednn_min_size` since then).
     "2dev-dnnl": dict(devices=2, convolutions="onednn"),
     "1dev-dnnl": dict(devices=1, convolutions="onednn"),
     "2dev-bf16-dnnl": dict(devices=2, dtype="bfloat16", convolutions="onednn"),
@@ -79,8 +81,9 @@ VARIANTS = {
     # config's default; each record says what ran (`convolutions`), and records without it ran
     # XLA's (they predate the field).
     "2dev-xla": dict(devices=2, convolutions="xla"),
-    # oneDNN for input maps >= 8 wide (`cpu.Convolutions.onednn_min_size`, 16 by default):
-    # ResNet's third stage too.
+    # oneDNN for input maps >= 16 / 8 wide whatever the CPU's default
+    # (`cpu.Convolutions.onednn_min_size`): ResNet's third stage too with 8.
+    "2dev-dnnl16": dict(devices=2, convolutions="onednn", onednn_min_size=16),
     "2dev-dnnl8": dict(devices=2, convolutions="onednn", onednn_min_size=8),
     # Every convolution on oneDNN, the 8 x 8 and 4 x 4 maps too (2026-12-07, AMD EPYC).
     "2dev-dnnl1": dict(devices=2, convolutions="onednn", onednn_min_size=1),
@@ -148,8 +151,13 @@ def load_config(method: str, model: str, variant: dict, data: str):
                                       [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
+def onednn_min_size(convolutions: cpu.Convolutions) -> int | None:
+  """The narrowest input map a case sent to oneDNN (resolved), or None when oneDNN ran none."""
+  return convolutions.conv.min_size if convolutions.name == "onednn" else None
+
+
 def convolutions(config, variant: dict) -> cpu.Convolutions:
-  """What runs a case's convolutions, for `train.build_trainer`: `cpu.choose` of the config's
+  """What runs a case's convolutions, for `train.build_trainer`: `cpu.convolutions_for` the config's
   `cpu_convolutions` (the variant's, else the default), with the variant's `onednn_min_size`
   where it has one. Call it after `configure_devices`."""
   chosen = cpu.convolutions_for(config)

@@ -62,4 +62,5 @@ def run_eval(attack, model, variant, data) -> dict:
           "compiles": stats["compiles"], "traces": stats["traces"],
           "compile_s": stats["compile_s"], "devices": jax.device_count(),
           "counts": {k: float(sum(c[k] for c in counts)) for k in counts[0]},
-          "convolutions": trainer.convolutions.name}
+          "convolutions": trainer.convolutions.name,
+          "onednn_min_size": harness.onednn_min_size(trainer.convolutions)}

@@ -74,7 +74,8 @@ def run_train(method, model, variant, data, blocks, block_steps, pipeline,
          "first_step_compiles": compile_stats["compiles"], "later_compiles": later["compiles"],
          "later_traces": later["traces"], "timed_steps": blocks * block_steps,
          "loss": loss, "devices": jax.device_count(),
-         "convolutions": trainer.convolutions.name}
+         "convolutions": trainer.convolutions.name,
+         "onednn_min_size": harness.onednn_min_size(trainer.convolutions)}
   if pipeline:
     out.update(pipeline_images_per_s=rate["pipeline"],
                pipeline_ratio=rate["pipeline"] / rate["resident"])

@@ -19,11 +19,11 @@ and each pass runs only on the points not yet fooled, as the official `perturb` 
 passes the still-unfooled points are gathered on the host into batches of at most `batch_size`,
 padded up to the next size of a fixed ladder (1, 2, 4, 8, 16, then powers of two and 1.5 times
 powers of two), so an attack compiles once per ladder size it meets (the pass index is a traced
-argument) and padding wastes less than a third of a batch. A gradient attack's set that fits one
-batch and meets no size already compiled within its ladder size runs at its own size (the compile
-happens either way; e.g. 28 points, not 32). On CPU the gradient attacks'
-points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`: the fewest padded
-points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
+argument) and padding wastes less than a third of a batch (under half below 16 points). A
+gradient attack's set that fits one batch and meets no size already compiled within its ladder
+size runs at its own size (the compile happens either way; e.g. 28 points, not 32). On CPU the
+gradient attacks' points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`:
+the fewest padded points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
 point in it is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10,
 50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
 devices. The `logits_fn` runs as given: on CPU, `regmix_jax.cpu.accelerate(logits_fn)` gives a

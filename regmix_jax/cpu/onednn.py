@@ -55,7 +55,7 @@ LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 # slower with 8 than with 16 (2026-11-28), hence MIN_SIZE; on an AMD EPYC with AVX-512 it was
 # faster on every map from batch 4 to 128, the step fastest with every map (2026-12-07).
 MIN_SIZE = 16
-MIN_SIZE_BY_VENDOR = {"AuthenticAMD": 1}
+MIN_SIZE_BY_VENDOR = {"AuthenticAMD": 1}  # with AVX-512 (without it oneDNN runs its AVX2 kernels)
 NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
 INSTALL_HINT = ('install oneDNN with `pip install "regmix_jax[onednn]"` (and a C++ compiler, '
                 'g++), or set config.cpu_convolutions="xla"')
@@ -195,11 +195,11 @@ MIN_STRIDED_POINTWISE_CHANNELS = 16
 
 
 def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any, rhs_dtype: Any,
-             params: dict[str, Any], min_size: int = MIN_SIZE) -> bool:
+             params: dict[str, Any], min_size: int = 0) -> bool:
   """Whether `conv` computes `lax.conv_general_dilated` with these primitive `params` (a
   `conv_general_dilated_p` equation's) and is used for it: a 2-D NHWC / HWIO convolution without
   dilation or groups, float32 throughout, or bfloat16 on a CPU that computes it natively
-  (`cpu_has_bf16`), input maps at least `min_size` wide, and not a strided 1x1 one with fewer
+  (`cpu_has_bf16`), input maps at least `min_size` wide (0: `default_min_size()`), and not a strided 1x1 one with fewer
   than MIN_STRIDED_POINTWISE_CHANNELS input channels."""
   dn = params["dimension_numbers"]
   strided_pointwise = (len(rhs_shape) == 4 and tuple(rhs_shape[:2]) == (1, 1)
@@ -217,13 +217,16 @@ def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any,
           and np.dtype(lhs_dtype) == np.dtype(rhs_dtype)
           and np.dtype(lhs_dtype) in dtypes
           and params.get("preferred_element_type") in (None, np.dtype(lhs_dtype))
-          and min(lhs_shape[1], lhs_shape[2]) >= min_size)
+          and min(lhs_shape[1], lhs_shape[2]) >= (min_size or default_min_size()))
 
 
 @functools.cache
 def default_min_size() -> int:
   """The narrowest input map routed to oneDNN on this CPU unless a run says otherwise
-  (`config.cpu_onednn_min_size` 0): MIN_SIZE_BY_VENDOR's entry for its vendor, else MIN_SIZE."""
+  (`config.cpu_onednn_min_size` 0): on a CPU with AVX-512, MIN_SIZE_BY_VENDOR's entry for its
+  vendor; else MIN_SIZE (the vendor entries were measured with AVX-512 only)."""
+  if "avx512f" not in host.cpu_flags():
+    return MIN_SIZE
   return MIN_SIZE_BY_VENDOR.get(host.cpu_vendor(), MIN_SIZE)
 
 
