@@ -15,7 +15,7 @@ import time
 import jax
 
 from regmix_jax import config as config_lib, cpu
-from regmix_jax.cpu import host
+from regmix_jax.cpu import host, onednn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENTS = os.path.dirname(HERE)
@@ -153,7 +153,9 @@ def load_config(method: str, model: str, variant: dict, data: str):
 
 def onednn_min_size(convolutions: cpu.Convolutions) -> int | None:
   """The narrowest input map a case sent to oneDNN (resolved), or None when oneDNN ran none."""
-  return convolutions.conv.min_size if convolutions.name == "onednn" else None
+  if convolutions.name != "onednn":
+    return None
+  return onednn.resolve_min_size(convolutions.onednn_min_size)
 
 
 def convolutions(config, variant: dict) -> cpu.Convolutions:

@@ -14,6 +14,7 @@ convolution forward, its input and kernel gradient, and the rest. torch is no li
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import time
@@ -55,10 +56,10 @@ def main(argv=None):
   print(f"torch {torch.__version__} {args.method} {args.model} {args.dtype} "
         f"{'channels_last' if args.channels_last else 'NCHW'}, {args.threads} threads: profiled "
         f"step {seconds:.2f} s, operators' self CPU time {total:.2f} s")
-  groups = {}
+  groups = collections.Counter()
   for key, s, _ in rows:
-    groups[GROUPS.get(key, "other")] = groups.get(GROUPS.get(key, "other"), 0.0) + s
-  print("  " + ", ".join(f"{g} {s:.2f}" for g, s in sorted(groups.items(), key=lambda kv: -kv[1])))
+    groups[GROUPS.get(key, "other")] += s
+  print("  " + ", ".join(f"{g} {s:.2f}" for g, s in groups.most_common()))
   print("operators by self CPU time (s, calls):")
   for key, s, n in sorted(rows, key=lambda r: -r[1])[:args.top]:
     print(f"  {key:40s} {s:6.3f} {n:4d}")

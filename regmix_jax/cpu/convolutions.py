@@ -64,7 +64,7 @@ class Convolutions:
     """A line for a run's output: what runs the CPU convolutions, and why."""
     where = ""
     if self.name == "onednn":
-      size = self.onednn_min_size or onednn.default_min_size()
+      size = onednn.resolve_min_size(self.onednn_min_size)
       where = (" for every map" if size <= 1 else f" for input maps at least {size} wide"
                ", XLA's for the rest")
     return f"Convolutions on CPU: {_NAMES[self.name]}{where} ({self.reason})."

@@ -277,7 +277,7 @@ class FastConv:
   @property
   def min_size(self) -> int:
     """The narrowest input map routed to oneDNN (`onednn_min_size`, or this CPU's default)."""
-    return self.onednn_min_size or onednn_lib.default_min_size()
+    return onednn_lib.resolve_min_size(self.onednn_min_size)
 
   def bind(self, lhs: jax.Array, rhs: jax.Array, **params) -> jax.Array:
     """The `conv_general_dilated` primitive (its full parameters) through this module's rules."""

@@ -53,7 +53,8 @@ LIBRARY_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 # (`default_min_size`) is what was measured on each vendor's CPUs (docs/performance.md, "Narrow
 # maps"): on an Intel Xeon with AVX-512 oneDNN was slower on 4 x 4 maps and the ResNet-18 step
 # slower with 8 than with 16 (2026-11-28), hence MIN_SIZE; on an AMD EPYC with AVX-512 it was
-# faster on every map from batch 4 to 128, the step fastest with every map (2026-12-07).
+# faster on the narrow maps in total from batch 4 to 128, the step fastest with every map
+# (2026-12-07).
 MIN_SIZE = 16
 MIN_SIZE_BY_VENDOR = {"AuthenticAMD": 1}  # with AVX-512 (without it oneDNN runs its AVX2 kernels)
 NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's lhs, rhs, out specs for NHWC / HWIO
@@ -217,7 +218,7 @@ def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any,
           and np.dtype(lhs_dtype) == np.dtype(rhs_dtype)
           and np.dtype(lhs_dtype) in dtypes
           and params.get("preferred_element_type") in (None, np.dtype(lhs_dtype))
-          and min(lhs_shape[1], lhs_shape[2]) >= (min_size or default_min_size()))
+          and min(lhs_shape[1], lhs_shape[2]) >= resolve_min_size(min_size))
 
 
 @functools.cache
@@ -228,6 +229,12 @@ def default_min_size() -> int:
   if "avx512f" not in host.cpu_flags():
     return MIN_SIZE
   return MIN_SIZE_BY_VENDOR.get(host.cpu_vendor(), MIN_SIZE)
+
+
+def resolve_min_size(min_size: int) -> int:
+  """A minimum input map size as configured (`cpu_onednn_min_size`): itself, or for 0 this CPU's
+  `default_min_size()`."""
+  return min_size or default_min_size()
 
 
 def host_cores() -> int:
