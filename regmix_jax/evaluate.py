@@ -347,8 +347,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
     if name == "aa":  # the official evaluation: each attack on the points still robust
       variables = state.eval_variables(role)
       aa_on = autoattack_devices(aa_devices)
-      logits_fn = functools.partial(_logits, autoattack_net(nets[role], convolutions, aa_on),
-                                    variables)
+      logits_fn = functools.partial(_logits, autoattack_net(nets[role], convolutions, aa_on))
       key = jax.random.fold_in(rng.stream(state.rng, rng.EVAL), position)
       state_path = os.path.join(
           workdir, STATE_DIR, f"{'best' if best else 'checkpoints'}_{step}",
@@ -358,7 +357,7 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
           logits_fn, split_data.x[:n].astype(np.float32) / 255.0, split_data.y[:n], key,
           epsilon=epsilon, norm=norm, version=version, batch_size=batch_size,
           state_path=state_path, progress=progress, model_id=f"{weights_id}:{model_dtype}",
-          devices=aa_on)
+          devices=aa_on, params=variables)
       accuracy[name], seconds[name] = result.robust_accuracy, time.time() - t0
       # Robust accuracy after each of AutoAttack's attacks (cumulative, as the official log);
       # attacks skipped because no point was left robust show the accuracy they would keep.

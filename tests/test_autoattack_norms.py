@@ -5,6 +5,9 @@ inside its ball and [0, 1] in every norm, and `run_autoattack` giving `autoattac
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ fab_lib = importlib.import_module("regmix_jax.attacks.fab")
 square_lib = importlib.import_module("regmix_jax.attacks.square")
 aa_lib = importlib.import_module("regmix_jax.attacks.autoattack")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = {"Linf": 0.03, "L2": 0.3, "L1": 2.0}
 
 
@@ -295,3 +299,66 @@ def test_kth_smallest_is_the_sorted_rows_entry():
   k[:4] = [0, 3071, 1, 3070]
   got = np.asarray(norms.kth_smallest(jnp.asarray(a), jnp.asarray(k)))
   np.testing.assert_array_equal(got, np.sort(a, axis=1)[np.arange(64), k])
+
+
+_CACHE_SCRIPT = """
+import sys
+import jax, numpy as np
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+from regmix_jax import attacks
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+apply = lambda p, z: z.reshape(z.shape[0], -1) @ p["w"]
+x = np.asarray(jax.random.uniform(jax.random.key(1), (12, 4, 4, 3)))
+over = {"apgd-ce": dict(num_steps=4), "apgd-t": dict(num_steps=4, num_target_classes=2),
+        "fab-t": dict(num_steps=4, num_target_classes=2), "square": dict(num_queries=20)}
+w = jax.random.normal(jax.random.key(0), (48, 10)) * 0.1
+labels = np.asarray((x.reshape(12, -1) @ w).argmax(-1))
+perm = np.roll(np.arange(10), 3)  # a second checkpoint: the classes renamed, the same attacks
+for params, y in (({"w": w}, labels), ({"w": w[:, perm]}, np.argsort(perm)[labels])):
+  start = len(events)
+  attacks.run_autoattack(apply, x, y, jax.random.key(2), epsilon=0.01, batch_size=12,
+                         progress=False, overrides=over, params=params)
+  new = events[start:]
+  print("RUN", new.count("/jax/compilation_cache/cache_hits"),
+        new.count("/jax/compilation_cache/cache_misses"))
+"""
+
+
+def test_weights_as_arguments_give_the_same_result_and_a_cache_for_every_checkpoint(tmp_path):
+  """`params=`: the same flags and points as the weights closed over, the weights reach every
+  compiled function as an argument (a tracer, never a constant), and in a new process JAX's
+  persistent cache serves a second set of weights of the same architecture without a compile."""
+  logits_closed, x = _linear(seed=3, shape=(5, 5, 3), n=40)
+  w = jax.random.normal(jax.random.key(3), (75, 10)) * 0.3  # _linear's weights
+  seen = []
+
+  def apply(p, z):
+    seen.append(isinstance(p["w"], jax.core.Tracer))
+    return z.reshape(z.shape[0], -1) @ p["w"]
+
+  labels = np.array(jnp.argmax(logits_closed(x), -1))
+  labels[:3] = (labels[:3] + 1) % 10
+  over = {"apgd-ce": dict(num_steps=6, num_restarts=2), "apgd-t": dict(num_steps=6,
+                                                                       num_target_classes=3),
+          "fab-t": dict(num_steps=6, num_target_classes=3), "square": dict(num_queries=60)}
+  for devices in (None, jax.devices()[:2]):  # one device; weights replicated over two
+    kwargs = dict(epsilon=0.02, batch_size=12, progress=False, overrides=over, devices=devices)
+    closed = attacks.run_autoattack(logits_closed, np.asarray(x), labels, jax.random.key(7),
+                                    **kwargs)
+    seen.clear()
+    given = attacks.run_autoattack(apply, np.asarray(x), labels, jax.random.key(7),
+                                   params={"w": w}, **kwargs)
+    np.testing.assert_array_equal(given.robust, closed.robust)
+    np.testing.assert_allclose(given.x_adv, closed.x_adv, atol=1e-6)
+    assert 0 < given.robust.sum() < 37
+    # Traced once per compiled function and shape; the one call with concrete weights is the
+    # dynamic-defence check's eager forward.
+    assert seen.count(False) == 1 and seen.count(True) >= 6, seen
+  out = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, str(tmp_path / "cache")],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  (hits1, misses1), (hits2, misses2) = [tuple(map(int, l.split()[1:])) for l in
+                                        out.splitlines() if l.startswith("RUN")]
+  assert misses1 >= 5 and hits2 >= 5 and misses2 == 0, out

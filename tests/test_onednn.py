@@ -362,8 +362,8 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
   # AutoAttack runs each batch on one device of the 4 here: its model asks for every core.
   seen = {}
 
-  def capture(logits_fn, x, *args, **kwargs):
-    seen["threads"] = _threads_of_calls(logits_fn, x[:2])
+  def capture(logits_fn, x, *args, params, **kwargs):
+    seen["threads"] = _threads_of_calls(logits_fn, params, x[:2])
     raise KeyboardInterrupt  # stands for the rest of the evaluation
   monkeypatch.setattr(evaluate.attacks, "run_autoattack", capture)
   with pytest.raises(KeyboardInterrupt):

@@ -28,7 +28,10 @@ point in it is fooled and its unfooled points are re-gathered at the schedule's 
 50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
 devices. The `logits_fn` runs as given: on CPU, `regmix_jax.cpu.accelerate(logits_fn)` gives a
 model the library did not build the commands' speed (its input gradients inside the attack loops
-on XLA:CPU's fast kernels; docs/performance.md).
+on XLA:CPU's fast kernels; docs/performance.md). With `params`, the weights are an argument of
+every compiled function rather than constants compiled into it: XLA compiles a ResNet-18 pass
+faster without a constant to fold per weight, and one compile, or JAX's persistent compilation
+cache, serves every checkpoint of the architecture (the evaluate command passes them so).
 
 Randomness: example b of `x` uses the key `fold_in(key, b)` and attack i folds in i, so the robust
 flags equal `attacks.autoattack(logits_fn, x, labels, key)`'s on the same points (for a
@@ -58,6 +61,7 @@ batched, so it gives the uninterrupted result); a partial file whose tag the JSO
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -237,6 +241,12 @@ class _Batcher:
       return arrays
     return tuple(jax.device_put(a, self.sharding) for a in arrays)
 
+  def put_params(self, params):
+    """`params` where the batches run: replicated over several devices, on the one given."""
+    if self.sharding is not None:
+      return jax.device_put(params, self.sharding.update(spec=jax.sharding.PartitionSpec()))
+    return jax.device_put(params, self.devices[0]) if self.devices else params
+
 
 def _digest(*arrays: np.ndarray) -> str:
   """A hash of the arrays' shapes, dtypes and bytes."""
@@ -369,7 +379,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
                    devices: Sequence[jax.Device] | None = None,
                    grad_batch_size: int | None = None, model_id: str = "",
-                   partial_every_s: float = 60.0) -> AutoAttackResult:
+                   partial_every_s: float = 60.0, params: Any = None) -> AutoAttackResult:
   """AutoAttack's evaluation of `logits_fn` on `(x, labels)`, as the official
   `run_standard_evaluation` (see the module docstring).
 
@@ -377,7 +387,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     logits_fn: `x [B, H, W, C] -> logits [B, K]`, the model in inference mode (e.g.
       `lambda x: model.apply(variables, x, train=False)`; it is jitted here). A randomised
       defence: `(x, key) -> logits` with `randomized=True`, drawing its randomness from `key`
-      (one key per call), and `version="rand"`.
+      (one key per call), and `version="rand"`. With `params`: `(params, x) -> logits` (or
+      `(params, x, key)`).
     x: `[N, H, W, C]` float images in [0, 1] (numpy or JAX).
     labels: `[N]` integer labels.
     key: one JAX key; example b uses `fold_in(key, b)`.
@@ -404,6 +415,10 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
       batches, padded as the forward passes are. Results do not depend on it.
     model_id: names the model in the state (e.g. a hash of its weights and dtype), beside the
       logits on the first points the state always records.
+    params: a pytree of arrays (e.g. Flax `variables`) passed to `logits_fn` as its first
+      argument, as an argument of the compiled functions, not compiled in as constants: shorter
+      compiles, and JAX's persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) then serves
+      any weights of the same architecture (module docstring). The results are the same.
 
   Returns:
     An `AutoAttackResult`.
@@ -429,9 +444,20 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     raise ValueError(f"grad_batch_size must be positive or None, got {grad_batch_size}.")
   n = len(x)
   batch_size = min(batch_size, max(n, 1))
-  model = as_model(logits_fn, randomized)
+  if params is None:  # the weights (if any) are inside logits_fn
+    apply, params = (lambda _, *args: logits_fn(*args)), ()
+  else:
+    apply = logits_fn
+  bound = functools.partial(apply, params)  # logits_fn as the checks call it
   key_data = _key_data(key, n)
   batcher = _Batcher(batch_size, devices)
+  params = batcher.put_params(params)
+
+  def compile_with_model(fn: Callable) -> Callable:
+    """`fn(model, *args)` as a jitted `(*args) -> ...`, the weights its argument."""
+    jitted = jax.jit(lambda p, *args: fn(as_model(functools.partial(apply, p), randomized),
+                                         *args))
+    return functools.partial(jitted, params)
   platform = (list(devices)[0] if devices else jax.devices()[0]).platform
   if grad_batch_size is None and platform == "cpu":
     grad_batch_size = CPU_GRAD_BATCH_SIZE
@@ -445,7 +471,7 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
       _LOG.warning("Warning: %s", msg)
       say(f"Warning: {msg}")
 
-  forward = jax.jit(lambda z, k, c: model(z, model_key(k, c)))
+  forward = compile_with_model(lambda model, z, k, c: model(z, model_key(k, c)))
 
   def predict(index, call, images=None):
     """Arg-max predictions of the points `index` (or of `images`, aligned with `index`)."""
@@ -488,9 +514,9 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     warn(checks.check_randomized(outputs, labels[first]))
   warn(checks.check_range_output(probe))
   if randomized:
-    warn(checks.check_dynamic(lambda: logits_fn(jnp.asarray(x[first]), jax.random.key(0))))
+    warn(checks.check_dynamic(lambda: bound(jnp.asarray(x[first]), jax.random.key(0))))
   else:
-    warn(checks.check_dynamic(lambda: logits_fn(jnp.asarray(x[first]))))
+    warn(checks.check_dynamic(lambda: bound(jnp.asarray(x[first]))))
   warn(checks.check_n_classes(num_classes, names, *target_counts_requested(
       norm, version, overrides)))
 
@@ -577,12 +603,12 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     shown.begin(spec, len(index))
     resume, checkpoint = resumed(spec, len(index)), checkpointer(spec, len(index))
     if spec.kind == "square":
-      candidate, fooled = _square_host(model, spec, x, labels, keys_i, index, batcher, shown,
-                                       resume, checkpoint)
+      candidate, fooled = _square_host(compile_with_model, spec, x, labels, keys_i, index,
+                                       batcher, shown, resume, checkpoint)
       zero = np.zeros(len(index), bool)
     else:
-      candidate, fooled, zero = _passes_host(model, spec, x, labels, keys_i, index, batcher,
-                                             shown, grad_split, resume, checkpoint)
+      candidate, fooled, zero = _passes_host(compile_with_model, spec, x, labels, keys_i, index,
+                                             batcher, shown, grad_split, resume, checkpoint)
     shown.end()
     if zero.any():
       warn(checks.zero_gradients_message(int(zero.sum())))
@@ -652,13 +678,14 @@ def target_counts_requested(norm, version, overrides) -> tuple[int, int]:
 _project = jax.jit(norms.project, static_argnames=("norm",))
 
 
-def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress,
-                 split_at, resume=None, checkpoint=None):
+def _passes_host(compile_with_model, spec: AttackSpec, x, labels, keys, index, batcher,
+                 shown: Progress, split_at, resume=None, checkpoint=None):
   """APGD / FAB passes over the points `index`, each on the points not yet fooled, gathered into
   padded batches (of at most `split_at` points, cut by `split_sizes`, when given). Returns
-  `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`. `resume`: the arrays
+  `(candidate [n, ...], fooled [n], zero_grad [n])`, aligned with `index`. `compile_with_model`:
+  `run_autoattack`'s, jitting `fn(model, *args)` with the weights bound. `resume`: the arrays
   and next pass (`step`) a `checkpoint(step, arrays)` call saved after a pass."""
-  pass_fn = jax.jit(spec.pass_fn(model))
+  pass_fn = compile_with_model(lambda model, *args: spec.pass_fn(model)(*args))
   compiled: set[int] = set()  # the batch sizes pass_fn has run at (`_Batcher.chunks`)
   cost = pass_cost(spec)
   candidate = x[index].copy()
@@ -697,20 +724,20 @@ def _passes_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown
   return candidate, fooled, zero
 
 
-def _square_host(model, spec: AttackSpec, x, labels, keys, index, batcher, shown: Progress,
-                 resume=None, checkpoint=None):
+def _square_host(compile_with_model, spec: AttackSpec, x, labels, keys, index, batcher,
+                 shown: Progress, resume=None, checkpoint=None):
   """Square's restarts over the points `index`, its query loop cut into segments between which
   the unfooled points are re-gathered. Returns `(candidate, fooled)` aligned with `index`.
   `resume`: the arrays a `checkpoint(step, arrays)` call saved after a segment, `step` counting
   segments over the restarts (restart r's segment i is `r * len(cuts) + i + 1`)."""
   s = dict(spec.settings)
   queries = s["num_queries"]
-  init = jax.jit(lambda xs, ys, ks, r: square_init(model, xs, ys, ks, r, norm=s["norm"],
-                                                   epsilon=s["epsilon"], loss=s["loss"]))
-  steps = jax.jit(lambda xs, ys, ks, r, st, a, b: square_steps(model, xs, ys, ks, r, st, a, b,
-                                                               **s))
-  check = jax.jit(lambda z, ys, ks, r: jnp.argmax(model(z, model_key(ks, r, CLEAN_CALL)),
-                                                  axis=-1) != ys)
+  init = compile_with_model(lambda model, xs, ys, ks, r: square_init(
+      model, xs, ys, ks, r, norm=s["norm"], epsilon=s["epsilon"], loss=s["loss"]))
+  steps = compile_with_model(lambda model, xs, ys, ks, r, st, a, b: square_steps(
+      model, xs, ys, ks, r, st, a, b, **s))
+  check = compile_with_model(lambda model, z, ys, ks, r: jnp.argmax(
+      model(z, model_key(ks, r, CLEAN_CALL)), axis=-1) != ys)
   cuts = [c for c in SQUARE_CUTS if c < queries] + [queries]
   query_cost = pass_cost(spec) / queries
   candidate = x[index].copy()
