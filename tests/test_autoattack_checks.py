@@ -173,3 +173,16 @@ def test_integer_valued_float_labels_are_accepted():
   logits_fn, x, labels = _data()
   as_float = _run(logits_fn, x, labels.astype(np.float32))
   np.testing.assert_array_equal(as_float.robust, _run(logits_fn, x, labels).robust)
+
+
+def test_weights_given_to_a_model_that_holds_its_own_are_refused_naming_both_forms():
+  """`params=` with a `logits_fn(x)` (the weights closed over): an error that says how each form
+  is called, not JAX's bare TypeError about positional arguments."""
+  logits_fn, x, labels = _data()
+  with pytest.raises(TypeError, match=r"calls logits_fn\(params, x\).*leave params out"):
+    _run(logits_fn, x, labels, params={"w": np.zeros(3)})
+  # The form it asks for runs.
+  w = jax.random.normal(jax.random.key(0), (int(np.prod(SHAPE)), 10)) * 0.3  # _data's weights
+  apply = lambda p, z: z.reshape(z.shape[0], -1) @ p
+  given = _run(apply, x, labels, params=w)
+  np.testing.assert_array_equal(given.robust, _run(logits_fn, x, labels).robust)

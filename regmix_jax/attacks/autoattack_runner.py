@@ -444,10 +444,11 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     raise ValueError(f"grad_batch_size must be positive or None, got {grad_batch_size}.")
   n = len(x)
   batch_size = min(batch_size, max(n, 1))
-  if params is None:  # the weights (if any) are inside logits_fn
-    apply, params = (lambda _, *args: logits_fn(*args)), ()
-  else:
+  weights_given = params is not None
+  if weights_given:
     apply = logits_fn
+  else:  # the weights (if any) are inside logits_fn
+    apply, params = (lambda _, *args: logits_fn(*args)), ()
   bound = functools.partial(apply, params)  # logits_fn as the checks call it
   key_data = _key_data(key, n)
   batcher = _Batcher(batch_size, devices)
@@ -488,7 +489,15 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
   say(f"AutoAttack {version_name(version)}, {norm} eps {float(epsilon):.5g}, {n} points: "
       f"compiling the model for batches of {len(first)} ...")
   k_first = jnp.asarray(key_data[first])
-  probe = np.asarray(forward(x[first], k_first, CLEAN_CALL))
+  try:
+    probe = np.asarray(forward(x[first], k_first, CLEAN_CALL))
+  except TypeError as e:
+    if not weights_given:
+      raise
+    raise TypeError(f"run_autoattack(params=...) calls logits_fn(params, x"
+                    f"{', key' if randomized else ''}), and that call failed: {e}. Pass a "
+                    "logits_fn that takes the weights first (e.g. a Flax module's `apply`), or "
+                    "leave params out for a logits_fn(x) that holds its weights.") from e
   if probe.ndim != 2 or probe.shape[0] != len(first):
     raise ValueError(f"logits_fn must map x [B, H, W, C] to logits [B, K]; got {probe.shape} "
                      f"for {len(first)} points.")
