@@ -181,7 +181,8 @@ def _vendor(monkeypatch, vendor: str, avx512: bool | None = None) -> None:
     flags = host.cpu_flags() - {"avx512f"} | ({"avx512f"} if avx512 else set())
     monkeypatch.setattr(onednn.host, "cpu_flags", lambda: flags)
   onednn.default_min_size.cache_clear()
-  monkeypatch.setattr(onednn, "default_min_size", functools.cache(onednn.default_min_size.__wrapped__))
+  monkeypatch.setattr(onednn, "default_min_size",
+                      functools.cache(onednn.default_min_size.__wrapped__))
 
 
 @pytest.mark.parametrize("vendor, avx512, size", [("GenuineIntel", True, 16),

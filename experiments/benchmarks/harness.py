@@ -159,9 +159,9 @@ def onednn_min_size(convolutions: cpu.Convolutions) -> int | None:
 
 
 def convolutions(config, variant: dict) -> cpu.Convolutions:
-  """What runs a case's convolutions, for `train.build_trainer`: `cpu.convolutions_for` the config's
-  `cpu_convolutions` (the variant's, else the default), with the variant's `onednn_min_size`
-  where it has one. Call it after `configure_devices`."""
+  """What runs a case's convolutions, for `train.build_trainer`: `cpu.convolutions_for` the
+  config's `cpu_convolutions` (the variant's, else the default), with the variant's
+  `onednn_min_size` where it has one. Call it after `configure_devices`."""
   chosen = cpu.convolutions_for(config)
   if "onednn_min_size" in variant:
     chosen = dataclasses.replace(chosen, onednn_min_size=variant["onednn_min_size"])

@@ -23,9 +23,9 @@ argument) and padding wastes less than a third of a batch (under half below 16 p
 gradient attack's set that fits one batch and meets no size already compiled within its ladder
 size runs at its own size (the compile happens either way; e.g. 28 points, not 32). On CPU the
 gradient attacks' points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`:
-the fewest padded points), which XLA:CPU runs faster per point. Square's query loop stops for a batch once every
-point in it is fooled and its unfooled points are re-gathered at the schedule's breakpoints (10,
-50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
+the fewest padded points), which XLA:CPU runs faster per point. Square's query loop stops for a
+batch once every point in it is fooled and its unfooled points are re-gathered at the schedule's
+breakpoints (10, 50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
 devices. The `logits_fn` runs as given: on CPU, `regmix_jax.cpu.accelerate(logits_fn)` gives a
 model the library did not build the commands' speed (its input gradients inside the attack loops
 on XLA:CPU's fast kernels; docs/performance.md). With `params`, the weights are an argument of
@@ -452,13 +452,13 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
   bound = functools.partial(apply, params)  # logits_fn as the checks call it
   key_data = _key_data(key, n)
   batcher = _Batcher(batch_size, devices)
-  params = batcher.put_params(params)
+  placed = batcher.put_params(params)
 
   def compile_with_model(fn: Callable) -> Callable:
     """`fn(model, *args)` as a jitted `(*args) -> ...`, the weights its argument."""
     jitted = jax.jit(lambda p, *args: fn(as_model(functools.partial(apply, p), randomized),
                                          *args))
-    return functools.partial(jitted, params)
+    return functools.partial(jitted, placed)
   platform = (list(devices)[0] if devices else jax.devices()[0]).platform
   if grad_batch_size is None and platform == "cpu":
     grad_batch_size = CPU_GRAD_BATCH_SIZE

@@ -200,8 +200,8 @@ def supports(lhs_shape: Sequence[int], rhs_shape: Sequence[int], lhs_dtype: Any,
   """Whether `conv` computes `lax.conv_general_dilated` with these primitive `params` (a
   `conv_general_dilated_p` equation's) and is used for it: a 2-D NHWC / HWIO convolution without
   dilation or groups, float32 throughout, or bfloat16 on a CPU that computes it natively
-  (`cpu_has_bf16`), input maps at least `min_size` wide (0: `default_min_size()`), and not a strided 1x1 one with fewer
-  than MIN_STRIDED_POINTWISE_CHANNELS input channels."""
+  (`cpu_has_bf16`), input maps at least `min_size` wide (0: `default_min_size()`), and not a
+  strided 1x1 one with fewer than MIN_STRIDED_POINTWISE_CHANNELS input channels."""
   dn = params["dimension_numbers"]
   strided_pointwise = (len(rhs_shape) == 4 and tuple(rhs_shape[:2]) == (1, 1)
                        and any(s > 1 for s in params["window_strides"]))
