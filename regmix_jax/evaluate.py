@@ -208,7 +208,7 @@ def restore_state(workdir: str, config, num_classes: int, image_shape, *,
   (`models.get_model`). Raises CheckpointError naming what is there."""
   nets = models.build_models(config, methods.get_method(config.method.name).roles, num_classes,
                              dtype=config.eval.dtype, conv=conv)
-  state = train_state.create_train_state(config, nets, image_shape, steps_per_epoch=1)
+  state = train_state.abstract_train_state(config, nets, image_shape, steps_per_epoch=1)
   directory = os.path.join(workdir, checkpointing.BEST_DIR if best else
                            checkpointing.CHECKPOINTS_DIR)
   if best and not os.path.isdir(directory):
@@ -309,7 +309,8 @@ def evaluate_checkpoint(workdir: str, *, attacks_spec: str | None, step: int | N
   attack_list = attacks.parse_attacks(attacks_spec, epsilon=epsilon, step_size=step_size,
                                       norm=norm, version=version)
   config_lib.validate(config)
-  convolutions = cpu.convolutions_for(config)
+  # Every attack here loops over the same weights: oneDNN's kernels packed once per call.
+  convolutions = cpu.convolutions_for(config).for_attacks()
 
   try:
     dataset = data.load_dataset(config.data)

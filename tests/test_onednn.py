@@ -35,8 +35,8 @@ def _lax(strides, padding):
   return lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
-def _ours(strides, padding):
-  return lambda x, w: onednn.conv(x, w, strides, padding, 1)
+def _ours(strides, padding, pack=False):
+  return lambda x, w: onednn.conv(x, w, strides, padding, 1, pack)
 
 
 # ResNet's convolutions (3x3 stride 1 and 2, 1x1 stride 2), an odd size, asymmetric padding.
@@ -49,7 +49,8 @@ CASES = [((16, 16), 3, (1, 1), ((1, 1), (1, 1))), ((16, 16), 3, (2, 2), ((1, 1),
 @needs_onednn
 @pytest.mark.parametrize("hw,k,strides,padding", CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype):
+@pytest.mark.parametrize("pack", [False, True], ids=["", "packed"])
+def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype, pack):
   if dtype == jnp.bfloat16 and "avx512f" not in host.cpu_flags():
     pytest.skip("oneDNN 3.2 has no bfloat16 convolutions on a CPU without AVX-512 (the library "
                 "routes bfloat16 only on CPUs with AVX512-BF16 or AMX)")
@@ -58,7 +59,7 @@ def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype):
   ci = 16 if k == 1 and max(strides) > 1 else 5
   x = jax.random.normal(k1, (3, *hw, ci), dtype)
   w = jax.random.normal(k2, (k, k, ci, 7), dtype)
-  ref, ours = _lax(strides, padding), _ours(strides, padding)
+  ref, ours = _lax(strides, padding), _ours(strides, padding, pack)
   y = ref(x, w)
   g = jax.random.normal(k3, y.shape, dtype)
   tol = dict(rtol=1e-5, atol=1e-4) if dtype == jnp.float32 else dict(rtol=2e-2, atol=0.25)
@@ -70,7 +71,8 @@ def test_values_and_gradients_are_lax_s(hw, k, strides, padding, dtype):
 
 
 @needs_onednn
-def test_second_order_gradients_are_lax_s():
+@pytest.mark.parametrize("pack", [False, True], ids=["", "packed"])
+def test_second_order_gradients_are_lax_s(pack):
   """An input gradient inside a loss differentiated again (an attack in a training loss): each of
   the three oneDNN maps differentiates through the other two."""
   k1, k2 = jax.random.split(jax.random.key(1), 2)
@@ -85,22 +87,29 @@ def test_second_order_gradients_are_lax_s():
     return jax.jit(jax.grad(loss, (0, 1)))
 
   strides, padding = (2, 2), ((1, 1), (1, 1))
-  for a, b in zip(make(_ours(strides, padding))(x, w), make(_lax(strides, padding))(x, w)):
+  for a, b in zip(make(_ours(strides, padding, pack))(x, w),
+                  make(_lax(strides, padding))(x, w)):
     # values up to 1e4 with cancellations: float32 rounding of the largest terms
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
 
 
 @needs_onednn
-def test_gradients_under_vmap_are_lax_s():
-  """FAB takes a vjp per class under vmap: the FFI calls run once per element."""
+@pytest.mark.parametrize("pack", [False, True], ids=["", "packed"])
+def test_gradients_under_vmap_are_lax_s(pack):
+  """FAB takes a vjp per class under vmap: the FFI calls run once per element (packed: the
+  kernel once, unbatched; per-example kernels, batched, one pack per element)."""
   k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
   x = jax.random.normal(k1, (2, 16, 16, 3))
   w = jax.random.normal(k2, (3, 3, 3, 4))
   strides, padding = (2, 2), ((1, 1), (1, 1))
   gs = jax.random.normal(k3, (5, 2, 8, 8, 4))
-  for a, b in zip(jax.vmap(jax.vjp(_ours(strides, padding), x, w)[1])(gs),
+  for a, b in zip(jax.vmap(jax.vjp(_ours(strides, padding, pack), x, w)[1])(gs),
                   jax.vmap(jax.vjp(_lax(strides, padding), x, w)[1])(gs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  ws = jax.random.normal(k3, (5, 3, 3, 3, 4))
+  np.testing.assert_allclose(jax.vmap(_ours(strides, padding, pack), (None, 0))(x, ws),
+                             jax.vmap(_lax(strides, padding), (None, 0))(x, ws),
+                             rtol=1e-5, atol=1e-4)
 
 
 def _hlo(fn, *args) -> str:
@@ -381,10 +390,58 @@ def test_a_run_trains_on_onednn_and_evaluates_where_it_is_missing(tmp_path, monk
   assert on_xla["accuracy"] == pytest.approx(on_onednn["accuracy"], abs=1 / 32)
 
 
-def _threads_of_calls(fn, *args) -> list[int]:
-  """The `threads` attribute of each oneDNN call `fn` lowers to."""
+def _threads_of_calls(fn, *args, target=onednn.TARGET) -> list[int]:
+  """The `threads` attribute of each oneDNN call to `target` `fn` lowers to."""
   text = jax.jit(fn).lower(*args).as_text()
-  return [int(t) for t in re.findall(r"threads = (\d+) : i64", text)]
+  return [int(t) for t in re.findall(rf"@{target}\([^\n]*?threads = (\d+) : i64", text)]
+
+
+def _computations(hlo: str) -> dict[str, str]:
+  """A compiled module's text split into its computations, by name ("ENTRY" for the entry)."""
+  out = {}
+  for block in hlo.split("\n\n"):
+    head = block.strip().splitlines()[0] if block.strip() else ""
+    m = re.match(r"(ENTRY )?%?([\w.\-]+)", head)
+    if m and "{" in head:
+      out["ENTRY" if m.group(1) else m.group(2)] = block
+  return out
+
+
+@needs_onednn
+def test_attacks_pack_each_kernel_once_outside_their_loop():
+  """`for_attacks`: the forward pass's and the input gradient's kernels are reordered to oneDNN's
+  layout by calls of their own, which XLA hoists out of the attack's loop (one reorder per call
+  of the jitted attack, not per iteration); the same values as unpacked kernels, with the thread
+  count the layout was chosen for. Without it, or with a thread count left to run time, no
+  kernel is packed."""
+  x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 4))
+  w = 0.3 * jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  chosen = cpu.Convolutions("onednn").on_one_device()
+
+  def attack(conv):
+    loss = lambda z, w: jnp.sum(jnp.tanh(conv(z, w, (1, 1), "SAME", dimension_numbers=NHWC)))
+
+    def run(z, w):  # the weights an argument, as AutoAttack's passes take them
+      step = lambda _, z: jnp.clip(z + 0.01 * jnp.sign(jax.grad(loss)(z, w)), 0, 1)
+      return jax.lax.fori_loop(0, 5, step, z)
+    return jax.jit(run)
+
+  packed = attack(chosen.for_attacks().conv)
+  comps = _computations(packed.lower(x, w).compile().as_text())
+  bodies = [comps[b] for b in re.findall(r"body=%?([\w.\-]+)", comps["ENTRY"])]
+  assert len(bodies) == 1
+  assert comps["ENTRY"].count(onednn.PACK_TARGET) == 2  # forward and input-gradient layouts
+  assert onednn.PACK_TARGET not in bodies[0] and bodies[0].count(onednn.TARGET) == 2
+  for conv in (chosen.conv, lambda *a, **k: lax.conv_general_dilated(*a, **k)):
+    np.testing.assert_allclose(packed(x, w), attack(conv)(x, w), atol=1e-6)
+  with_packs = lambda c: jax.grad(lambda z, w: jnp.sum(c(z, w, (1, 1), "SAME",
+                                                         dimension_numbers=NHWC) ** 2),
+                                  argnums=(0, 1))
+  assert _threads_of_calls(with_packs(chosen.for_attacks().conv), x, w,
+                           target=onednn.PACK_TARGET) == [onednn.host_cores()] * 2
+  assert _threads_of_calls(with_packs(chosen.conv), x, w, target=onednn.PACK_TARGET) == []
+  at_run_time = lambda z, w: onednn.conv(z, w, (1, 1), ((1, 1), (1, 1)), 0, True)
+  assert onednn.PACK_TARGET not in jax.jit(at_run_time).lower(x, w).as_text()
 
 
 @needs_onednn

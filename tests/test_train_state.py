@@ -101,3 +101,29 @@ def test_schedule_at_step_end_shifts_by_one_iteration():
   optim = _optim(schedule="multistep", milestones=(2,), schedule_at_step_end=True)
   fn = ts.learning_rate_schedule(optim, steps_per_epoch=10, num_epochs=4)
   np.testing.assert_allclose([float(fn(k)) for k in (18, 19, 20)], [0.1, 0.01, 0.01], rtol=1e-6)
+
+
+def test_the_restore_target_has_the_states_arrays_and_compiles_nothing():
+  """`abstract_train_state` (what the evaluate command restores into): every array of
+  `create_train_state`'s state, same path, shape and dtype, on the device given, and no model
+  initialised (a ResNet-18's jitted init took 3.6 s to compile, only to be overwritten)."""
+  from regmix_jax import methods, models  # pylint: disable=g-import-not-at-top  (this test only)
+  config = config_lib.base_config()
+  config.model.name, config.model.width, config.ema.enabled = "small_cnn", 4, True
+  nets = models.build_models(config, methods.get_method(config.method.name).roles, 10)
+  compiled = []
+  listener = lambda event, *_, **__: compiled.append(event) if "backend_compile" in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    abstract = ts.abstract_train_state(config, nets, (8, 8, 3), 1, jax.devices()[-1])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == []
+  concrete = ts.create_train_state(config, nets, (8, 8, 3), 1)
+  flat = lambda t: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(t)}
+  want, got = flat(concrete), flat(abstract)
+  assert set(got) == set(want) and any("ema_params" in k for k in got)
+  for k, v in want.items():
+    assert isinstance(got[k], jax.ShapeDtypeStruct), k
+    assert (got[k].shape, got[k].dtype) == (v.shape, v.dtype), k
+    assert got[k].sharding.device_set == {jax.devices()[-1]}, k

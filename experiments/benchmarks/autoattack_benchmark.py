@@ -4,7 +4,7 @@ points, same machine, one command.
 For each case (model x number of points) it runs, each in its own subprocess, one after the
 other: the official fra31/auto-attack (torch CPU, 2 threads, `bs=250`, `seed=0`, "standard",
 L-inf eps 8/255), then `run_autoattack` (JAX, the CPU cores as host devices and one of them
-running each batch, the model's convolutions `cpu.choose("auto").on_one_device()`'s, as the
+running each batch, the model's convolutions `cpu.choose("auto").on_one_device().for_attacks()`'s, as the
 evaluate command runs AutoAttack on CPU, `batch_size=500`, the same version, norm and radius),
 on the first N test images of ../shared/data/cifar10_subset.npz. It
 records wall time (ours includes XLA compilation), the robust accuracy after each attack and
@@ -250,8 +250,9 @@ def child_ours(args) -> dict:
   kwargs = {"width": model_cfg["width"]} if model_cfg["name"] == "small_cnn" else {}
   # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself,
   # as the evaluate command gives them to AutoAttack (one device of the host's runs each batch:
-  # every core for each oneDNN call, `Convolutions.on_one_device`).
-  conv = cpu.choose("auto").on_one_device().conv
+  # every core for each oneDNN call, `Convolutions.on_one_device`; kernels packed once per pass,
+  # `for_attacks`).
+  conv = cpu.choose("auto").on_one_device().for_attacks().conv
   net = models.get_model(model_cfg["name"], 10, conv=conv, **kwargs)
   logits_fn = lambda z: net.apply(variables, z, train=False)
   x, y = load_points(args.n)

@@ -13,7 +13,8 @@ on both sides (the official attacks skip misclassified points). The small CNN's 
 from a small_cnn run (as experiments/benchmarks/autoattack_benchmark.py loads them); ResNet-18
 is randomly initialised (the cost does not depend on the weights) and copied into the benchmark's
 PyTorch twin. Ours computes its convolutions as the library's commands do on this CPU
-(`cpu.choose("auto").on_one_device()`, given to the model). Official: fra31/auto-attack at
+(`cpu.choose("auto").on_one_device().for_attacks()`, given to the model; the forward part
+times that model's single pass, as `--pack=false` does for the unpacked kernels). Official: fra31/auto-attack at
 ../shared/reference/auto-attack, torch CPU with --torch_threads threads (2). Results:
 experiments/results/autoattack_speed.md.
 """
@@ -30,6 +31,7 @@ import numpy as np
 
 from regmix_jax import cpu, models
 from regmix_jax.attacks.apgd import as_model, example_keys_for
+from regmix_jax.attacks.square import square_init, square_steps
 from regmix_jax.attacks.autoattack import attack_specs
 from regmix_jax.cpu import host
 
@@ -45,18 +47,24 @@ def main():
   p.add_argument("--workdir", default="", help="a small_cnn run (for --model=small_cnn)")
   p.add_argument("--points", default="64,160")
   p.add_argument("--torch_threads", type=int, default=2)
-  p.add_argument("--parts", default="apgd-ce,fab-t,forward",
-                 help="apgd-ce, fab-t (one iteration each), forward (one inference pass: one "
-                 "Square query)")
+  p.add_argument("--parts", default="apgd-ce,fab-t,square,forward",
+                 help="apgd-ce, fab-t (one iteration each), square (one query in Square's loop), "
+                 "forward (one jitted inference pass alone)")
+  p.add_argument("--pack", default="true", choices=("true", "false"),
+                 help="ours with the kernels packed for attack loops (`for_attacks`), as the "
+                 "evaluate command runs them")
   args = p.parse_args()
+  args.pack = args.pack == "true"
   host.configure_cpu_devices(os.cpu_count() or 1, "reduce")  # before JAX starts a backend
   import torch  # pylint: disable=g-import-not-at-top  (not a library dependency: only here)
   sys.path.insert(0, benchmark.REFERENCE)
   # The official code, found at benchmark.REFERENCE (just put on the path).
   from autoattack import autopgd_base, fab_pt  # pylint: disable=g-import-not-at-top
+  from autoattack import square as square_pt  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.torch_threads)
   # The attacks take `logits_fn` as it is: the model gets the library's CPU convolutions itself.
-  conv = cpu.choose("auto").on_one_device().conv  # one device runs it: every core
+  conv = cpu.choose("auto").on_one_device()  # one device runs it: every core
+  conv = (conv.for_attacks() if args.pack else conv).conv
   if args.model == "small_cnn":
     model_cfg, variables = benchmark.load_variables(args.workdir)
     net = models.get_model("small_cnn", 10, width=model_cfg["width"], conv=conv)
@@ -109,7 +117,31 @@ def main():
           twin(xt)
 
       cost["forward"] = tuple(timed(f) for f in (ours_forward, official_forward))
-    for name in [p for p in parts if p != "forward"]:
+    if "square" in parts:
+      # Every point stays unfooled on both sides (margins made positive), so each query runs.
+      settings = dict({s.name: s for s in attack_specs("Linf", "standard", 10,
+                                                       epsilon=eps)}["square"].settings)
+      state = square_init(model, x, y, keys, 0, norm="Linf", epsilon=eps, loss="margin")
+      state = (state[0], np.full(n, 1e9, np.float32), np.full(n, 1e9, np.float32))
+      steps = jax.jit(lambda stop: square_steps(model, x, y, keys, 0, state, 0, stop,
+                                                       **settings))
+
+      def official_square(queries):
+        attack = square_pt.SquareAttack(twin, p_init=settings["p_init"], n_queries=queries,
+                                        eps=eps, norm="Linf", n_restarts=1, seed=0,
+                                        device="cpu", resc_schedule=False)
+        margin_and_loss = attack.margin_and_loss
+
+        def never_fooled(z, t):  # one model call, as the official's
+          margin, loss = margin_and_loss(z, t)
+          return margin.abs() + 1, loss
+        attack.margin_and_loss = never_fooled
+        with torch.no_grad():
+          attack.perturb(xt, yt)
+
+      cost["square"] = (per_iteration(lambda q: jax.block_until_ready(steps(np.int32(q)))),
+                        per_iteration(official_square))
+    for name in [p for p in parts if p not in ("forward", "square")]:
       cache = {}
 
       def ours(steps, name=name):

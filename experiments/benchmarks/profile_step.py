@@ -59,12 +59,14 @@ def kinds_from_hlo(hlo: str) -> dict[str, tuple[str, str]]:
       kind = "other fusion"
     out[name] = (kind, shape)
   # oneDNN's convolutions (`regmix_jax.cpu.onednn`): FFI custom calls whose `kind` attribute says
-  # forward (0), input gradient (1) or kernel gradient (2).
+  # forward (0), input gradient (1) or kernel gradient (2); and the kernels packed for them.
   for m in re.finditer(r"%([\w.\-]+) = (\S+) custom-call\([^\n]*?custom_call_target="
-                       r"\"regmix_onednn_conv\"[^\n]*?backend_config=\{kind = (\d)", hlo):
+                       r"\"regmix_onednn_(conv|pack)\"[^\n]*?backend_config=\{[^}]*?\bkind = "
+                       r"(\d)", hlo):
     shape = m.group(2).split("{")[0]
-    out[m.group(1)] = (("oneDNN conv forward", "oneDNN conv input-grad",
-                        "oneDNN conv kernel-grad")[int(m.group(3))], shape)
+    out[m.group(1)] = ("oneDNN kernel pack" if m.group(3) == "pack" else (
+        "oneDNN conv forward", "oneDNN conv input-grad",
+        "oneDNN conv kernel-grad")[int(m.group(4))], shape)
   return out
 
 

@@ -18,9 +18,9 @@ short (docs/evaluation.md):
 - Square found more: the black-box Square lowered the robust accuracy after the white-box attacks:
   a sign that their gradients are masked.
 
-JAX-specific: `check_dynamic` traces one un-jitted call of `logits_fn` and counts calls of JAX's
-differentiation API (`jax.grad`, `value_and_grad`, `vjp`, `jvp`, `linearize`, `jacrev`,
-`jacfwd`, `hessian`), where the official counts torch's `grad`, `backward` and `_make_grads`
+JAX-specific: `check_dynamic` traces one call of `logits_fn` (`run_autoattack`: with
+`jax.eval_shape`, so nothing is computed) and counts calls of JAX's differentiation API
+(`jax.grad`, `value_and_grad`, `vjp`, `jvp`, `linearize`, `jacrev`, `jacfwd`, `hessian`), where the official counts torch's `grad`, `backward` and `_make_grads`
 (`checks.py:9-13`, `:89-113`). It is a heuristic, as the official: a `logits_fn` that was already
 compiled by `jax.jit` runs no Python and is not seen. Unlike the official, its counter starts from
 zero on each call (the official's module-level counter is never reset, so after one hit it fires
@@ -96,8 +96,9 @@ def check_square_sr(accuracy_after: Mapping[str, float], alpha: float = 0.002) -
 
 
 def check_dynamic(call: Callable[[], object]) -> str | None:
-  """`check_dynamic` (`checks.py:89-113`): runs `call()` (one un-jitted forward) under
-  `sys.settrace` and fires if it called JAX's differentiation API (see the module docstring)."""
+  """`check_dynamic` (`checks.py:89-113`): runs `call()` (one forward, traced or eager, not
+  jitted) under `sys.settrace` and fires if it called JAX's differentiation API (see the module
+  docstring)."""
   count = 0
 
   def trace(frame, event, arg):

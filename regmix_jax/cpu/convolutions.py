@@ -25,12 +25,14 @@ class Convolutions:
   `reason` a run's output gives. `onednn_min_size`: the narrowest input map routed to oneDNN (0:
   this CPU's measured default, `onednn.default_min_size`).
   `onednn_threads`: OpenMP threads per oneDNN call, 0 for the cores shared among the host devices
-  (right for a step mapped over all of them; `on_one_device` for work on one of several)."""
+  (right for a step mapped over all of them; `on_one_device` for work on one of several).
+  `onednn_pack`: kernels packed for loops that reuse them (`for_attacks`)."""
 
   name: str
   reason: str = ""
   onednn_min_size: int = 0
   onednn_threads: int = 0
+  onednn_pack: bool = False
 
   def __post_init__(self):
     if self.name not in _NAMES:
@@ -45,7 +47,8 @@ class Convolutions:
       return None
     return fast_conv.FastConv(onednn=self.name == "onednn",
                               onednn_min_size=self.onednn_min_size,
-                              onednn_threads=self.onednn_threads)
+                              onednn_threads=self.onednn_threads,
+                              onednn_pack=self.onednn_pack)
 
   def on_one_device(self) -> "Convolutions":
     """These convolutions for a computation that runs on one host device of several while the
@@ -53,6 +56,13 @@ class Convolutions:
     may use every core; with the per-device count the waiting devices' cores stay idle
     (docs/performance.md, "One device, every core")."""
     return dataclasses.replace(self, onednn_threads=onednn.host_cores())
+
+  def for_attacks(self) -> "Convolutions":
+    """These convolutions for attacks, whose iterations apply the same weights again and again:
+    each oneDNN kernel is reordered to oneDNN's layout once per call of the jitted attack, not in
+    every iteration (a ResNet-18 Square query on one image: 11.1 -> 6.2 ms here). Not for
+    single passes or training steps, which it slows (docs/performance.md, "Packed kernels")."""
+    return dataclasses.replace(self, onednn_pack=True)
 
   def accelerate(self, fn: Callable) -> Callable:
     """`fn` (e.g. a `logits_fn` of a model the library did not build) with its convolutions

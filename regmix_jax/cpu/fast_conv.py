@@ -258,11 +258,14 @@ class FastConv:
   on CPU only (`lax.platform_dependent`); elsewhere the rules compute lax's layouts. Grouped
   convolutions keep lax's rule. `jax.jvp` through a convolution routed to oneDNN raises (its rule
   is reverse-mode, custom_vjp). `onednn_threads`: OpenMP threads per oneDNN call (0: the cores
-  shared among the host devices, `onednn.threads_per_device`)."""
+  shared among the host devices, `onednn.threads_per_device`). `onednn_pack`: each oneDNN call's
+  kernel reordered to oneDNN's layout by a call of its own, which XLA hoists out of the loops that
+  reuse the weights (an attack's iterations); slower outside loops (`onednn._packed`)."""
 
   onednn: bool = False
   onednn_min_size: int = 0
   onednn_threads: int = 0
+  onednn_pack: bool = False
 
   def __post_init__(self):
     if self.onednn_min_size < 0:
@@ -287,7 +290,8 @@ class FastConv:
     if self.onednn and onednn_lib.supports(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, params,
                                            min_size=self.min_size):
       return lax.platform_dependent(
-          lhs, rhs, cpu=lambda l, r: onednn_lib.conv_for(l, r, params, self.onednn_threads),
+          lhs, rhs, cpu=lambda l, r: onednn_lib.conv_for(l, r, params, self.onednn_threads,
+                                                self.onednn_pack),
           default=lambda l, r: _conv(l, r, key))
     return _conv(lhs, rhs, key)
 
