@@ -191,8 +191,8 @@ def abstract_train_state(config: ml_collections.ConfigDict, models: Mapping[str,
                          image_shape: tuple[int, int, int], steps_per_epoch: int,
                          device: jax.Device | None = None) -> TrainState:
   """`create_train_state`'s structure with `jax.ShapeDtypeStruct` leaves on `device` (default:
-  JAX's first): a restore target that initialises nothing (a ResNet-18's jitted init compiles
-  for seconds only to be overwritten by the checkpoint)."""
+  JAX's first): a restore target that initialises nothing (a model's jitted init would compile
+  and run only to be overwritten by the checkpoint)."""
   placed = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
   shapes = jax.eval_shape(lambda: create_train_state(config, models, image_shape, steps_per_epoch))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed), shapes)

@@ -522,8 +522,8 @@ def run_autoattack(logits_fn: Callable, x, labels, key: jax.Array, *, epsilon: f
     warn(checks.check_randomized(outputs, labels[first]))
   warn(checks.check_range_output(probe))
   # Traced, not run: the check looks for differentiation calls in logits_fn's Python, which a
-  # trace executes; an eager forward would compile each operation on its own (9 s for a
-  # ResNet-18 on 200 points here) to compute logits nobody reads.
+  # trace executes; an eager forward would compile each operation on its own to compute logits
+  # nobody reads (the cost: experiments/results/autoattack_speed.md).
   model_args = (x[first], jax.random.key(0)) if randomized else (x[first],)
   warn(checks.check_dynamic(lambda: jax.eval_shape(apply, params, *model_args)))
   warn(checks.check_n_classes(num_classes, names, *target_counts_requested(

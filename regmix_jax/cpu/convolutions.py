@@ -60,8 +60,8 @@ class Convolutions:
   def for_attacks(self) -> "Convolutions":
     """These convolutions for attacks, whose iterations apply the same weights again and again:
     each oneDNN kernel is reordered to oneDNN's layout once per call of the jitted attack, not in
-    every iteration (a ResNet-18 Square query on one image: 11.1 -> 6.2 ms here). Not for
-    single passes or training steps, which it slows (docs/performance.md, "Packed kernels")."""
+    every iteration. Not for single passes or training steps, which it slows (figures:
+    docs/performance.md, "Packed kernels for attack loops")."""
     return dataclasses.replace(self, onednn_pack=True)
 
   def accelerate(self, fn: Callable) -> Callable:

@@ -285,7 +285,7 @@ def _packed(kind: int, w, input_shape, strides, padding, threads: int):
   or None where that size is unknown (a thread count of 0 is decided when run).
 
   Only for loops: outside one, the packed kernels are computed up front and live at once, and a
-  ResNet-18's forward pass took 26 ms against 12 (one image), 185 against 160 (32 images)."""
+  single pass is slower (docs/performance.md, "Packed kernels for attack loops")."""
   if threads <= 0:
     return None
   size = _packed_bytes(kind, tuple(input_shape), tuple(w.shape), tuple(strides),

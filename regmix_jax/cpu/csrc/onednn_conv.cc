@@ -9,8 +9,8 @@
 // the plain HWIO layout oneDNN 3.2 falls back to its slower `gemm:jit` gradients. float32 or
 // bfloat16, all three operands alike. `threads` sets the calling thread's OpenMP thread count.
 //
-// Packing: the kernel's reorder costs as much as the convolution itself on small batches (a
-// ResNet-18 forward pass on one image: 11.3 -> 7.1 ms without it). A second handler,
+// Packing: on small batches the kernel's reorder costs about as much as the convolution itself
+// (docs/performance.md, "Packed kernels for attack loops"). A second handler,
 // RegmixOnednnPack, writes the kernel in the layout kind 0 or 1 asks for into a byte buffer;
 // given it (`packed` = 1, the kernel's HWIO shape in `kernel`), those kinds skip the reorder. As
 // its own call, XLA hoists it out of the loops that reuse a kernel (an attack's iterations) and
@@ -69,13 +69,16 @@ struct Problem {
     return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
             XDesc(), WAny(), YDesc(), strides, lo, hi};
   }
-  dnnl::convolution_backward_data::primitive_desc InputGrad() const {
+  // `fwd`: this problem's Forward(), the hint every backward descriptor takes.
+  dnnl::convolution_backward_data::primitive_desc InputGrad(
+      const dnnl::convolution_forward::primitive_desc& fwd) const {
     return {Engine(), dnnl::algorithm::convolution_direct, XDesc(), WAny(), YDesc(), strides, lo,
-            hi, Forward()};
+            hi, fwd};
   }
   // The kernel layout kind 0 (forward) or 1 (input gradient) reads.
   memory::desc KernelLayout(int64_t kind) const {
-    return kind == 0 ? Forward().weights_desc() : InputGrad().weights_desc();
+    const auto fwd = Forward();
+    return kind == 0 ? fwd.weights_desc() : InputGrad(fwd).weights_desc();
   }
 };
 
@@ -144,7 +147,7 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
       dnnl::convolution_forward(fwd).execute(
           s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wk}, {DNNL_ARG_DST, ym}});
     } else if (kind == 1) {
-      const auto bwd = p.InputGrad();
+      const auto bwd = p.InputGrad(fwd);
       memory wk = kernel_in(bwd.weights_desc());
       dnnl::convolution_backward_data(bwd).execute(
           s, {{DNNL_ARG_DIFF_DST, ym}, {DNNL_ARG_WEIGHTS, wk}, {DNNL_ARG_DIFF_SRC, xm}});
