@@ -211,11 +211,14 @@ def test_bucket_sizes_bound_the_padding_and_the_compiles():
   assert attacks.autoattack_runner.bucket_size(5, 12) == 8
   assert attacks.autoattack_runner.bucket_size(9, 12) == 12
   assert all(attacks.autoattack_runner.bucket_size(n, 250, 2) % 2 == 0 for n in range(1, 251))
-  # Square's finer ladder: at most 7 padded points up to 128, a quarter above.
+  # Square's finer ladder: no padded point up to 16 (but to a multiple of the devices), at most
+  # 7 up to 128, a quarter above.
   for n in range(1, 501):
     size = attacks.autoattack_runner.bucket_size(n, 500, fine=True)
-    assert (size < 2 * n if n < 16 else size - n < 8) if n <= 128 else size < 1.25 * n + 1, (
+    assert (size == n if n <= 16 else size - n < 8) if n <= 128 else size < 1.25 * n + 1, (
         n, size)
+  assert [attacks.autoattack_runner.bucket_size(n, 250, 2, fine=True) for n in range(1, 8)] == [
+      2, 2, 4, 4, 6, 6, 8]
 
 
 def test_gradient_batches_cover_the_points_with_the_least_padding():

@@ -25,7 +25,8 @@ size runs at its own size (the compile happens either way; e.g. 28 points, not 3
 gradient attacks' points are cut into batches of at most 64 (`grad_batch_size`, `split_sizes`:
 the fewest padded points), which XLA:CPU runs faster per point. Square's query loop stops for a
 batch once every point in it is fooled and its unfooled points are re-gathered at the schedule's
-breakpoints (10, 50, 200, 500, 1000, 2000, 3000, 4000 queries). With `devices`, each batch is split across those
+breakpoints (10, 50, 200, 500, 1000, 2000, 3000, 4000 queries), padded on a finer ladder (no
+padding up to 16 points, at most 7 up to 128). With `devices`, each batch is split across those
 devices. The `logits_fn` runs as given: on CPU, `regmix_jax.cpu.accelerate(logits_fn)` gives a
 model the library did not build the commands' speed (its input gradients inside the attack loops
 on XLA:CPU's fast kernels; docs/performance.md). With `params`, the weights are an argument of
@@ -141,13 +142,13 @@ class AutoAttackResult:
 
 def _ladder(batch_size: int, multiple: int = 1, fine: bool = False) -> list[int]:
   """The batch sizes points are padded to: 1, 2, 4, 8, then 16, 24, 32, 48, 64, ... (powers of
-  two and 1.5 times powers of two from 16; `fine`: every multiple of 8 up to 128, then also 1.25
-  and 1.75 times powers of two) below `batch_size`, and `batch_size`, each rounded up to a
-  multiple of `multiple`."""
+  two and 1.5 times powers of two from 16; `fine`: every size up to 16, every multiple of 8 up
+  to 128, then also 1.25 and 1.75 times powers of two) below `batch_size`, and `batch_size`,
+  each rounded up to a multiple of `multiple`."""
   cap = -(-batch_size // multiple) * multiple
   ladder, k = {cap, 1, 2, 4, 8}, 16
   if fine:
-    ladder.update(range(16, 129, 8))
+    ladder.update(range(1, 16), range(16, 129, 8))
   while k < cap:
     ladder.update({k, 3 * k // 2} | ({5 * k // 4, 7 * k // 4} if fine else set()))
     k *= 2
@@ -788,7 +789,9 @@ def _square_host(compile_with_model, spec: AttackSpec, x, labels, keys, index, b
       if len(active) and begin < cut:
         pending, start = [], shown.group()
         # Square runs 5000 forward passes on a set that rarely shrinks: the finer ladder pads
-        # less (70 points: 72, not 96) for a few more compiles.
+        # less (70 points: 72, not 96; 5 points: 5, not 8) for a few more compiles: on a large
+        # model a padded point costs as much as a real one (WRN-28-10's last robust points;
+        # docs/performance.md).
         for chunk, padded in batcher.chunks(active, fine=True):
           rows = index[todo[padded]]
           xs, ys, ks, xb = batcher.put(x[rows], labels[rows], keys[rows], x_best[padded])
