@@ -272,10 +272,11 @@ def _packed_bytes(kind: int, input_shape: tuple[int, ...], kernel_shape: tuple[i
                   strides, padding, bf16: bool, threads: int) -> int:
   """The size of kernel `kernel_shape`'s layout for call `kind` on inputs `input_shape` (NHWC):
   asked of oneDNN when traced (RegmixOnednnPackedBytes), -1 where it has no primitive."""
-  arr = lambda v: (ctypes.c_int64 * len(v))(*v)
+  arr = lambda v: (ctypes.c_int64 * len(v))(*map(int, v))
+  geometry = _geometry(strides, padding)
   return _library()[1].RegmixOnednnPackedBytes(
-      ctypes.c_int64(kind), arr(input_shape), arr(kernel_shape), arr(strides),
-      arr([p[0] for p in padding]), arr([p[1] for p in padding]), ctypes.c_int64(int(bf16)),
+      ctypes.c_int64(kind), arr(input_shape), arr(kernel_shape), arr(geometry["strides"]),
+      arr(geometry["pad_lo"]), arr(geometry["pad_hi"]), ctypes.c_int64(int(bf16)),
       ctypes.c_int64(threads))
 
 
